@@ -1,0 +1,60 @@
+# recflow: `make run` runs the nightly DAG end to end on generated data; `make test` runs the tests.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BASE ?= python3.11
+VENV ?= $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.recflow-installed
+RUN_DATE ?= 2026-01-14
+PYTEST_ARGS ?=
+
+export PYSPARK_PYTHON := $(PY)
+export PYSPARK_DRIVER_PYTHON := $(PY)
+export SPARK_LOCAL_IP := 127.0.0.1
+export AIRFLOW_HOME := $(CURDIR)/airflow_home
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__PARALLELISM := 4
+export AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG := 2
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PATH := $(VENV)/bin:$(PATH)
+
+.PHONY: help install java run test test-quick lint format bench bench-quality bench-score clean-lake
+
+help: ## list targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
+
+java: ## install OpenJDK 17 if no java is on PATH (Debian)
+	@command -v java >/dev/null 2>&1 || { echo "installing OpenJDK 17"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless) \
+	  || { echo "could not install Java 17: install openjdk-17-jre-headless and retry" >&2; exit 1; }; }
+
+install: java $(STAMP) ## create .venv and install recflow with its pinned dependencies
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+run: install ## generate demo logs and run the nightly DAG for RUN_DATE end to end, then show the results
+	$(PY) -m jobs.run_demo --date $(RUN_DATE)
+
+test: install ## run the test suite (real Spark, Airflow, Great Expectations, TensorFlow)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-quick: install ## the fast unit tests only
+	$(PY) -m pytest -m 'not slow and not airflow' $(PYTEST_ARGS)
+
+lint: install ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install ## apply ruff formatting and safe fixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean-lake: ## remove the local lake and Airflow home (generated data only)
+	rm -rf lake airflow_home

@@ -1,0 +1,86 @@
+"""The one way jobs get a SparkSession and read/write lake partitions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+
+import pyarrow as pa
+from pyspark import SparkConf
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from schemas import lake
+from schemas.settings import Settings
+from schemas.spark import to_spark
+
+
+def spark_session(settings: Settings, app: str) -> SparkSession:
+    """Session for a job. Under spark-submit the master comes from the submit; alone, from settings."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = (
+        SparkSession.builder.appName(f"recflow-{app}")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+        .config("spark.sql.adaptive.enabled", "true")
+        .config("spark.sql.shuffle.partitions", os.environ.get("RECFLOW_SHUFFLE_PARTITIONS", "8"))
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.host", os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"))
+    )
+    if not SparkConf().contains("spark.master"):  # spark-submit sets it; a plain python run uses settings
+        builder = builder.master(settings.spark_master)
+    return builder.getOrCreate()
+
+
+def read_partition(spark: SparkSession, root: str, name: str, date: dt.date | str,
+                   schema: pa.Schema | None = None) -> DataFrame:
+    reader = spark.read
+    if schema is not None:
+        reader = reader.schema(to_spark(schema))
+    return reader.parquet(lake.partition(root, name, date))
+
+
+def read_partitions(spark: SparkSession, root: str, name: str, dates: list[dt.date],
+                    schema: pa.Schema | None = None) -> DataFrame:
+    """Several dates of one table, with a ``dt`` (date) column; dates without a partition are skipped."""
+    paths = [lake.partition(root, name, d) for d in dates]
+    existing = [p for p in paths if path_exists(spark, p)]
+    if not existing:
+        raise FileNotFoundError(f"no partitions of {lake.table(root, name)} for {dates[0]}..{dates[-1]}")
+    reader = spark.read.option("basePath", lake.table(root, name))
+    if schema is not None:
+        reader = reader.schema(to_spark(schema).add("dt", "date"))
+    return reader.parquet(*existing)
+
+
+def write_partition(df: DataFrame, root: str, name: str, date: dt.date | str,
+                    schema: pa.Schema | None = None) -> None:
+    """Replace exactly ``dt=date`` of the table (dynamic partition overwrite), checking the contract first."""
+    if schema is not None:
+        check_schema(df, schema, name)
+        df = df.select(*schema.names)
+    ds = date if isinstance(date, str) else date.isoformat()
+    (df.withColumn("dt", F.lit(ds)).write.mode("overwrite").partitionBy("dt")
+       .parquet(lake.table(root, name)))
+
+
+def check_schema(df: DataFrame, schema: pa.Schema, name: str = "table") -> None:
+    """Fail naming the columns if ``df`` does not carry the declared columns with the declared types."""
+    expected = {f.name: f.dataType for f in to_spark(schema).fields}
+    actual = {f.name: f.dataType for f in df.schema.fields}
+    missing = sorted(set(expected) - set(actual))
+    wrong = sorted(c for c in expected if c in actual and actual[c] != expected[c])
+    if missing or wrong:
+        details = [f"missing {missing}"] if missing else []
+        details += [f"{c}: {actual[c].simpleString()} != {expected[c].simpleString()}" for c in wrong]
+        raise ValueError(f"{name} does not match its schema: " + "; ".join(details))
+
+
+def path_exists(spark: SparkSession, path: str) -> bool:
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return bool(fs.exists(hpath))

@@ -1,0 +1,93 @@
+"""The lake layout: one function per table, giving its location (for a date) under the lake root.
+
+The root may be a local path or any Hadoop-compatible URI (file://, s3a://, hdfs://); paths are joined with "/".
+Tables are partitioned by ``dt=YYYY-MM-DD``; a rerun of a date replaces exactly that partition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+DateLike = dt.date | str
+
+
+def _ds(date: DateLike) -> str:
+    return date if isinstance(date, str) else date.isoformat()
+
+
+def table(root: str, name: str) -> str:
+    """The folder of a whole table, e.g. ``table(root, "clean/events")``."""
+    return f"{root.rstrip('/')}/{name}"
+
+
+def partition(root: str, name: str, date: DateLike) -> str:
+    return f"{table(root, name)}/dt={_ds(date)}"
+
+
+# raw: JSON lines as the applications write them
+RAW_EVENTS = "raw/events"
+RAW_ITEMS = "raw/items"
+RAW_USERS = "raw/users"
+# clean
+CLEAN_EVENTS = "clean/events"
+CLEAN_ITEMS = "clean/items"
+CLEAN_USERS = "clean/users"
+QUARANTINE_EVENTS = "quarantine/events"
+RUNS = "runs"  # run manifests: runs/<stage>/dt=.../manifest.json and the runs/table Parquet table
+# features
+DAILY_INTERACTIONS = "features/daily_interactions"
+VOCAB_USERS = "features/vocab_users"
+VOCAB_ITEMS = "features/vocab_items"
+ITEM_FEATURES = "features/items"
+USER_FEATURES = "features/users"
+INTERACTIONS = "features/interactions"
+TRAIN_EXAMPLES = "features/train_examples"
+VALIDATION = "features/validation"
+USER_HISTORIES = "features/user_histories"
+# models, metrics, reports
+MODELS = "models"
+METRICS = "metrics"
+REPORTS = "reports"
+# outputs: staging then published
+STAGING = "staging"
+RECOMMENDATIONS = "recommendations"
+SIMILAR_ITEMS = "similar_items"
+
+
+def raw_events(root: str, date: DateLike) -> str:
+    return partition(root, RAW_EVENTS, date)
+
+
+def raw_items(root: str, date: DateLike) -> str:
+    return partition(root, RAW_ITEMS, date)
+
+
+def raw_users(root: str, date: DateLike) -> str:
+    return partition(root, RAW_USERS, date)
+
+
+def model_dir(root: str, name: str, version: str) -> str:
+    return f"{table(root, MODELS)}/{name}/{version}"
+
+
+def production_pointer(root: str) -> str:
+    """JSON file naming the production model (name, version, path); written by the gate."""
+    return f"{table(root, MODELS)}/production.json"
+
+
+def run_manifest(root: str, stage: str, date: DateLike) -> str:
+    return f"{partition(root, f'{RUNS}/{stage}', date)}/manifest.json"
+
+
+def report_dir(root: str, date: DateLike) -> str:
+    return partition(root, REPORTS, date)
+
+
+def staging(root: str, name: str, date: DateLike, run_id: str) -> str:
+    """A run's private staging copy of an output table's partition (never read by consumers)."""
+    return f"{table(root, STAGING)}/{name}/dt={_ds(date)}/run={run_id}"
+
+
+def latest_pointer(root: str, name: str) -> str:
+    """``<table>/_LATEST``: one line naming the newest published partition (``dt=YYYY-MM-DD``)."""
+    return f"{table(root, name)}/_LATEST"

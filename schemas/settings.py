@@ -1,0 +1,176 @@
+"""The one settings object: defaults for the embedded local run, then environment, CLI flags and DAG params.
+
+Precedence (later wins): field defaults < ``RECFLOW_<FIELD>`` environment variables < explicit overrides
+(CLI flags via :func:`Settings.from_cli`, Airflow params via :func:`Settings.from_params`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("ecommerce", "news")
+ENV_PREFIX = "RECFLOW_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # where and what
+    lake_root: str = str(REPO_ROOT / "lake")
+    spark_master: str = "local[*]"
+    scenario: str = "ecommerce"
+    run_date: dt.date = dt.date(2026, 1, 14)
+    # generator (demo data)
+    seed: int = 42
+    users: int = 20_000
+    items: int = 5_000
+    days: int = 14
+    events_per_day: int = 70_000
+    # cleaning
+    bot_events_per_minute: int = 30
+    max_field_chars: int = 2_000
+    max_price: float = 100_000.0
+    # keyed hash for user ids: the key comes from this env var or the Airflow connection, never from code
+    pseudonym_key_env: str = "RECFLOW_PSEUDONYM_KEY"
+    pseudonym_conn_id: str = "recflow_pseudonym_key"
+    # features
+    window_days: int = 14
+    history_length: int = 20
+    decay_half_life_days: float = 7.0
+    price_buckets: int = 10
+    title_hash_buckets: int = 4096
+    title_tokens: int = 8
+    # model
+    model: str = "two_tower"
+    encoder: str = "gru"
+    embedding_dim: int = 64
+    epochs: int = 5
+    batch_size: int = 1024
+    learning_rate: float = 0.003
+    skip_training: bool = False
+    # evaluation and gate
+    eval_k: int = 10
+    gate_metric: str = "ndcg_at_10"
+    gate_margin: float = 0.0
+    # scoring and publish
+    top_n: int = 100
+    category_cap: int = 0  # 0 disables the per-category diversity cap
+    similar_items_n: int = 20
+    score_block_users: int = 4096
+    max_cold_start_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"scenario must be one of {SCENARIOS}, got {self.scenario!r}")
+        positive = ("users", "items", "days", "events_per_day", "window_days", "history_length", "top_n",
+                    "embedding_dim", "epochs", "batch_size", "eval_k", "similar_items_n", "score_block_users")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.max_cold_start_share <= 1.0:
+            raise ValueError(f"max_cold_start_share must be in [0, 1], got {self.max_cold_start_share}")
+
+    # ---- construction -------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+        """Defaults, then ``RECFLOW_*`` environment variables, then ``overrides`` (None values are ignored)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + field.name.upper())
+            if raw is not None and raw != "":
+                values[field.name] = _coerce(field.name, _field_type(field), raw)
+        for name, value in (overrides or {}).items():
+            if value is None:
+                continue
+            field_map = {f.name: f for f in dataclasses.fields(cls)}
+            if name not in field_map:
+                raise ValueError(f"unknown setting {name!r}")
+            values[name] = _coerce(name, _field_type(field_map[name]), value)
+        return cls(**values)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Settings:
+        """From Airflow params: keys that are settings fields are applied, others (UI-only params) ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls.load({k: v for k, v in params.items() if k in names})
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Adds ``--<field-name>`` for every field; unset flags keep the environment/default value."""
+        for field in dataclasses.fields(cls):
+            flag = "--" + field.name.replace("_", "-")
+            extra = {"dest": field.name, "default": None}
+            if field.name == "run_date":
+                parser.add_argument(flag, "--date", help="the run's date, YYYY-MM-DD", **extra)
+            else:
+                parser.add_argument(flag, help=f"default {field.default!r}", **extra)
+
+    @classmethod
+    def from_cli(cls, argv: Sequence[str] | None = None, description: str = "") -> Settings:
+        parser = argparse.ArgumentParser(description=description)
+        cls.add_arguments(parser)
+        return cls.load(vars(parser.parse_args(argv)))
+
+    def replace(self, **changes: Any) -> Settings:
+        return Settings.load({**self.to_dict(), **changes}, env={})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["run_date"] = self.run_date.isoformat()
+        return out
+
+    def to_cli(self) -> list[str]:
+        """The flags that reproduce these settings in a spark-submit'ted job."""
+        args: list[str] = []
+        for name, value in self.to_dict().items():
+            args += ["--" + name.replace("_", "-"), str(value)]
+        return args
+
+    # ---- derived ------------------------------------------------------------------------------------
+    @property
+    def ds(self) -> str:
+        return self.run_date.isoformat()
+
+    def window_dates(self) -> list[dt.date]:
+        """The training window: the ``window_days`` days ending the day before ``run_date`` (oldest first)."""
+        return [self.run_date - dt.timedelta(days=i) for i in range(self.window_days, 0, -1)]
+
+
+def _field_type(field: dataclasses.Field[Any]) -> Any:
+    hints = typing.get_type_hints(Settings)
+    return hints[field.name]
+
+
+def _coerce(name: str, typ: Any, value: Any) -> Any:
+    if isinstance(typ, types.UnionType):
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if typ is dt.date:
+            if isinstance(value, dt.datetime):
+                return value.date()
+            if isinstance(value, dt.date):
+                return value
+            return dt.date.fromisoformat(str(value)[:10])
+        if typ is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return typ(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"setting {name!r}: cannot read {value!r} as {getattr(typ, '__name__', typ)}") from err
