@@ -1,0 +1,98 @@
+"""Small pyarrow helpers for the model stage: read a lake partition, write one atomically, read/write JSON.
+
+The model stage runs as one Python process (no Spark), so it reads Parquet with pyarrow. Lake roots may be local
+paths or URIs pyarrow understands (file://, s3://, hdfs://, gs://); writes go to a temporary name first and are
+moved into place, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from schemas import lake
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and in-filesystem path of a lake path or URI."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), uri
+    return pafs.FileSystem.from_uri(uri)
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_partition(root: str, name: str, date: Any, columns: list[str] | None = None,
+                   schema: pa.Schema | None = None) -> pa.Table:
+    """One ``dt=`` partition of a lake table (all its part files); FileNotFoundError naming it if absent."""
+    uri = lake.partition(root, name, date)
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{uri} does not exist (has the stage that writes {name} run for {date}?)")
+    table = pq.read_table(path, filesystem=fs, columns=columns, schema=schema, partitioning=None)
+    return table
+
+
+def list_partitions(root: str, name: str) -> list[str]:
+    """The ``YYYY-MM-DD`` dates that have a partition of the table, oldest first."""
+    fs, path = filesystem(lake.table(root, name))
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    return sorted(i.base_name[3:] for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("dt="))
+
+
+def write_partition(table: pa.Table, root: str, name: str, date: Any, schema: pa.Schema) -> str:
+    """Replace ``dt=date`` of a table by one Parquet file, checked against ``schema`` (idempotent reruns)."""
+    table = table.select(schema.names).cast(schema)
+    uri = lake.partition(root, name, date)
+    fs, path = filesystem(uri)
+    fs.create_dir(path, recursive=True)
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
+        if info.type == pafs.FileType.File and info.base_name != "part-0.parquet":
+            fs.delete_file(info.path)  # a rerun replaces exactly this partition
+    temp = f"{path}/.part-0.{uuid.uuid4().hex}.tmp"
+    pq.write_table(table, temp, filesystem=fs)
+    fs.move(temp, f"{path}/part-0.parquet")
+    return uri
+
+
+def write_text_atomic(uri: str, text: str) -> None:
+    """Write a small text file via a temporary sibling and a rename (os.replace semantics on local disks)."""
+    write_bytes_atomic(uri, text.encode("utf-8"))
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    fs, path = filesystem(uri)
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    temp = f"{parent}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
+    with fs.open_output_stream(temp) as out:
+        out.write(data)
+    fs.move(temp, path)
+
+
+def read_text(uri: str) -> str | None:
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode("utf-8")
+
+
+def append_text(uri: str, line: str) -> None:
+    """Append a line (read + rewrite atomically: object stores have no append)."""
+    write_text_atomic(uri, (read_text(uri) or "") + line.rstrip("\n") + "\n")
+
+
+def read_json(uri: str) -> Any | None:
+    text = read_text(uri)
+    return None if text is None else json.loads(text)

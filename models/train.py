@@ -1,0 +1,260 @@
+"""Training entry point: ``train(settings)`` trains the deep model (and the baselines) for the run date.
+
+``fit_two_tower(data, settings)`` trains from an in-memory :class:`models.data.TrainingData` (the lake loader and
+the MovieLens benchmark both build one). Fixed seeds; early stopping on validation Recall@K with seen items
+excluded; a checkpoint per epoch (interrupted training resumes where it stopped); GPU with mixed precision when
+TensorFlow sees one (MirroredStrategy for several), the CPU otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import subprocess
+import time
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from models import data as D
+from models import features as F
+from models.scoring import save
+from models.two_tower import ItemTower, TwoTowerModel, TwoTowerParams, TwoTowerScoring, UserTower, ease_matrix
+from schemas import lake
+from schemas.settings import REPO_ROOT, Settings
+
+log = logging.getLogger(__name__)
+BEST_WEIGHTS = "best.weights.h5"
+BEST_STATE = "best_state.json"
+
+
+# ---- device -------------------------------------------------------------------------------------------------------
+def training_strategy() -> tuple[tf.distribute.Strategy, str]:
+    """(strategy, description): GPUs with mixed precision when present, else the default CPU strategy."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+        device = f"{len(gpus)} GPU(s), mixed_float16" + (", MirroredStrategy" if len(gpus) > 1 else "")
+    else:
+        keras.mixed_precision.set_global_policy("float32")
+        strategy = tf.distribute.get_strategy()
+        device = "CPU, float32"
+    log.info("training on %s", device)
+    return strategy, device
+
+
+# ---- evaluation during training ---------------------------------------------------------------------------------
+def eval_inputs(evalset: D.EvalSet, data: D.TrainingData, params: TwoTowerParams) -> dict[str, np.ndarray]:
+    shape = D.ExampleShape(params.history_length, params.seen_length, params.max_targets)
+    return D.user_inputs(evalset.user_idx, evalset.history, evalset.seen, data.profiles, shape)
+
+
+def recall_at_k(model: TwoTowerModel, inputs: dict[str, np.ndarray], evalset: D.EvalSet, k: int,
+                part: str = "final", scores: np.ndarray | None = None) -> float:
+    """Mean over users of |top-k ∩ targets| / |targets|, the user's seen items excluded from the top-k."""
+    scores = model.score_catalogue(inputs, part=part) if scores is None else scores.copy()
+    for row, seen in enumerate(evalset.seen):
+        scores[row, seen[(seen > 0) & (seen < scores.shape[1])]] = -np.inf
+    top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
+    recommendable = np.isfinite(np.take_along_axis(scores, top, axis=1))  # fewer than k unseen items: no filler
+    recalls = [len(np.intersect1d(top[row][recommendable[row]], targets)) / len(targets)
+               for row, targets in enumerate(evalset.targets) if len(targets)]
+    return float(np.mean(recalls)) if recalls else 0.0
+
+
+class RecallEarlyStopping(keras.callbacks.Callback):
+    """Validation Recall@K each epoch (into the logs), best weights kept on disk, stop after ``patience`` epochs
+    without improvement, best weights restored at the end. Its state lives beside the checkpoint, so a resumed
+    training remembers the best epoch so far."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], evalset: D.EvalSet, k: int, patience: int,
+                 state_dir: str | None) -> None:
+        super().__init__()
+        self.inputs, self.evalset, self.k, self.patience, self.state_dir = inputs, evalset, k, patience, state_dir
+        self.best, self.best_epoch, self.wait, self.best_weights = -1.0, -1, 0, None
+
+    def _path(self, name: str) -> str | None:
+        return f"{self.state_dir}/{name}" if self.state_dir else None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        state_path = self._path(BEST_STATE)
+        if state_path and tf.io.gfile.exists(state_path):
+            with tf.io.gfile.GFile(state_path) as fh:
+                state = json.load(fh)
+            self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = recall_at_k(self.model, self.inputs, self.evalset, self.k, part="deep")
+        if logs is not None:
+            logs[F.VAL_RECALL] = value
+        log.info("epoch %d: validation recall@%d = %.4f", epoch + 1, self.k, value)
+        if value > self.best:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            self.best_weights = self.model.get_weights()
+            if self.state_dir:
+                tf.io.gfile.makedirs(self.state_dir)
+                self.model.save_weights(self._path(BEST_WEIGHTS), overwrite=True)
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                self.model.stop_training = True
+        if self.state_dir:
+            with tf.io.gfile.GFile(self._path(BEST_STATE), "w") as fh:
+                json.dump({"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}, fh)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+        elif self.state_dir and tf.io.gfile.exists(self._path(BEST_WEIGHTS)):
+            self.model.load_weights(self._path(BEST_WEIGHTS))
+
+
+def choose_blend(model: TwoTowerModel, inputs: dict[str, np.ndarray], evalset: D.EvalSet, k: int) -> float:
+    """The deep share of the deep+wide score with the best validation Recall@K (grid of 0.1 steps)."""
+    grid = [round(0.1 * i, 1) for i in range(11)]
+    recalls = []
+    for share in grid:
+        model.blend.assign(share)
+        recalls.append(recall_at_k(model, inputs, evalset, k))
+    best = grid[int(np.argmax(recalls))]
+    model.blend.assign(best)
+    log.info("blend (deep share) chosen on validation: %.1f (recall@%d by share: %s)", best, k,
+             dict(zip(grid, [round(r, 4) for r in recalls], strict=True)))
+    return best
+
+
+# ---- training ------------------------------------------------------------------------------------------------------
+def build_model(data: D.TrainingData, params: TwoTowerParams) -> TwoTowerModel:
+    num_items = data.num_items
+    catalogue = data.catalogue
+    if catalogue.num_items < num_items:  # interactions with items the catalogue lacks: unknown content
+        grown = D.Catalogue.ids_only(num_items, catalogue.title_tokens.shape[1])
+        for field in ("category_idx", "price_bucket", "title_tokens", "age_days", "available"):
+            getattr(grown, field)[: catalogue.num_items + 1] = getattr(catalogue, field)
+        catalogue = grown
+    dim = params.embedding_dim
+    item_tower = ItemTower(num_items, int(catalogue.category_idx.max(initial=0)),
+                           int(catalogue.price_bucket.max(initial=0)), int(catalogue.title_tokens.max(initial=0)),
+                           dim, l2=params.l2, bias=params.item_bias, name="item_tower")
+    user_tower = UserTower(num_items, int(data.profiles.age_bucket_idx.max(initial=0)),
+                           int(data.profiles.region_idx.max(initial=0)), params.encoder, dim, params.history_length,
+                           hidden_dim=params.hidden_dim, dropout=params.dropout, l2=params.l2, name="user_tower")
+    counts = np.bincount(data.interactions.item_idx, minlength=num_items + 1).astype(np.float64)
+    log_q = np.log(np.maximum(counts, 1.0) / max(counts.sum(), 1.0))
+    wide = None
+    if params.wide and num_items <= params.wide_max_items:
+        wide = ease_matrix(data.interactions.user_idx, data.interactions.item_idx, num_items, params.ease_lambda)
+    return TwoTowerModel(user_tower, item_tower, catalogue.inputs(), params, item_log_q=log_q, wide=wide,
+                         name="two_tower")
+
+
+def fit_two_tower(data: D.TrainingData, settings: Settings | None = None, params: TwoTowerParams | None = None,
+                  checkpoint_dir: str | None = None, callbacks: list[keras.callbacks.Callback] | None = None,
+                  verbose: int = 0, run_eagerly: bool = False) -> tuple[TwoTowerScoring, dict[str, Any]]:
+    """Trains the two-tower model on in-memory data; returns the export module and a training summary."""
+    params = params or TwoTowerParams.from_settings(settings or Settings.load())
+    keras.utils.set_random_seed(params.seed)
+    strategy, device = training_strategy()
+    started = time.perf_counter()
+    shape = D.ExampleShape(params.history_length, params.seen_length, params.max_targets)
+    dataset, steps = D.make_dataset(data, params.objective, shape, params.batch_size, params.holdout, params.seed)
+    with strategy.scope():
+        model = build_model(data, params)
+        model.compile(optimizer=keras.optimizers.Adam(params.learning_rate), jit_compile=False,
+                      run_eagerly=run_eagerly)
+        # build every weight now (BackupAndRestore builds the optimizer from them before the first step)
+        model(next(iter(dataset.take(1))))
+        model.item_vectors(model.catalogue)
+    all_callbacks: list[keras.callbacks.Callback] = []
+    if checkpoint_dir:
+        all_callbacks.append(keras.callbacks.BackupAndRestore(checkpoint_dir, save_freq="epoch"))
+    early = None
+    if data.validation is not None and len(data.validation.user_idx):
+        early = RecallEarlyStopping(eval_inputs(data.validation, data, params), data.validation, params.eval_k,
+                                    params.patience, checkpoint_dir)
+        all_callbacks.append(early)
+    all_callbacks += callbacks or []
+    history = model.fit(dataset, epochs=params.epochs, steps_per_epoch=None, callbacks=all_callbacks, verbose=verbose)
+    blend = float(model.blend.numpy())
+    if model.wide is not None and early is not None and params.blend < 0:
+        blend = choose_blend(model, early.inputs, data.validation, params.eval_k)  # type: ignore[arg-type]
+    seconds = time.perf_counter() - started
+    if checkpoint_dir and tf.io.gfile.exists(checkpoint_dir):  # finished: the checkpoint has served its purpose
+        tf.io.gfile.rmtree(checkpoint_dir)
+    summary = {
+        "device": device, "training_seconds": round(seconds, 2), "epochs_run": len(history.epoch),
+        "steps_per_epoch": steps, "loss": [float(v) for v in history.history.get("loss", [])],
+        F.VAL_RECALL: [float(v) for v in history.history.get(F.VAL_RECALL, [])],
+        "best_epoch": (early.best_epoch + 1) if early and early.best_epoch >= 0 else None,
+        "best_val_recall_at_k": early.best if early else None, "full_softmax": bool(model.full_softmax),
+        "wide": model.wide is not None, "blend": blend if model.wide is not None else None, "num_items": model.num_items,
+        "num_train_interactions": int(len(data.interactions.item_idx)),
+    }
+    log.info("two-tower trained in %.1f s on %s: %s", seconds, device, {k: summary[k] for k in ("epochs_run", "best_epoch")})
+    module = TwoTowerScoring(model)
+    module.keras_model = model  # kept for in-process evaluation; not part of the export signatures
+    return module, summary
+
+
+# ---- pipeline entry point -------------------------------------------------------------------------------------------
+def code_version() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def model_version(params: TwoTowerParams, window: dict[str, str]) -> str:
+    """Deterministic for the same parameters and data window, so a rerun of a date reuses its version."""
+    return F.VERSION_PREFIX + params.digest(window)
+
+
+def train_two_tower(settings: Settings, data: D.TrainingData | None = None) -> str:
+    """Trains and exports the deep model for the run date; returns its model folder."""
+    data = data or D.load_training_data(settings)
+    params = TwoTowerParams.from_settings(settings)
+    version = model_version(params, data.window)
+    model_dir = lake.model_dir(settings.lake_root, F.MODEL_NAME, version)
+    module, summary = fit_two_tower(data, params=params, checkpoint_dir=f"{model_dir}/_checkpoint")
+    metadata = {
+        "name": F.MODEL_NAME, "version": version, "kind": F.MODEL_KIND, "data_window": data.window,
+        "params": params.to_dict(), "metrics": {f"val_recall_at_{params.eval_k}": summary["best_val_recall_at_k"]},
+        "training": summary, "code_version": code_version(), "device": summary["device"],
+        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    save(module, model_dir, metadata)
+    log.info("saved %s %s to %s", F.MODEL_NAME, version, model_dir)
+    return model_dir
+
+
+def train(settings: Settings) -> list[str]:
+    """The DAG's training step: the deep model and every baseline; returns their model folders."""
+    data = D.load_training_data(settings)
+    model_dirs = [train_two_tower(settings, data)]
+    try:
+        from models import baselines
+    except ImportError:
+        baselines = None  # type: ignore[assignment]
+    if baselines is not None and hasattr(baselines, "train_baselines"):
+        model_dirs += list(baselines.train_baselines(settings, data))
+    else:
+        log.warning("models.baselines.train_baselines not available: only the deep model was trained")
+    return model_dirs
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_cli(argv, description="Train the deep model and the baselines for a run date.")
+    for model_dir in train(settings):
+        print(model_dir)
+
+
+if __name__ == "__main__":
+    main()

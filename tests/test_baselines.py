@@ -1,0 +1,187 @@
+"""Each baseline on a tiny fixture with a known answer, through the scoring contract and the nightly entry point."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from models import baselines, lake_io
+from models.evaluate import item_inputs, topk_for, user_inputs
+from schemas import features as fs
+from schemas import lake
+from schemas.settings import Settings
+
+pytestmark = pytest.mark.tf
+
+RUN_DATE = "2026-01-14"
+N_USERS, N_ITEMS = 40, 12
+
+
+def clustered_interactions(seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
+    """Users 1..40 in two taste clusters: odd users take items 1-6, even users items 7-12.
+
+    Returns per user index (0 unused): the window items and the next-day targets (other items of the cluster).
+    Users 1-6 are cold (one window item).
+    """
+    rng = np.random.default_rng(seed)
+    window, targets = [[]], [[]]
+    for user in range(1, N_USERS + 1):
+        cluster = np.arange(1, 7) if user % 2 else np.arange(7, 13)
+        order = rng.permutation(cluster).tolist()
+        taken = 1 if user <= 6 else 4
+        window.append(order[:taken])
+        targets.append(order[taken:taken + 2])
+    return window, targets
+
+
+def write_feature_lake(root: str, run_date: str = RUN_DATE, seed: int = 0, unavailable: tuple[int, ...] = ()) -> Settings:
+    """The four feature partitions evaluation and the baselines read, for a tiny clustered world."""
+    window, targets = clustered_interactions(seed)
+    settings = Settings.load({"lake_root": root, "run_date": run_date, "window_days": 3, "eval_k": 3})
+    when = dt.datetime(2026, 1, 13, 12, tzinfo=dt.UTC)
+    pairs = [(u, i) for u in range(1, N_USERS + 1) for i in window[u]]
+    lake_io.write_partition(pa.table({
+        "user_idx": [u for u, _ in pairs], "item_idx": [i for _, i in pairs], "strength": [1.0] * len(pairs),
+        "events": [1] * len(pairs), "last_time": [when] * len(pairs)}, schema=fs.INTERACTION),
+        root, lake.INTERACTIONS, run_date, fs.INTERACTION)
+    items = list(range(1, N_ITEMS + 1))
+    lake_io.write_partition(pa.table({
+        "item_idx": items, "item_id": [f"i{i}" for i in items], "category": ["a" if i <= 6 else "b" for i in items],
+        "category_idx": [1 if i <= 6 else 2 for i in items], "price_bucket": [1] * N_ITEMS,
+        "title_tokens": [[i, i + 100] for i in items], "age_days": [1.0] * N_ITEMS, "available": [i not in unavailable for i in items],
+        "popularity": [1.0] * N_ITEMS, "title": [f"item {i}" for i in items]}, schema=fs.ITEM_FEATURE),
+        root, lake.ITEM_FEATURES, run_date, fs.ITEM_FEATURE)
+    users = list(range(1, N_USERS + 1))
+    lake_io.write_partition(pa.table({
+        "user_idx": users, "user_id": [f"u{u}" for u in users], "age_bucket_idx": [1 + u % 2 for u in users],
+        "region_idx": [1] * N_USERS, "segment": [f"{u % 2}|north" for u in users]}, schema=fs.USER_FEATURE),
+        root, lake.USER_FEATURES, run_date, fs.USER_FEATURE)
+    lake_io.write_partition(pa.table({
+        "user_idx": users, "history": [window[u] for u in users], "seen": [window[u] for u in users],
+        "targets": [targets[u] for u in users]}, schema=fs.VALIDATION_EXAMPLE),
+        root, lake.VALIDATION, run_date, fs.VALIDATION_EXAMPLE)
+    return settings
+
+
+def tiny_matrix() -> tuple[np.ndarray, np.ndarray]:
+    window, _ = clustered_interactions()
+    pairs = [(u, i) for u in range(1, N_USERS + 1) for i in window[u]]
+    return np.array([u for u, _ in pairs]), np.array([i for _, i in pairs])
+
+
+def recommend(module, seen: list[list[int]], k: int = 3, age=None, user_idx=None) -> np.ndarray:
+    users = user_inputs(np.arange(1, len(seen) + 1) if user_idx is None else np.asarray(user_idx), seen, seen, 5,
+                        age_bucket_idx=age, region_idx=None if age is None else np.ones(len(seen), np.int32))
+    top, scores = topk_for(module, users, item_inputs(np.arange(1, N_ITEMS + 1), 2), k)
+    assert np.all(np.diff(scores, axis=1) <= 0), "scores must not increase with rank"
+    return top
+
+
+def test_popularity_ranks_by_users_and_excludes_seen() -> None:
+    matrix = baselines.interaction_matrix([1, 2, 3, 1, 2, 1], [5, 5, 5, 3, 3, 8], n_users=3, n_items=N_ITEMS)
+    module = baselines.fit_popularity(matrix)
+    top = recommend(module, [[], [5]], k=2)
+    assert top[0].tolist() == [5, 3]  # 3 users took item 5, 2 took item 3
+    assert top[1].tolist() == [3, 8]  # item 5 already seen
+
+
+def test_segment_popularity_serves_each_segment_its_own_favourites() -> None:
+    # segment (age 1) users take items 1-2, segment (age 2) users take items 7-8; region 1 everywhere
+    users, items = [1, 1, 2, 2, 3, 3, 4, 4], [1, 2, 1, 2, 7, 8, 7, 8]
+    matrix = baselines.interaction_matrix(users, items, n_users=4, n_items=N_ITEMS)
+    module = baselines.fit_segment_popularity(matrix, np.array([0, 1, 1, 2, 2]), np.array([0, 1, 1, 1, 1]), prior=1.0)
+    # two brand-new users (not in training), one per segment, no history
+    top = recommend(module, [[], []], k=2, age=np.array([1, 2]), user_idx=[99, 100])
+    assert set(top[0].tolist()) == {1, 2}
+    assert set(top[1].tolist()) == {7, 8}
+    # an unknown segment falls back to the global shares (the prior), not to zeros
+    unknown = recommend(module, [[]], k=4, age=np.array([9]), user_idx=[101])
+    assert set(unknown[0].tolist()) == {1, 2, 7, 8}
+
+
+def test_item_cosine_matches_hand_computed_similarity_and_prunes() -> None:
+    # item 1: users {1, 2}; item 2: users {2, 3}; item 3: users {1, 2}
+    matrix = baselines.interaction_matrix([1, 2, 2, 3, 1, 2], [1, 1, 2, 2, 3, 3], n_users=3, n_items=3)
+    similarity = baselines.cosine_similarity(matrix, neighbours=0)
+    assert similarity[1, 2] == pytest.approx(1 / (np.sqrt(2) * np.sqrt(2)))  # 0.5
+    assert similarity[1, 3] == pytest.approx(1.0)
+    assert similarity[1, 1] == 0.0 and similarity[0].sum() == 0.0
+    pruned = baselines.cosine_similarity(matrix, neighbours=1)
+    assert pruned[2, 1] == 0.0 and pruned[3, 1] == pytest.approx(1.0)  # item 1 keeps only its best neighbour
+
+
+def test_ease_solves_its_constrained_least_squares() -> None:
+    users, items = tiny_matrix()
+    matrix = baselines.interaction_matrix(users, items, N_USERS, N_ITEMS)
+    lam = 5.0
+    weights = baselines.ease_weights(matrix, lam).astype(np.float64)
+    assert np.allclose(np.diag(weights), 0.0)
+    # optimality: gradient of ||X - XB||^2 + lam ||B||^2 vanishes off the diagonal (diag(B) = 0 is the constraint)
+    gram = (matrix.T @ matrix).toarray().astype(np.float64)
+    gradient = (gram + lam * np.eye(len(gram))) @ weights - gram
+    off_diagonal = gradient[~np.eye(len(gram), dtype=bool)]
+    assert np.abs(off_diagonal).max() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["item_cosine", "ease"])
+def test_item_to_item_models_recommend_within_the_users_cluster(name: str) -> None:
+    users, items = tiny_matrix()
+    matrix = baselines.interaction_matrix(users, items, N_USERS, N_ITEMS)
+    module = baselines.fit(name, matrix, {"item_cosine": {"neighbours": 5}, "ease": {"lam": 1.0}}[name])
+    top = recommend(module, [[1, 2], [7, 8]], k=3)
+    assert set(top[0].tolist()) <= {3, 4, 5, 6}
+    assert set(top[1].tolist()) <= {9, 10, 11, 12}
+
+
+def test_unknown_items_and_users_score_zero_not_fail() -> None:
+    users, items = tiny_matrix()
+    module = baselines.fit_ease(baselines.interaction_matrix(users, items, N_USERS, N_ITEMS), lam=1.0)
+    embeddings = module.encode_items(*[np.asarray(v) for v in item_inputs(np.array([1, 500]), 2).values()]).numpy()
+    assert np.all(embeddings[1] == 0.0)  # item 500 is not in the model's vocabulary
+
+
+def test_saved_baseline_scores_like_the_in_memory_one(tmp_path: Path) -> None:
+    from models import scoring
+
+    users, items = tiny_matrix()
+    module = baselines.fit_ease(baselines.interaction_matrix(users, items, N_USERS, N_ITEMS), lam=1.0)
+    scoring.save(module, str(tmp_path / "ease"), {"name": "ease"})
+    loaded = scoring.LoadedModel(str(tmp_path / "ease"))
+    seen = [[1, 2], [7], []]
+    assert np.array_equal(recommend(loaded, seen, k=4), recommend(module, seen, k=4))
+
+
+@pytest.mark.spark
+@pytest.mark.slow  # seconds on an idle machine, a minute when other Spark jobs share the two cores
+def test_als_learns_the_two_clusters(spark) -> None:  # type: ignore[no-untyped-def]
+    users, items = tiny_matrix()
+    matrix = baselines.interaction_matrix(users, items, N_USERS, N_ITEMS)
+    module = baselines.fit_als(spark, matrix, rank=4, reg=0.01, alpha=5.0, iterations=5, blocks=1)
+    odd_user, even_user = 11, 12  # warm users of cluster 1-6 and 7-12
+    scores_odd = module.encode_users(*[np.asarray(v) for v in user_inputs(
+        np.array([odd_user, even_user, 999]), [[], [], []], [[], [], []], 3).values()]).numpy()
+    item_vectors = module.encode_items(*[np.asarray(v) for v in item_inputs(np.arange(1, N_ITEMS + 1), 2).values()]).numpy()
+    scores = scores_odd @ item_vectors.T
+    assert scores[0, :6].mean() > scores[0, 6:].mean()
+    assert scores[1, 6:].mean() > scores[1, :6].mean()
+    assert np.all(scores[2] == 0.0)  # unknown user: zero factor
+
+
+def test_train_baselines_registers_versioned_models_idempotently(tmp_lake: str) -> None:
+    settings = write_feature_lake(tmp_lake)
+    dirs = baselines.train_baselines(settings, names=("popularity", "segment_popularity", "ease"))
+    assert [d.split("/")[-2] for d in dirs] == ["popularity", "segment_popularity", "ease"]
+    meta = json.loads(Path(dirs[2], "metadata.json").read_text())
+    assert meta["name"] == "ease" and meta["kind"] == "baseline" and meta["params"] == {"lam": 400.0}
+    assert meta["data_window"] == {"start": "2026-01-11", "end": "2026-01-13", "validation": RUN_DATE}
+    assert meta["code_version"] and meta["version"].startswith(RUN_DATE)
+    assert meta["n_items"] == N_ITEMS
+    again = baselines.train_baselines(settings, names=("ease",))
+    assert again == [dirs[2]]  # same date + params: same version folder, overwritten
+    changed = baselines.train_baselines(settings, names=("ease",), params={"ease": {"lam": 10.0}})
+    assert changed != again
