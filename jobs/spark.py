@@ -27,10 +27,15 @@ def spark_session(settings: Settings, app: str) -> SparkSession:
         .config("spark.sql.adaptive.enabled", "true")
         .config("spark.sql.shuffle.partitions", os.environ.get("RECFLOW_SHUFFLE_PARTITIONS", "8"))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        # the contracts say timestamp[us, UTC]; Spark's default INT96 reads back in pyarrow as naive ns
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .config("spark.ui.enabled", "false")
         .config("spark.driver.host", os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"))
     )
-    if not SparkConf().contains("spark.master"):  # spark-submit sets it; a plain python run uses settings
+    # spark-submit gives the master (--master) to the JVM that started this process; SparkConf() cannot see it
+    # before a context exists, so spark-submit is recognised by the gateway it hands over. Plain python: settings.
+    under_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ
+    if not under_spark_submit and not SparkConf().contains("spark.master"):
         builder = builder.master(settings.spark_master)
     return builder.getOrCreate()
 

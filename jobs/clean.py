@@ -1,0 +1,494 @@
+"""Clean raw JSON-lines logs into typed, deduplicated, pseudonymised Parquet; every unusable row is quarantined.
+
+``spark-submit jobs/clean.py --date D --lake-root R`` (or ``python -m jobs.clean ...``) cleans day D and, in the same
+Spark session, every day of D's window (``settings.window_dates()``) that has raw events but no clean manifest yet, so
+a first run on a fresh lake backfills its window. D itself is always recomputed. Outputs per cleaned day:
+``clean/events``, ``clean/items``, ``clean/users``, ``quarantine/events`` (each replaced for exactly that day, an
+empty but valid partition when there are no rows), a manifest ``runs/clean/dt=D/manifest.json`` and a row in
+``runs/table``.
+
+Decisions (the why lives here, the rules in the code below):
+
+* Raw lines are read as text, so the quarantine keeps the original line byte for byte (invalid UTF-8 is stored with
+  U+FFFD replacements), then parsed with the declared schema (every field read as text, then typed by us, so that a
+  wrong type is told apart from malformed JSON).
+* A row gets the first reason that applies, in the order of :data:`ROW_RULES` then duplicate, bot, unknown item.
+  ``user_id`` absent, JSON null or blank is ``null_user``; any other required field absent or blank is
+  ``missing_field``. ``wrong_type``: event_time not an ISO-8601 date-time, price not a number, or an id field holding
+  a JSON object/array (a number in an id field is accepted as its text, as Spark's own JSON reader does).
+* Late or early events (event_time not on the folder's day, in UTC) are *quarantined* as ``timestamp_out_of_day``,
+  not moved to their own day: a day's rerun then depends only on that day's folder, and rerunning D never rewrites
+  another day's partition. The quarantined line can be replayed into its day's folder if it matters.
+* Duplicate event ids (within a day, among otherwise valid rows): the first by (event_time, source file, line) is
+  kept and every later copy is *quarantined* as ``duplicate_event_id``, so nothing is silently lost and
+  ``duplicates_dropped`` in the reconciliation is always 0.
+* Bot users: a user with more than ``settings.bot_events_per_minute`` valid, deduplicated events in any one minute
+  of the day has all that day's remaining events quarantined as ``bot_user``.
+* Unknown items: item_id not in that day's catalogue (``raw/items/dt=D``).
+* Unknown extra JSON keys are tolerated; their names and row counts go to the manifest as schema drift.
+* Pseudonyms: ``user_id`` in events and users is HMAC-SHA256 with a deployment secret (:mod:`jobs.pseudonymise`).
+  PII (email, phone, name, ip, address, user_agent) is never selected into a clean table. The quarantine keeps raw
+  lines and so holds PII: it has the access class of ``raw/``, not of ``clean/``.
+* Reconciliation, exactly, per day: raw lines (counted by an independent scan of the raw files) = clean rows +
+  quarantined rows (per reason) + duplicates dropped (0), with clean and quarantine counted from what was written.
+  A mismatch raises :class:`jobs.manifest.ReconciliationError` naming the numbers.
+* Bad input: a truncated or corrupt file (e.g. gzip) fails the run with :class:`CorruptInputFile` naming the file,
+  before anything is written; a day folder with no lines gives an empty but valid run (zero counts, empty
+  partitions); a missing folder for D (events or items) raises :class:`MissingPartition` naming the path; window
+  days without raw events are skipped and listed in D's manifest. ``raw/users`` is optional (profiles are not
+  always exported): without it clean/users for the day is empty and the manifest says so.
+* Idempotent: data columns hold nothing run-time dependent and tie-breaks are total orders, so two runs of a date
+  give identical tables; run ids and timestamps go to the manifest only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from jobs import manifest as manifests
+from jobs.pseudonymise import pseudonym_column, resolve_key
+from jobs.spark import check_schema, path_exists, spark_session
+from schemas import lake
+from schemas.clean import CLEAN_EVENT, CLEAN_ITEM, CLEAN_USER, QUARANTINE_EVENT, QUARANTINE_REASONS
+from schemas.raw import RAW_EVENT, RAW_ITEM, REQUIRED_EVENT_FIELDS, SCENARIO_EVENT_TYPES
+from schemas.settings import Settings
+from schemas.spark import to_spark
+
+STAGE = "clean"
+EVENT_FIELDS: tuple[str, ...] = tuple(RAW_EVENT.names)
+ID_FIELDS = ("event_id", "user_id", "session_id", "event_type", "item_id")
+AGE_BUCKETS = ((18, "<18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (55, "45-54"), (65, "55-64"), (121, "65+"))
+DUPLICATES_DROPPED = 0  # duplicates are quarantined (reason duplicate_event_id), never dropped
+RECONCILIATION_RULE = ("raw_events = clean_events + sum(quarantined_by_reason) + duplicates_dropped; duplicates "
+                       "are quarantined as duplicate_event_id, so duplicates_dropped is always 0")
+_ISO_DATETIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}"
+
+
+class MissingPartition(FileNotFoundError):
+    """A raw partition the run needs does not exist."""
+
+
+class CorruptInputFile(RuntimeError):
+    """A raw file cannot be read to its end (truncated gzip, bad compression)."""
+
+
+# ---- extract ---------------------------------------------------------------------------------------------------
+def extract_events(spark: SparkSession, root: str, dates: Sequence[str]) -> DataFrame:
+    """Raw event lines as text: ``dt`` (the folder's day), ``source_file``, ``value`` (the line)."""
+    frames = [
+        spark.read.text(lake.raw_events(root, ds)).select(
+            F.lit(ds).alias("dt"), F.col("_metadata.file_path").alias("source_file"), F.col("value"))
+        for ds in dates
+    ]
+    return _union(frames)
+
+
+def extract_items(spark: SparkSession, root: str, dates: Sequence[str]) -> DataFrame:
+    schema = to_spark(RAW_ITEM)
+    return _union([spark.read.schema(schema).json(lake.raw_items(root, ds)).withColumn("dt", F.lit(ds))
+                   for ds in dates])
+
+
+def extract_users(spark: SparkSession, root: str, dates: Sequence[str]) -> DataFrame:
+    """Only user_id, age and region are declared to the reader: the PII columns are never even parsed."""
+    schema = T.StructType([T.StructField("user_id", T.StringType()), T.StructField("age", T.IntegerType()),
+                           T.StructField("region", T.StringType())])
+    frames = [spark.read.schema(schema).json(lake.raw_users(root, ds)).withColumn("dt", F.lit(ds)) for ds in dates]
+    return _union(frames) if frames else spark.createDataFrame([], schema.add("dt", T.StringType()))
+
+
+def _union(frames: Sequence[DataFrame]) -> DataFrame:
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.unionByName(frame)
+    return out
+
+
+# ---- transforms: events ------------------------------------------------------------------------------------------
+def parse_events(raw: DataFrame) -> DataFrame:
+    """Adds every declared field as text, and ``json_keys`` (null when the line is not a JSON object)."""
+    as_text = T.StructType([T.StructField(name, T.StringType()) for name in EVENT_FIELDS])
+    parsed = raw.select("*", F.from_json("value", as_text).alias("_json"),
+                        F.json_object_keys("value").alias("json_keys"))
+    return parsed.select(*raw.columns, "json_keys", *[F.col("_json")[name].alias(name) for name in EVENT_FIELDS])
+
+
+def _blank(name: str) -> Column:
+    return F.col(name).isNull() | (F.trim(F.col(name)) == "")
+
+
+def _quoted(name: str, limit: int = 60) -> Column:
+    return F.concat(F.lit(f"{name} '"), F.substring(F.col(name), 1, limit), F.lit("'"))
+
+
+def flag_row_problems(parsed: DataFrame, settings: Settings) -> DataFrame:
+    """Row-local checks: adds ``event_ts``, ``price_value`` and ``reason``/``detail`` (null when the row is fine)."""
+    event_types = list(SCENARIO_EVENT_TYPES[settings.scenario])
+    df = parsed.withColumn(
+        "event_ts", F.when(F.col("event_time").rlike(_ISO_DATETIME), F.try_to_timestamp(F.col("event_time")))
+    ).withColumn("price_value", F.col("price").try_cast("double"))
+
+    invalid_utf8 = ~F.is_valid_utf8("value") | (F.instr("value", "\ufffd") > 0)
+    longest = F.greatest(*[F.length(F.col(name)) for name in EVENT_FIELDS])
+    oversized = (F.length("value") > settings.max_field_chars) & (longest > settings.max_field_chars)
+    other_required = [name for name in REQUIRED_EVENT_FIELDS if name != "user_id"]
+    missing = F.concat_ws(",", *[F.when(_blank(name), F.lit(name)) for name in other_required])
+    structured = [F.when(F.substring(F.ltrim(F.col(name)), 1, 1).isin("{", "["), F.lit(f"{name} is not a string"))
+                  for name in ID_FIELDS]
+    wrong_type = F.concat_ws("; ", *structured,
+                             F.when(F.col("event_ts").isNull(), F.lit("event_time is not an ISO-8601 date-time")),
+                             F.when(F.col("price").isNotNull() & F.col("price_value").isNull(),
+                                    F.lit("price is not a number")))
+    price = F.col("price_value")
+    bad_price = price.isNotNull() & (F.isnan(price) | (price < 0) | (price > settings.max_price))
+
+    # (reason, condition, detail): the first matching rule wins
+    rules: list[tuple[str, Column, Column]] = [
+        ("invalid_utf8", invalid_utf8, F.lit("line is not valid UTF-8 (stored with U+FFFD replacements)")),
+        ("malformed_json", F.col("json_keys").isNull(),
+         F.when(F.trim("value") == "", F.lit("empty line")).otherwise(F.lit("not a JSON object"))),
+        ("oversized_field", oversized, F.lit(f"a field is longer than {settings.max_field_chars} characters")),
+        ("null_user", _blank("user_id"), F.lit("user_id is absent, null or blank")),
+        ("missing_field", missing != "", F.concat(F.lit("missing or blank: "), missing)),
+        ("wrong_type", wrong_type != "", wrong_type),
+        ("unknown_event_type", ~F.col("event_type").isin(event_types),
+         F.concat(_quoted("event_type"), F.lit(f" not in {event_types}"))),
+        ("invalid_price", bad_price,
+         F.concat(F.lit("price "), F.col("price"), F.lit(f" outside [0, {settings.max_price:g}]"))),
+        ("timestamp_out_of_day", F.to_date("event_ts") != F.to_date(F.col("dt")),
+         F.concat(F.lit("event_time "), F.col("event_time"), F.lit(" is not on "), F.col("dt"), F.lit(" (UTC)"))),
+    ]
+    verdict: Any = F
+    for reason, condition, detail in rules:
+        verdict = verdict.when(condition, F.struct(F.lit(reason).alias("reason"), detail.alias("detail")))
+    return df.withColumn("_verdict", verdict).select(
+        *df.columns, F.col("_verdict.reason").alias("reason"), F.col("_verdict.detail").alias("detail"))
+
+
+def _spread_key(valid: Column, key: Column) -> Column:
+    """``key`` for valid rows; a per-line key for the others, so they neither group together nor skew a partition."""
+    return F.when(valid, key).otherwise(
+        F.concat(F.lit("\u0000"), F.xxhash64("value", "source_file").cast("string")))
+
+
+def flag_duplicates(df: DataFrame) -> DataFrame:
+    """Among valid rows, keeps the first of each (dt, event_id) by event_time, then source file and line."""
+    valid = F.col("reason").isNull()
+    order = Window.partitionBy("dt", "_event_key").orderBy("event_ts", "source_file", "value")
+    return (df.withColumn("_event_key", _spread_key(valid, F.col("event_id")))
+              .withColumn("_copy", F.row_number().over(order))
+              .withColumn("reason", F.when(valid & (F.col("_copy") > 1), F.lit("duplicate_event_id"))
+                          .otherwise(F.col("reason")))
+              .withColumn("detail", F.when(F.col("reason") == "duplicate_event_id",
+                                           F.lit("a row with this event_id and an earlier or equal event_time is kept"))
+                          .otherwise(F.col("detail")))
+              .drop("_event_key", "_copy"))
+
+
+def flag_bots(df: DataFrame, events_per_minute: int) -> DataFrame:
+    """Quarantines every remaining event of a user with more than ``events_per_minute`` valid events in a minute."""
+    valid = F.col("reason").isNull()
+    # one shuffle by (dt, user) serves both windows: clustering by (dt, user, minute) is implied
+    keyed = (df.withColumn("_user_key", _spread_key(valid, F.col("user_id")))
+               .withColumn("_minute", F.date_trunc("minute", F.col("event_ts")))
+               .repartition("dt", "_user_key"))
+    per_minute = keyed.withColumn(
+        "_per_minute", F.count(F.lit(1)).over(Window.partitionBy("dt", "_user_key", "_minute")))
+    worst = per_minute.withColumn("_worst_minute", F.max("_per_minute").over(Window.partitionBy("dt", "_user_key")))
+    is_bot = valid & (F.col("_worst_minute") > events_per_minute)
+    return (worst.withColumn("detail", F.when(is_bot, F.concat(
+                F.lit("user has "), F.col("_worst_minute").cast("string"),
+                F.lit(f" events in one minute (threshold {events_per_minute})"))).otherwise(F.col("detail")))
+                 .withColumn("reason", F.when(is_bot, F.lit("bot_user")).otherwise(F.col("reason")))
+                 .drop("_user_key", "_minute", "_per_minute", "_worst_minute"))
+
+
+def flag_unknown_items(df: DataFrame, items: DataFrame) -> DataFrame:
+    """Quarantines valid events whose item_id is not in that day's clean catalogue (``items``: dt, item_id)."""
+    catalogue = items.select("dt", "item_id", F.lit(True).alias("_known"))
+    joined = df.join(F.broadcast(catalogue), on=["dt", "item_id"], how="left")
+    unknown = F.col("reason").isNull() & F.col("_known").isNull()
+    return (joined.withColumn("detail", F.when(unknown, F.concat(_quoted("item_id"), F.lit(" not in the catalogue")))
+                              .otherwise(F.col("detail")))
+                  .withColumn("reason", F.when(unknown, F.lit("unknown_item")).otherwise(F.col("reason")))
+                  .drop("_known"))
+
+
+def route_events(raw: DataFrame, items: DataFrame, settings: Settings, key: bytes) -> DataFrame:
+    """raw lines -> one row per line with ``reason`` (null = clean), quarantine fields and clean fields.
+
+    Quarantine fields are null on clean rows and clean fields null on quarantined rows, so the frame can be cached
+    once at about the size of the data and split into both tables.
+    """
+    flagged = flag_row_problems(parse_events(raw), settings)
+    flagged = flag_duplicates(flagged)
+    flagged = flag_bots(flagged, settings.bot_events_per_minute)
+    flagged = flag_unknown_items(flagged, items)
+    clean = F.col("reason").isNull()
+    quarantined = F.col("reason").isNotNull()
+    extra_keys = F.array_except(F.col("json_keys"), F.array(*[F.lit(n) for n in EVENT_FIELDS]))
+    return flagged.select(
+        "dt", "reason", "detail",
+        F.when(quarantined, F.make_valid_utf8("value")).alias("raw_line"),
+        F.when(quarantined, F.col("source_file")).alias("source_file"),
+        F.when(clean, F.col("event_id")).alias("event_id"),
+        F.when(clean, F.col("event_ts")).alias("event_time"),
+        F.when(clean, pseudonym_column(F.col("user_id"), key)).alias("user_id"),
+        F.when(clean, F.col("session_id")).alias("session_id"),
+        F.when(clean, F.col("event_type")).alias("event_type"),
+        F.when(clean, F.col("item_id")).alias("item_id"),
+        F.when(clean, F.col("price_value")).alias("price"),
+        F.when(F.size(extra_keys) > 0, extra_keys).alias("extra_keys"),
+    )
+
+
+def clean_events(routed: DataFrame) -> DataFrame:
+    return routed.where(F.col("reason").isNull()).select("dt", *CLEAN_EVENT.names)
+
+
+def quarantine_events(routed: DataFrame) -> DataFrame:
+    return routed.where(F.col("reason").isNotNull()).select("dt", *QUARANTINE_EVENT.names)
+
+
+# ---- transforms: items and users ---------------------------------------------------------------------------------
+def _first_per_key(df: DataFrame, key: str, order: Iterable[str]) -> DataFrame:
+    """One row per (dt, key): the first by ``order`` (a total order, so reruns pick the same row)."""
+    w = Window.partitionBy("dt", key).orderBy(*[F.col(c).asc_nulls_last() for c in order])
+    return df.withColumn("_rank", F.row_number().over(w)).where(F.col("_rank") == 1).drop("_rank")
+
+
+def clean_items(raw_items: DataFrame, settings: Settings) -> DataFrame:
+    """One row per item and day; bad prices become null, unknown availability means unavailable."""
+    with_id = raw_items.where(~_blank("item_id"))
+    first = _first_per_key(with_id, "item_id", ["title", "category", "price", "publish_time", "available", "source"])
+    price = F.col("price")
+    return first.select(
+        "dt", "item_id", "category",
+        F.when((price >= 0) & (price <= settings.max_price) & ~F.isnan(price), price).alias("price"),
+        "title",
+        F.try_to_timestamp(F.col("publish_time")).alias("publish_time"),
+        F.coalesce(F.col("available"), F.lit(False)).alias("available"),
+        "source",
+    )
+
+
+def age_bucket(age: Column) -> Column:
+    bucket: Any = F
+    low = 0
+    for upper, label in AGE_BUCKETS:
+        bucket = bucket.when((age >= low) & (age < upper), F.lit(label))
+        low = upper
+    return bucket.otherwise(F.lit(None).cast("string"))
+
+
+def clean_users(raw_users: DataFrame, key: bytes) -> DataFrame:
+    """Pseudonymised id, age bucket, region; nothing else of the profile."""
+    with_id = raw_users.where(~_blank("user_id"))
+    first = _first_per_key(with_id, "user_id", ["age", "region"])
+    return first.select("dt", pseudonym_column(F.col("user_id"), key).alias("user_id"),
+                        age_bucket(F.col("age")).alias("age_bucket"), "region")
+
+
+# ---- load --------------------------------------------------------------------------------------------------------
+def write_days(df: DataFrame, root: str, name: str, schema: pa.Schema, dates: Sequence[str],
+               nonempty: Iterable[str], sort_by: Sequence[str] = ()) -> None:
+    """Replace exactly the ``dates`` partitions of the table: data via dynamic overwrite, empty days explicitly.
+
+    Spark's dynamic overwrite leaves a partition untouched when the new data has no row for it, which would keep a
+    previous run's rows; so days without rows are overwritten with an empty file carrying the schema.
+    """
+    check_schema(df, schema, name)
+    columns = [*schema.names, "dt"]
+    data = df.select(*columns)
+    if sort_by:  # a stable order inside each file: byte-identical reruns and better compression
+        data = data.sortWithinPartitions("dt", *sort_by)
+    nonempty = set(nonempty)
+    if nonempty:
+        data.write.mode("overwrite").partitionBy("dt").parquet(lake.table(root, name))
+    spark = df.sparkSession
+    for ds in dates:
+        if ds not in nonempty:
+            (spark.createDataFrame([], to_spark(schema)).coalesce(1).write.mode("overwrite")
+                  .parquet(lake.partition(root, name, ds)))
+
+
+def _counts_by(df: DataFrame, *keys: str) -> dict[tuple[str, ...], int]:
+    def hashable(value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    return {tuple(hashable(row[k]) for k in keys): int(row["rows"])
+            for row in df.groupBy(*keys).agg(F.count(F.lit(1)).alias("rows")).collect()}
+
+
+def _profile_counts(raw: DataFrame, key: str) -> dict[str, tuple[int, int]]:
+    """dt -> (raw rows, distinct non-blank keys = rows of the clean table) in one pass."""
+    rows = raw.groupBy("dt").agg(F.count(F.lit(1)).alias("raw"),
+                                 F.countDistinct(F.when(~_blank(key), F.col(key))).alias("clean")).collect()
+    return {row["dt"]: (int(row["raw"]), int(row["clean"])) for row in rows}
+
+
+def _read_days(spark: SparkSession, root: str, name: str, dates: Sequence[str]) -> DataFrame:
+    days = spark.read.option("basePath", lake.table(root, name)).parquet(
+        *[lake.partition(root, name, ds) for ds in dates])
+    return days.withColumn("dt", F.col("dt").cast("string"))  # partition discovery infers a date
+
+
+# ---- the run ----------------------------------------------------------------------------------------------------
+def plan_dates(spark: SparkSession, settings: Settings) -> dict[str, list[str]]:
+    """Which days this run cleans: D always; window days with raw events and no clean manifest yet."""
+    root = settings.lake_root
+    if not path_exists(spark, lake.raw_events(root, settings.ds)):
+        raise MissingPartition(f"no raw events for the run date: {lake.raw_events(root, settings.ds)} does not exist")
+    plan: dict[str, list[str]] = {"backfilled": [], "skipped_no_raw": [], "already_clean": []}
+    for day in settings.window_dates():
+        ds = day.isoformat()
+        if not path_exists(spark, lake.raw_events(root, ds)):
+            plan["skipped_no_raw"].append(ds)
+        elif manifests.manifest_exists(root, STAGE, ds, spark):
+            plan["already_clean"].append(ds)
+        else:
+            plan["backfilled"].append(ds)
+    plan["cleaned"] = [*plan["backfilled"], settings.ds]
+    for ds in plan["cleaned"]:
+        if not path_exists(spark, lake.raw_items(root, ds)):
+            raise MissingPartition(f"no item catalogue for {ds}: {lake.raw_items(root, ds)} does not exist "
+                                   "(needed to check item ids)")
+    return plan
+
+
+def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
+    """Clean the planned days; returns the manifest written for each day."""
+    started_at = manifests.utc_now()
+    run_id = manifests.new_run_id(STAGE)
+    spark.conf.set("spark.sql.session.timeZone", "UTC")  # "the day" of an event is its UTC day
+    spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
+    # Parquet timestamps as UTC-adjusted micros (what the contract's timestamp("us", "UTC") means), not INT96
+    spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    key = resolve_key(settings)  # before any work: no key, no run
+    root = settings.lake_root
+    plan = plan_dates(spark, settings)
+    dates = plan["cleaned"]
+    user_dates = [ds for ds in dates if path_exists(spark, lake.raw_users(root, ds))]
+
+    raw_items = extract_items(spark, root, dates)
+    items = clean_items(raw_items, settings).persist()
+    raw_users = extract_users(spark, root, user_dates)
+    routed = route_events(extract_events(spark, root, dates), items.select("dt", "item_id"), settings, key)
+    routed = routed.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        with _naming_bad_files():
+            # one pass computes (and caches) everything, before any write; drift rides along as a grouping key
+            routed_counts = _counts_by(routed, "dt", "reason", "extra_keys")
+            item_counts = _profile_counts(raw_items, "item_id")
+            user_counts = _profile_counts(raw_users, "user_id")
+            raw_counts = _counts_by(extract_events(spark, root, dates), "dt")  # independent of the transforms
+        clean_days = {ds for (ds, reason, _) in routed_counts if reason is None}
+        quarantine_days = {ds for (ds, reason, _) in routed_counts if reason is not None}
+        write_days(clean_events(routed), root, lake.CLEAN_EVENTS, CLEAN_EVENT, dates, clean_days,
+                   sort_by=("event_time", "event_id"))
+        write_days(quarantine_events(routed), root, lake.QUARANTINE_EVENTS, QUARANTINE_EVENT, dates,
+                   quarantine_days, sort_by=("reason", "source_file", "raw_line"))
+        write_days(items, root, lake.CLEAN_ITEMS, CLEAN_ITEM, dates,
+                   {ds for ds, (_, n) in item_counts.items() if n}, sort_by=("item_id",))
+        write_days(clean_users(raw_users, key), root, lake.CLEAN_USERS, CLEAN_USER, dates,
+                   {ds for ds, (_, n) in user_counts.items() if n}, sort_by=("user_id",))
+    finally:
+        routed.unpersist()
+        items.unpersist()
+    drift: dict[tuple[str, str], int] = {}
+    for (ds, _, extra_keys), rows in routed_counts.items():
+        for name in extra_keys or ():
+            drift[(ds, name)] = drift.get((ds, name), 0) + rows
+
+    # counts of the events that landed, read back from the written tables
+    written_clean = _counts_by(_read_days(spark, root, lake.CLEAN_EVENTS, dates), "dt")
+    written_quarantine = _counts_by(_read_days(spark, root, lake.QUARANTINE_EVENTS, dates), "dt", "reason")
+
+    finished_at = manifests.utc_now()
+    out: dict[str, dict[str, Any]] = {}
+    for ds in dates:
+        by_reason = {reason: written_quarantine.get((ds, reason), 0) for reason in QUARANTINE_REASONS}
+        unexpected = {r for (d, r) in written_quarantine if d == ds and r not in QUARANTINE_REASONS}
+        if unexpected:
+            raise ValueError(f"quarantine for {ds} has undeclared reasons {sorted(unexpected)}")
+        counts: dict[str, Any] = {
+            "raw_events": raw_counts.get((ds,), 0),
+            "clean_events": written_clean.get((ds,), 0),
+            "quarantined_events": sum(by_reason.values()),
+            "quarantined_by_reason": by_reason,
+            "duplicates_dropped": DUPLICATES_DROPPED,
+            "raw_items": item_counts.get(ds, (0, 0))[0],
+            "clean_items": item_counts.get(ds, (0, 0))[1],  # one row per distinct non-blank item_id
+            "raw_users": user_counts.get(ds, (0, 0))[0],
+            "clean_users": user_counts.get(ds, (0, 0))[1],
+        }
+        manifests.reconcile(f"clean {ds} events", counts["raw_events"], {
+            "clean": counts["clean_events"], **{f"quarantined {r}": n for r, n in by_reason.items() if n},
+            "duplicates dropped": DUPLICATES_DROPPED})
+        notes = []
+        if counts["raw_events"] == 0:
+            notes.append("raw events folder has no lines: empty but valid run")
+        if ds not in user_dates:
+            notes.append(f"no {lake.raw_users(root, ds)}: clean/users is empty for this day")
+        manifest: dict[str, Any] = {
+            "stage": STAGE, "dt": ds, "run_id": run_id, "run_date": settings.ds,
+            "started_at": started_at.isoformat(), "finished_at": finished_at.isoformat(),
+            "why": "run date" if ds == settings.ds else "backfill: raw events present, no clean manifest yet",
+            "inputs": {"events": lake.raw_events(root, ds), "items": lake.raw_items(root, ds),
+                       "users": lake.raw_users(root, ds) if ds in user_dates else None},
+            "outputs": {name: lake.partition(root, name, ds) for name in
+                        (lake.CLEAN_EVENTS, lake.CLEAN_ITEMS, lake.CLEAN_USERS, lake.QUARANTINE_EVENTS)},
+            "counts": counts,
+            "reconciliation": {"rule": RECONCILIATION_RULE, "ok": True},
+            "schema_drift": {"extra_keys": {k: n for (d, k), n in sorted(drift.items()) if d == ds}},
+            "settings": {name: getattr(settings, name) for name in
+                         ("scenario", "bot_events_per_minute", "max_field_chars", "max_price")},
+            "notes": notes,
+        }
+        if ds == settings.ds:
+            manifest["window"] = {k: plan[k] for k in ("backfilled", "skipped_no_raw", "already_clean")}
+        manifests.write_manifest(root, STAGE, ds, manifest, spark)
+        manifests.record_run(root, STAGE, ds, manifest, spark)
+        out[ds] = manifest
+    return out
+
+
+@contextlib.contextmanager
+def _naming_bad_files() -> Iterator[None]:
+    """Turns Spark's read failure into :class:`CorruptInputFile` naming the file and the cause."""
+    try:
+        yield
+    except Exception as err:
+        text = str(err)
+        found = re.search(r"error while reading file (\S+?)\.?\s", text)
+        if not found:
+            raise
+        causes = re.findall(r"Caused by: ([^\n]+)", text)
+        cause = causes[-1].strip() if causes else type(err).__name__
+        raise CorruptInputFile(
+            f"cannot read raw file {found.group(1)}: truncated or corrupt ({cause}). Nothing was written for this "
+            "run; repair or remove the file and rerun the date.") from err
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = Settings.from_cli(argv, description=__doc__.splitlines()[0] if __doc__ else "")
+    spark = spark_session(settings, STAGE)
+    written = run(spark, settings)
+    for ds, manifest in written.items():
+        counts = manifest["counts"]
+        reasons = {r: n for r, n in counts["quarantined_by_reason"].items() if n}
+        print(f"clean {ds}: {counts['raw_events']} raw = {counts['clean_events']} clean + "
+              f"{counts['quarantined_events']} quarantined {reasons}; drift {manifest['schema_drift']['extra_keys']}")
+
+
+if __name__ == "__main__":
+    main()
