@@ -20,7 +20,8 @@ export AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG := 2
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help install java run test test-quick lint format bench bench-quality bench-score clean-lake
+.PHONY: help install java run test test-quick lint format bench bench-quality bench-score clean-lake \
+	ui ui-stop browser-deps
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -58,3 +59,33 @@ format: install ## apply ruff formatting and safe fixes
 
 clean-lake: ## remove the local lake and Airflow home (generated data only)
 	rm -rf lake airflow_home
+
+# ---- operations: local Airflow UI, browser test dependencies, benchmarks ------------------------------------
+BENCH_DIR := tests/benchmarks
+PLAYWRIGHT_PREFIX := $(CURDIR)/.cache/playwright
+
+ui: install ## start the Airflow UI (api-server, scheduler, dag-processor) on 127.0.0.1:8080 and print the login
+	$(PY) -m jobs.local_airflow ui
+
+ui-stop: ## stop exactly the processes `make ui` started (PIDs in airflow_home/pids/)
+	$(PY) -m jobs.local_airflow ui-stop
+
+browser-deps: ## Debian chromium and npm playwright-core for the browser test (tests/browser/)
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@test -d $(PLAYWRIGHT_PREFIX)/node_modules/playwright-core || \
+	  npm install --silent --no-audit --no-fund --prefix $(PLAYWRIGHT_PREFIX) playwright-core
+
+define run_bench
+	@if test -f $(BENCH_DIR)/$(1); then $(PY) $(BENCH_DIR)/$(1) $(BENCH_ARGS); \
+	else echo "$(BENCH_DIR)/$(1) is not there yet"; exit 1; fi
+endef
+
+bench: install ## clean + features throughput vs a plain Spark copy and DuckDB (1M/4M/16M events)
+	$(call run_bench,bench_clean.py)
+
+bench-quality: install ## every model on MovieLens 100k (../shared/data), the published table's protocol
+	$(call run_bench,bench_quality.py)
+
+bench-score: install ## batch scoring vs the bare matrix product and ALS recommendForAllUsers
+	$(call run_bench,bench_score.py)

@@ -13,6 +13,11 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# tests get their own Airflow metadata DB, never the demo's airflow_home (set before Airflow is imported)
+import tempfile  # noqa: E402
+
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="recflow-airflow-")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 # tests must not pick up a developer's RECFLOW_* settings
 for _name in [n for n in os.environ if n.startswith("RECFLOW_") and n != "RECFLOW_SHARED_DATA"]:
     del os.environ[_name]

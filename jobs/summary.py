@@ -1,0 +1,274 @@
+"""The run summary: rows in/out per stage, model metrics, the gate's decision and durations for one date.
+
+Written after every run (the DAG's ``summary`` task, trigger rule all_done, so failed runs get one too) to
+``reports/dt=D/summary.json``, ``summary.md`` and ``summary.html``. Reads only what the stages left in the lake
+(run manifests, the metrics table, the production pointer, the published tables), so it works on any lake root
+pyarrow can open (local path, file://, s3a://, hdfs://).
+
+    python -m jobs.summary --date 2026-01-14
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from schemas import lake
+from schemas.settings import Settings
+
+# stages in pipeline order; manifests of other stages are listed after these
+STAGE_ORDER = ("generate", "clean", "features", "train", "evaluate", "gate", "score", "validate", "publish")
+HEADLINE_METRICS = ("recall", "ndcg", "precision", "map", "hit_rate", "mrr", "coverage")
+
+
+def _fs(root: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the root path inside it (``s3a://`` is read as ``s3://``)."""
+    uri = root
+    if uri.startswith("s3a://"):
+        uri = "s3://" + uri[len("s3a://"):]
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), uri.rstrip("/")
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    return filesystem, path.rstrip("/")
+
+
+def _sub(root_path: str, root: str, full: str) -> str:
+    """Translate a lake path built from the settings' root into the filesystem's own path."""
+    return root_path + full[len(root.rstrip("/")):]
+
+
+def _read_json(filesystem: pafs.FileSystem, path: str) -> Any | None:
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            return json.loads(stream.read().decode("utf-8"))
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def _exists(filesystem: pafs.FileSystem, path: str) -> bool:
+    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def stage_manifests(settings: Settings) -> list[dict[str, Any]]:
+    """Every ``runs/<stage>/dt=D/manifest.json`` found, in pipeline order, with a duration when it has times."""
+    filesystem, root_path = _fs(settings.lake_root)
+    runs_dir = _sub(root_path, settings.lake_root, lake.table(settings.lake_root, lake.RUNS))
+    if not _exists(filesystem, runs_dir):
+        return []
+    stages = [info.base_name for info in filesystem.get_file_info(pafs.FileSelector(runs_dir))
+              if info.type == pafs.FileType.Directory and info.base_name != "table"]
+    stages.sort(key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s))
+    found = []
+    for stage in stages:
+        path = _sub(root_path, settings.lake_root, lake.run_manifest(settings.lake_root, stage, settings.ds))
+        manifest = _read_json(filesystem, path)
+        if isinstance(manifest, dict):
+            found.append({"stage": stage, "manifest": manifest, "seconds": _duration(manifest)})
+    return found
+
+
+def _duration(manifest: dict[str, Any]) -> float | None:
+    if isinstance(manifest.get("seconds"), int | float):
+        return float(manifest["seconds"])
+    try:
+        start = dt.datetime.fromisoformat(str(manifest["started_at"]).replace("Z", "+00:00"))
+        end = dt.datetime.fromisoformat(str(manifest["finished_at"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return None
+    return round((end - start).total_seconds(), 3)
+
+
+def _counts(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's counts: its ``counts`` object, else its top-level numbers."""
+    counts = manifest.get("counts")
+    if isinstance(counts, dict):
+        return counts
+    return {k: v for k, v in manifest.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def metric_rows(settings: Settings) -> list[dict[str, Any]]:
+    """Rows of ``metrics/dt=D`` (schemas.outputs.METRIC), or [] when evaluation did not run."""
+    filesystem, root_path = _fs(settings.lake_root)
+    path = _sub(root_path, settings.lake_root, lake.partition(settings.lake_root, lake.METRICS, settings.ds))
+    if not _exists(filesystem, path):
+        return []
+    return pq.read_table(path, filesystem=filesystem).to_pylist()
+
+
+def metric_label(metric: str, k: int | None) -> str:
+    """``recall``+10 -> ``recall@10``; names that already carry K (``ndcg_at_10``) keep it."""
+    if "_at_" in metric:
+        name, _, kk = metric.rpartition("_at_")
+        return f"{name}@{kk}"
+    return f"{metric}@{k}" if k else metric
+
+
+def metric_value(rows: Iterable[dict[str, Any]], model_or_role: str, metric: str, k: int,
+                 segment: str = "all") -> float | None:
+    """One number from the metrics table, matching the model name or its role (e.g. ``production``)."""
+    wanted = metric_label(metric, k)
+    for row in rows:
+        if row.get("segment", "all") != segment:
+            continue
+        if model_or_role not in (row.get("model"), row.get("role")):
+            continue
+        if metric_label(str(row["metric"]), row.get("k")) == wanted:
+            return float(row["value"])
+    return None
+
+
+def metrics_table(rows: list[dict[str, Any]], segment: str = "all") -> dict[str, dict[str, float]]:
+    """``{model: {label: value}}`` for one segment, the headline metrics first."""
+    table: dict[str, dict[str, float]] = {}
+    for row in rows:
+        if row.get("segment", "all") != segment:
+            continue
+        name = str(row["model"]) + (f" ({row['role']})" if row.get("role") else "")
+        table.setdefault(name, {})[metric_label(str(row["metric"]), row.get("k"))] = float(row["value"])
+    return table
+
+
+def output_counts(settings: Settings) -> dict[str, Any]:
+    """Rows and users of the published tables for D (absent when publish did not run)."""
+    filesystem, root_path = _fs(settings.lake_root)
+    out: dict[str, Any] = {}
+    for name in (lake.RECOMMENDATIONS, lake.SIMILAR_ITEMS):
+        path = _sub(root_path, settings.lake_root, lake.partition(settings.lake_root, name, settings.ds))
+        if not _exists(filesystem, path):
+            continue
+        key_column = "user_id" if name == lake.RECOMMENDATIONS else "item_id"
+        table = pq.read_table(path, filesystem=filesystem, columns=[key_column])
+        out[name] = {"path": lake.partition(settings.lake_root, name, settings.ds), "rows": table.num_rows,
+                     f"distinct_{key_column}s": len(table.column(key_column).unique())}
+    return out
+
+
+def collect(settings: Settings, run_id: str = "", gate_decision: dict[str, Any] | None = None,
+            run_started_at: dt.datetime | None = None) -> dict[str, Any]:
+    filesystem, root_path = _fs(settings.lake_root)
+    production = _read_json(filesystem, _sub(root_path, settings.lake_root,
+                                             lake.production_pointer(settings.lake_root)))
+    stages = stage_manifests(settings)
+    rows = metric_rows(settings)
+    now = dt.datetime.now(dt.UTC)
+    return {
+        "run_date": settings.ds,
+        "run_id": run_id,
+        "generated_at": now.isoformat(timespec="seconds"),
+        "run_seconds": round((now - run_started_at).total_seconds(), 1) if run_started_at else None,
+        "scenario": settings.scenario,
+        "lake_root": settings.lake_root,
+        "stages": [{"stage": s["stage"], "seconds": s["seconds"], "counts": _counts(s["manifest"])}
+                   for s in stages],
+        "metrics": metrics_table(rows),
+        "gate": gate_decision,
+        "production": production,
+        "outputs": output_counts(settings),
+    }
+
+
+def to_markdown(summary: dict[str, Any]) -> str:
+    lines = [f"# recflow run summary for {summary['run_date']}", "",
+             f"- run: `{summary['run_id']}`  scenario: `{summary['scenario']}`  lake: `{summary['lake_root']}`",
+             f"- written: {summary['generated_at']}"
+             + (f"  (run took {summary['run_seconds']} s so far)" if summary.get("run_seconds") else ""), ""]
+    lines += ["## Stages", ""]
+    if summary["stages"]:
+        lines += ["| stage | seconds | counts |", "| --- | ---: | --- |"]
+        for stage in summary["stages"]:
+            counts = ", ".join(f"{k}={_short(v)}" for k, v in stage["counts"].items()) or "-"
+            seconds = "-" if stage["seconds"] is None else f"{stage['seconds']:.1f}"
+            lines.append(f"| {stage['stage']} | {seconds} | {counts} |")
+    else:
+        lines.append("No run manifests for this date.")
+    lines += ["", "## Model metrics (all users, held-out next-day events)", ""]
+    metrics = summary["metrics"]
+    if metrics:
+        labels = _metric_columns(metrics)
+        lines += ["| model | " + " | ".join(labels) + " |", "| --- |" + " ---: |" * len(labels)]
+        for model, values in metrics.items():
+            lines.append(f"| {model} | " + " | ".join(_fmt(values.get(label)) for label in labels) + " |")
+    else:
+        lines.append("No metrics for this date (training skipped or evaluation did not run).")
+    lines += ["", "## Promotion", ""]
+    gate = summary.get("gate")
+    lines.append(f"- gate decision: `{json.dumps(gate, default=str)}`" if gate else "- gate did not run")
+    production = summary.get("production")
+    lines.append(f"- production model: `{json.dumps(production, default=str)}`" if production
+                 else "- no production model")
+    lines += ["", "## Published", ""]
+    if summary["outputs"]:
+        for name, info in summary["outputs"].items():
+            extra = ", ".join(f"{k}={v}" for k, v in info.items() if k != "path")
+            lines.append(f"- `{name}`: {extra} at `{info['path']}`")
+    else:
+        lines.append("Nothing published for this date.")
+    return "\n".join(lines) + "\n"
+
+
+def to_html(summary: dict[str, Any]) -> str:
+    """The Markdown page in a <pre>, plus the metrics as a real table: readable without any renderer."""
+    metrics = summary["metrics"]
+    table = ""
+    if metrics:
+        labels = _metric_columns(metrics)
+        head = "".join(f"<th>{html.escape(label)}</th>" for label in labels)
+        body = "".join(
+            f"<tr><td>{html.escape(model)}</td>"
+            + "".join(f"<td>{_fmt(values.get(label))}</td>" for label in labels) + "</tr>"
+            for model, values in metrics.items())
+        table = f"<h2>Metrics</h2><table border=1 cellpadding=4><tr><th>model</th>{head}</tr>{body}</table>"
+    return (f"<!doctype html><meta charset=utf-8><title>recflow {html.escape(summary['run_date'])}</title>"
+            f"<body style='font-family:sans-serif'>{table}<h2>Summary</h2>"
+            f"<pre>{html.escape(to_markdown(summary))}</pre></body>")
+
+
+def _metric_columns(metrics: dict[str, dict[str, float]]) -> list[str]:
+    labels = sorted({label for values in metrics.values() for label in values})
+    return sorted(labels, key=lambda lab: (next((i for i, m in enumerate(HEADLINE_METRICS)
+                                                 if lab.startswith(m)), len(HEADLINE_METRICS)), lab))
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def write(settings: Settings, run_id: str = "", gate_decision: dict[str, Any] | None = None,
+          run_started_at: dt.datetime | None = None) -> dict[str, str]:
+    """Collect and write ``summary.{json,md,html}`` under ``reports/dt=D/``; returns their paths."""
+    summary = collect(settings, run_id, gate_decision, run_started_at)
+    filesystem, root_path = _fs(settings.lake_root)
+    report_dir = lake.report_dir(settings.lake_root, settings.ds)
+    filesystem.create_dir(_sub(root_path, settings.lake_root, report_dir), recursive=True)
+    bodies = {"json": json.dumps(summary, indent=2, default=str), "md": to_markdown(summary),
+              "html": to_html(summary)}
+    paths = {}
+    for ext, body in bodies.items():
+        path = f"{report_dir}/summary.{ext}"
+        with filesystem.open_output_stream(_sub(root_path, settings.lake_root, path)) as stream:
+            stream.write(body.encode("utf-8"))
+        paths[ext] = path
+    print(to_markdown(summary))
+    print(f"summary written to {paths['md']} (and .json, .html)")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = Settings.from_cli(argv, description="Write the run summary for a date.")
+    write(settings)
+
+
+if __name__ == "__main__":
+    main()

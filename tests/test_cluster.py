@@ -1,0 +1,169 @@
+"""Cluster mode: the pipeline's Spark stages on a real Spark standalone cluster, by switching ``spark_default``.
+
+A master and one worker are started from pip's pyspark (``spark-class``) on 127.0.0.1 with free ports; the jobs are
+submitted through the same Airflow hook the DAG's SparkSubmitOperator uses, with the ``spark_default`` connection
+pointed at ``spark://127.0.0.1:<port>`` and the code shipped as a ``--py-files`` zip (as on a real cluster). Both
+daemons are stopped by PID at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+pytestmark = [pytest.mark.slow, pytest.mark.spark]
+
+TINY = {"users": 200, "items": 150, "events_per_day": 2500, "window_days": 2, "days": 3, "epochs": 1,
+        "top_n": 5, "run_date": "2026-01-06"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen([str(BIN / "spark-class"), *args], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop one daemon we started, by its PID's process group (spark-class execs the JVM in that group)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def _alive_workers(web_port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/json/", timeout=3) as response:
+            state = json.load(response)
+    except OSError:
+        return 0
+    return sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
+
+
+@pytest.fixture(scope="module")
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    if shutil.which("java") is None:
+        pytest.skip("no java on PATH")
+    work = tmp_path_factory.mktemp("spark-cluster")
+    port, web_port, worker_web_port = _free_port(), _free_port(), _free_port()
+    import pyspark
+
+    # spark-class finds pip's Spark through PYSPARK_DRIVER_PYTHON, else a bare `python3`: name it outright
+    env = {**os.environ, "SPARK_HOME": str(Path(pyspark.__file__).parent), "SPARK_LOCAL_IP": "127.0.0.1",
+           "SPARK_WORKER_DIR": str(work / "worker"), "PYSPARK_PYTHON": sys.executable,
+           "PYSPARK_DRIVER_PYTHON": sys.executable}
+    master = _start(["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+                     "--webui-port", str(web_port)], work / "master.log", env)
+    worker = _start(["org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", "--host", "127.0.0.1",
+                     "--cores", "1", "--memory", "2g", "--webui-port", str(worker_web_port),
+                     "--work-dir", str(work / "worker")], work / "worker.log", env)
+    try:
+        deadline = time.monotonic() + 120
+        while _alive_workers(web_port) < 1:
+            if time.monotonic() > deadline or master.poll() is not None or worker.poll() is not None:
+                logs = "\n".join(p.read_text()[-2000:] for p in (work / "master.log", work / "worker.log"))
+                pytest.fail(f"the standalone cluster did not come up:\n{logs}")
+            time.sleep(1)
+        yield {"master": f"spark://127.0.0.1:{port}", "port": port, "web_port": web_port, "work": work,
+               "env": env}
+    finally:
+        _stop(worker)
+        _stop(master)
+
+
+def _submit(stage: str, settings: Any, cluster: dict[str, Any], py_files: str) -> float:
+    """spark-submit ``jobs/<stage>.py`` through the provider's hook, exactly as the DAG's operator does."""
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+    hook = SparkSubmitHook(
+        conn_id="spark_default", application_args=settings.to_cli(), py_files=py_files,
+        name=f"recflow-{stage}-cluster-test", spark_binary=str(BIN / "spark-submit"),
+        total_executor_cores=1, executor_memory="1g", driver_memory="1g",
+        conf={"spark.log.level": "WARN"})
+    assert hook._connection["master"] == cluster["master"], "the connection must select the cluster"
+    started = time.monotonic()
+    hook.submit(str(REPO / "jobs" / f"{stage}.py"))
+    return time.monotonic() - started
+
+
+def test_spark_stages_run_on_standalone_cluster(spark_cluster: dict[str, Any], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    for stage in ("clean", "features", "score"):
+        if not (REPO / "jobs" / f"{stage}.py").exists():
+            pytest.fail(f"jobs/{stage}.py does not exist yet")
+    import pyarrow.parquet as pq
+
+    from schemas import lake
+    from schemas.settings import Settings
+
+    for key in ("SPARK_HOME", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"):
+        monkeypatch.setenv(key, spark_cluster["env"][key])
+    host, port = spark_cluster["master"].rsplit(":", 1)
+    # the switch: only the connection changes (URI form also works: spark://127.0.0.1:7077)
+    monkeypatch.setenv("AIRFLOW_CONN_SPARK_DEFAULT", json.dumps({"conn_type": "spark", "host": host,
+                                                                 "port": int(port)}))
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow_home"))
+    settings = Settings.load({**TINY, "lake_root": str(tmp_path / "lake")}, env={})
+
+    sys.path.insert(0, str(REPO / "dags"))
+    from recflow_nightly import py_files_for, spark_master
+
+    assert spark_master() == spark_cluster["master"]
+    py_files = py_files_for(spark_master(), tmp_path / "py_files")
+    assert py_files and Path(py_files).exists(), "a non-local master must get the code as a zip"
+
+    from jobs import generate
+
+    generate.main(settings.to_cli())
+    seconds = {"clean": _submit("clean", settings, spark_cluster, py_files)}
+    assert Path(lake.partition(settings.lake_root, lake.CLEAN_EVENTS, settings.ds)).exists()
+    seconds["features"] = _submit("features", settings, spark_cluster, py_files)
+    assert Path(lake.partition(settings.lake_root, lake.USER_HISTORIES, settings.ds)).exists()
+
+    # the model: trained in this process (on a cluster: where the GPU is), promoted by the gate
+    from models import evaluate, gate, train
+
+    model_dirs = train.train(settings)
+    decision = gate.decide(settings, evaluate.evaluate(settings, model_dirs))
+    assert Path(lake.production_pointer(settings.lake_root)).exists(), decision
+
+    seconds["score"] = _submit("score", settings, spark_cluster, py_files)
+    staged = sorted(Path(lake.table(settings.lake_root, lake.STAGING)).glob(f"{lake.RECOMMENDATIONS}/dt=*/run=*"))
+    assert staged, "score must have written recommendations into staging"
+    recs = pq.read_table(staged[-1])
+    assert recs.num_rows > 0
+    per_user = recs.group_by("user_id").aggregate([("rank", "count")]).column("rank_count").to_pylist()
+    assert max(per_user) == settings.top_n
+
+    # the applications really ran on the cluster (a job that silently fell back to local[*] would not show)
+    with urllib.request.urlopen(f"http://127.0.0.1:{spark_cluster['web_port']}/json/", timeout=10) as response:
+        state = json.load(response)
+    names = [app["name"] for app in state.get("completedapps", []) + state.get("activeapps", [])]
+    for stage in ("clean", "features", "score"):
+        assert {f"recflow-{stage}", f"recflow-{stage}-cluster-test"} & set(names), \
+            f"{stage} did not run on the cluster: {names}"
+    print(f"cluster stage seconds: {seconds}")

@@ -1,0 +1,272 @@
+"""The DAGs: import cleanly, carry the operational settings, reject bad params; one end-to-end run on a tiny lake."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DAGS = REPO / "dags"
+
+# Airflow reads its configuration when first imported: point it at a private home (SQLite) before that happens.
+# (`make test` exports AIRFLOW_HOME for the demo; the tests must not share the demo's metadata DB.)
+if "airflow" not in sys.modules:
+    os.environ["AIRFLOW_HOME"] = os.environ.get(
+        "RECFLOW_TEST_AIRFLOW_HOME", str(Path(tempfile.gettempdir()) / f"recflow-test-airflow-{os.getpid()}"))
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ.setdefault("AIRFLOW_CONN_SPARK_DEFAULT", json.dumps({"conn_type": "spark", "host": "local[2]"}))
+
+pytestmark = pytest.mark.airflow
+
+HEAVY = ("pyspark", "tensorflow", "pandas", "great_expectations", "keras")
+
+
+@pytest.fixture(scope="module")
+def dagbag() -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+@pytest.fixture(scope="module")
+def nightly(dagbag: Any) -> Any:
+    return dagbag.dags["recflow_nightly"]
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """A migrated SQLite metadata DB in the tests' Airflow home (``dag.test`` needs one)."""
+    home = os.environ["AIRFLOW_HOME"]
+    Path(home).mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
+                   stdout=subprocess.DEVNULL, env=dict(os.environ))
+    return home
+
+
+def test_dags_import_without_errors(dagbag: Any) -> None:
+    assert dagbag.import_errors == {}
+    assert {"recflow_nightly", "recflow_consumer_example"} <= set(dagbag.dag_ids)
+
+
+def test_consumer_is_scheduled_on_the_published_asset(dagbag: Any) -> None:
+    consumer = dagbag.dags["recflow_consumer_example"]
+    producer_outlets = {a.uri for a in dagbag.dags["recflow_nightly"].get_task("publish").outlets}
+    scheduled_on = {a.uri for a in consumer.timetable.asset_condition.objects}
+    assert scheduled_on and scheduled_on <= producer_outlets
+
+
+def test_dag_files_import_nothing_heavy() -> None:
+    """Parsing must stay cheap: the scheduler re-parses DAG files all the time."""
+    code = ("import sys; from airflow.dag_processing.dagbag import DagBag; "
+            f"b = DagBag(dag_folder={str(DAGS)!r}); assert not b.import_errors, b.import_errors; "
+            f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ),
+                         check=True)
+    heavy = [line for line in out.stdout.splitlines() if line.startswith("HEAVY=")]
+    assert heavy == ["HEAVY="], f"heavy modules imported while parsing the DAGs: {heavy}"
+
+
+def test_nightly_schedule_and_operations(nightly: Any) -> None:
+    assert {"recflow", "nightly"} <= set(nightly.tags)
+    assert nightly.catchup is False
+    assert nightly.max_active_runs == 1
+    assert nightly.start_date == dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    assert "0 0 * * *" in str(nightly.timetable)  # @daily
+    assert nightly.doc_md and "recflow_nightly" in nightly.doc_md
+    for task in nightly.tasks:
+        assert task.execution_timeout is not None, f"{task.task_id} has no execution timeout"
+        assert task.execution_timeout <= dt.timedelta(hours=1)
+    work = [t for t in nightly.tasks if t.task_id not in
+            ("resolve_settings", "summary", "fail_if_any_stage_failed")]
+    for task in work:
+        assert task.retries >= 1, f"{task.task_id} has no retries"
+        assert task.retry_exponential_backoff, f"{task.task_id} retries without backoff"
+
+
+def test_nightly_stage_order_and_spark_submit(nightly: Any) -> None:
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    def upstream(task_id: str) -> set[str]:
+        return set(nightly.get_task(task_id).upstream_task_ids)
+
+    assert "validate_clean" in upstream("features")
+    assert "validate_features" in upstream("train")
+    assert {"promote", "keep_production"} <= upstream("score")
+    assert "validate_recommendations" in upstream("publish")
+    assert "publish" in upstream("summary")
+    for stage in ("clean", "features", "score"):
+        task = nightly.get_task(stage)
+        assert isinstance(task, SparkSubmitOperator)
+        assert task.pool == "spark"
+        assert task._conn_id == "spark_default"
+        assert Path(task.application).is_absolute() and Path(task.application).name == f"{stage}.py"
+        assert Path(task.application).exists()
+    outlets = {a.name for a in nightly.get_task("publish").outlets}
+    assert outlets == {"recflow_recommendations", "recflow_similar_items"}
+
+
+@pytest.mark.parametrize("bad", [
+    {"top_n": 0}, {"top_n": "ten"}, {"scenario": "movies"}, {"run_date": "2026-13-40"},
+    {"run_date": "yesterday"}, {"epochs": 0}, {"encoder": "rnn"}, {"window_days": 400},
+    {"max_cold_start_share": 1.5}, {"generate_demo_data": "maybe"},
+])
+def test_params_reject_bad_values(nightly: Any, bad: dict[str, Any]) -> None:
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    params = copy.deepcopy(nightly.params)
+    with pytest.raises(ParamValidationError):
+        params.update(bad)
+        params.validate()
+
+
+def test_params_accept_good_values_and_map_onto_settings(nightly: Any) -> None:
+    from schemas.settings import Settings
+
+    params = copy.deepcopy(nightly.params)
+    params.update({"top_n": 7, "scenario": "news", "run_date": "2026-01-10", "encoder": "lstm"})
+    resolved = params.validate()
+    settings = Settings.from_params(resolved)
+    assert (settings.top_n, settings.scenario, settings.ds, settings.encoder) == (7, "news", "2026-01-10", "lstm")
+    names = {f for f in Settings.__dataclass_fields__}
+    steering_only = {"generate_demo_data"}
+    assert set(resolved) - names == steering_only, "every other param must be a Settings field"
+
+
+def test_params_cover_the_trainers_encoders() -> None:
+    sys.path.insert(0, str(DAGS))
+    from _params import ENCODERS
+
+    from models.features import ENCODERS as MODEL_ENCODERS
+
+    assert tuple(ENCODERS) == tuple(MODEL_ENCODERS)
+
+
+def test_run_date_resolution() -> None:
+    sys.path.insert(0, str(DAGS))
+    from recflow_nightly import resolve_run_date
+
+    end = dt.datetime(2026, 1, 15, 0, 0, tzinfo=dt.UTC)
+    assert resolve_run_date({"run_date": "2026-01-03"}, end, None) == dt.date(2026, 1, 3)
+    # a scheduled run at midnight processes the day that just finished
+    assert resolve_run_date({"run_date": None}, end, None) == dt.date(2026, 1, 14)
+    # a manual run without a logical date (no data interval): the day before it was triggered
+    assert resolve_run_date({}, None, dt.datetime(2026, 2, 1, 13, 5, tzinfo=dt.UTC)) == dt.date(2026, 1, 31)
+    with pytest.raises(ValueError):
+        resolve_run_date({}, None, None)
+
+
+def test_bad_run_conf_fails_before_any_task(nightly: Any, airflow_db: str, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    monkeypatch.setenv("RECFLOW_LAKE_ROOT", str(tmp_path / "lake"))
+    with pytest.raises(ParamValidationError):
+        nightly.test(logical_date=dt.datetime(2026, 1, 5, tzinfo=dt.UTC), run_conf={"top_n": -3})
+    assert not (tmp_path / "lake").exists(), "a rejected run must not have written anything"
+
+
+# ---- end to end ------------------------------------------------------------------------------------------
+
+TINY = {"users": 300, "items": 200, "events_per_day": 4000, "window_days": 3, "epochs": 2, "top_n": 10,
+        "min_recall_at_k": 0.0, "min_ndcg_at_k": 0.0, "min_lift_over_popularity": -1.0,
+        "max_cold_start_share": 1.0, "volume_band": 0.9}
+RUN_DATE = "2026-01-08"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(dagbag: Any, airflow_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One ``dag.test()`` of recflow_nightly with demo data on a tiny lake (about 2-4 minutes)."""
+    lake_root = str(tmp_path_factory.mktemp("e2e") / "lake")
+    saved = os.environ.get("RECFLOW_LAKE_ROOT")
+    os.environ["RECFLOW_LAKE_ROOT"] = lake_root
+    os.environ.setdefault("RECFLOW_SHUFFLE_PARTITIONS", "2")
+    try:
+        dag_run = dagbag.dags["recflow_nightly"].test(
+            logical_date=dt.datetime(2026, 1, 9, tzinfo=dt.UTC),
+            run_conf={**TINY, "generate_demo_data": True, "run_date": RUN_DATE})
+        yield {"dag_run": dag_run, "lake_root": lake_root}
+    finally:
+        if saved is None:
+            os.environ.pop("RECFLOW_LAKE_ROOT", None)
+        else:
+            os.environ["RECFLOW_LAKE_ROOT"] = saved
+
+
+def _states(dag_run: Any) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+@pytest.mark.tf
+def test_end_to_end_published_table(tiny_run: dict[str, Any]) -> None:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from schemas import lake
+    from schemas.outputs import RECOMMENDATION
+
+    dag_run, root = tiny_run["dag_run"], tiny_run["lake_root"]
+    states = _states(dag_run)
+    assert str(dag_run.state) == "success", f"run failed: {states}"
+    assert states["publish"] == "success" and states["summary"] == "success"
+
+    recs = pq.read_table(lake.partition(root, lake.RECOMMENDATIONS, RUN_DATE))
+    for field in RECOMMENDATION:  # schema as declared (the partition column dt is not in the files)
+        assert recs.schema.field(field.name).type == field.type, field.name
+    top_n = TINY["top_n"]
+
+    # what each user had seen through D, and what is unavailable on D
+    clean = pq.read_table(lake.table(root, lake.CLEAN_EVENTS), columns=["user_id", "item_id"])
+    seen: dict[str, set[str]] = {}
+    for user, item in zip(clean.column("user_id").to_pylist(), clean.column("item_id").to_pylist(), strict=True):
+        seen.setdefault(user, set()).add(item)
+    items = pq.read_table(lake.partition(root, lake.CLEAN_ITEMS, RUN_DATE), columns=["item_id", "available"])
+    unavailable = set(items.filter(pc.invert(items.column("available"))).column("item_id").to_pylist())
+    catalogue = set(items.column("item_id").to_pylist())
+
+    by_user: dict[str, list[dict[str, Any]]] = {}
+    for row in recs.to_pylist():
+        by_user.setdefault(row["user_id"], []).append(row)
+    with_history = [u for u in by_user if u in seen]
+    assert len(with_history) >= 50, "the tiny lake should give dozens of users with history"
+    for user in with_history:
+        rows = sorted(by_user[user], key=lambda r: r["rank"])
+        ids = [r["item_id"] for r in rows]
+        assert [r["rank"] for r in rows] == list(range(1, top_n + 1)), user
+        assert len(set(ids)) == top_n, f"duplicate items for {user}"
+        assert not set(ids) & seen[user], f"already-seen items recommended to {user}"
+        assert not set(ids) & unavailable, f"unavailable items recommended to {user}"
+        assert set(ids) <= catalogue
+        scores = [r["score"] for r in rows]
+        assert all(a >= b for a, b in zip(scores, scores[1:], strict=False)), f"scores not ordered for {user}"
+    assert len({r["model_version"] for r in recs.to_pylist()}) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+@pytest.mark.tf
+def test_end_to_end_summary_and_assets(tiny_run: dict[str, Any]) -> None:
+    from schemas import lake
+
+    root = tiny_run["lake_root"]
+    report = Path(lake.report_dir(root, RUN_DATE))
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["run_date"] == RUN_DATE
+    assert summary["metrics"], "the summary must carry the evaluation metrics"
+    assert summary["outputs"]["recommendations"]["rows"] > 0
+    assert (report / "summary.md").read_text().startswith("# recflow run summary")
+    states = _states(tiny_run["dag_run"])
+    assert states["fail_if_any_stage_failed"] == "skipped"
+    assert sum(states[t] == "success" for t in ("promote", "keep_production")) == 1
