@@ -21,6 +21,7 @@ DAILY_INTERACTION = pa.schema([  # one day's aggregate per (user, item); compute
     pa.field("strength", pa.float64(), nullable=False),  # sum of event-type strengths that day
     pa.field("events", pa.int64(), nullable=False),
     pa.field("last_time", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("first_time", pa.timestamp("us", tz="UTC"), nullable=False),  # orders the day's items in histories
 ])
 
 VOCAB_USER = pa.schema([
