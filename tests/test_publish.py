@@ -1,0 +1,164 @@
+"""Atomic publish: contract checks before anything moves, one-step swap, and a killed publish leaves the previous
+publication complete and readable (the publish runs in a subprocess that is SIGKILLed at named steps)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import publish
+from schemas import lake
+from schemas.outputs import RECOMMENDATION, SIMILAR_ITEM
+from schemas.settings import Settings
+
+DAY1, DAY2 = dt.date(2026, 1, 14), dt.date(2026, 1, 15)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def recommendations(version: str, users: int = 3, n: int = 4) -> pa.Table:
+    at = dt.datetime(2026, 1, 15, tzinfo=dt.UTC)
+    rows = [{"user_id": f"u{u}", "rank": r, "item_id": f"i{(u + r) % 9}", "score": float(10 - r),
+             "model_version": version, "strategy": "model", "generated_at": at}
+            for u in range(users) for r in range(1, n + 1)]
+    return pa.Table.from_pylist(rows, schema=RECOMMENDATION)
+
+
+def similar(version: str) -> pa.Table:
+    at = dt.datetime(2026, 1, 15, tzinfo=dt.UTC)
+    rows = [{"item_id": f"i{i}", "rank": r, "similar_item_id": f"i{i + r}", "score": 1.0 / r,
+             "model_version": version, "generated_at": at} for i in range(4) for r in (1, 2)]
+    return pa.Table.from_pylist(rows, schema=SIMILAR_ITEM)
+
+
+def stage(root: str, date: dt.date, run_id: str, recs: pa.Table, sims: pa.Table | None = None,
+          success: bool = True) -> None:
+    """What the score job leaves behind: Parquet parts plus the writer's _SUCCESS."""
+    for name, table in ((lake.RECOMMENDATIONS, recs), (lake.SIMILAR_ITEMS, sims if sims is not None else similar("v"))):
+        folder = Path(lake.staging(root, name, date, run_id))
+        folder.mkdir(parents=True, exist_ok=True)
+        half = table.num_rows // 2
+        pq.write_table(table.slice(0, half), folder / "part-00000.parquet")
+        pq.write_table(table.slice(half), folder / "part-00001.parquet")
+        if success:
+            (folder / "_SUCCESS").touch()
+
+
+def settings_for(root: str, date: dt.date) -> Settings:
+    return Settings.load({"lake_root": root, "run_date": date}, env={})
+
+
+def pointer(root: str, name: str = lake.RECOMMENDATIONS) -> str:
+    return Path(lake.latest_pointer(root, name)).read_text().strip()
+
+
+def sorted_rows(table: pa.Table) -> list[dict]:
+    return sorted(table.select(RECOMMENDATION.names).to_pylist(), key=lambda r: (r["user_id"], r["rank"]))
+
+
+def run_publish_killed_at(root: str, date: dt.date, run_id: str, step: str, exchange: bool = True) -> int:
+    """Runs ``python -m jobs.publish`` in a child that SIGKILLs itself at ``step``; returns its exit code."""
+    patch = "" if exchange else "p._exchange = lambda a, b: False; "
+    code = (f"import jobs.publish as p; {patch}"
+            f"p.main(['--lake-root', {root!r}, '--date', {date.isoformat()!r}, '--run-id', {run_id!r}])")
+    env = {**os.environ, publish.CRASH_ENV: step, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True).returncode
+
+
+def test_publish_moves_staging_into_place_with_marker_manifest_and_pointer(tmp_lake: str) -> None:
+    stage(tmp_lake, DAY1, "r1", recommendations("v1"))
+    summary = publish.publish(settings_for(tmp_lake, DAY1), run_id="r1")
+    final = Path(lake.partition(tmp_lake, lake.RECOMMENDATIONS, DAY1))
+    assert (final / "_SUCCESS").exists()
+    manifest = json.loads((final / publish.MANIFEST).read_text())
+    assert manifest["rows"] == 12 and manifest["run_id"] == "r1" and manifest["model_versions"] == ["v1"]
+    assert summary[lake.RECOMMENDATIONS]["rows"] == 12
+    assert not Path(lake.staging(tmp_lake, lake.RECOMMENDATIONS, DAY1, "r1")).exists()
+    assert pointer(tmp_lake) == "dt=2026-01-14" and pointer(tmp_lake, lake.SIMILAR_ITEMS) == "dt=2026-01-14"
+    assert sorted_rows(publish.read_latest(tmp_lake)) == sorted_rows(recommendations("v1"))
+    assert publish.read_latest(tmp_lake, lake.SIMILAR_ITEMS).num_rows == similar("v").num_rows
+
+
+@pytest.mark.parametrize("defect", ["no_success", "wrong_type", "empty", "missing"])
+def test_a_bad_staging_copy_is_refused_and_nothing_moves(tmp_lake: str, defect: str) -> None:
+    stage(tmp_lake, DAY1, "r1", recommendations("v1"))
+    publish.publish(settings_for(tmp_lake, DAY1), run_id="r1")
+    bad = recommendations("v2")
+    if defect == "wrong_type":
+        bad = bad.set_column(bad.schema.get_field_index("score"), "score", bad["score"].cast(pa.float64()))
+    if defect == "empty":
+        bad = bad.slice(0, 0)
+    if defect != "missing":
+        stage(tmp_lake, DAY2, "r2", bad, success=defect != "no_success")
+    with pytest.raises(publish.StagingError):
+        publish.publish(settings_for(tmp_lake, DAY2), run_id="r2")
+    assert not Path(lake.partition(tmp_lake, lake.RECOMMENDATIONS, DAY2)).exists()
+    assert not Path(lake.partition(tmp_lake, lake.SIMILAR_ITEMS, DAY2)).exists()  # verified before any move
+    assert pointer(tmp_lake) == "dt=2026-01-14"
+    assert sorted_rows(publish.read_latest(tmp_lake)) == sorted_rows(recommendations("v1"))
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_republishing_a_date_replaces_it_whole(tmp_lake: str, exchange: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    if not exchange:
+        monkeypatch.setattr(publish, "_exchange", lambda a, b: False)
+    stage(tmp_lake, DAY1, "r1", recommendations("v1", users=5))
+    publish.publish(settings_for(tmp_lake, DAY1), run_id="r1")
+    stage(tmp_lake, DAY1, "r2", recommendations("v2", users=2))
+    publish.publish(settings_for(tmp_lake, DAY1), run_id="r2")
+    assert sorted_rows(publish.read_latest(tmp_lake)) == sorted_rows(recommendations("v2", users=2))
+    table_dir = Path(lake.table(tmp_lake, lake.RECOMMENDATIONS))
+    assert sorted(p.name for p in table_dir.iterdir()) == ["_LATEST", publish.PREVIOUS, "dt=2026-01-14"] or \
+        sorted(p.name for p in table_dir.iterdir()) == ["_LATEST", "dt=2026-01-14"]
+    assert not any((table_dir / publish.PREVIOUS).glob("*"))  # nothing left aside
+    assert not Path(lake.staging(tmp_lake, lake.RECOMMENDATIONS, DAY1, "r1")).exists()
+
+
+def test_an_older_date_does_not_move_latest_back(tmp_lake: str) -> None:
+    stage(tmp_lake, DAY2, "r2", recommendations("v2"))
+    publish.publish(settings_for(tmp_lake, DAY2), run_id="r2")
+    stage(tmp_lake, DAY1, "r1", recommendations("v1"))
+    publish.publish(settings_for(tmp_lake, DAY1), run_id="r1")  # a backfill
+    assert pointer(tmp_lake) == "dt=2026-01-15"
+    assert Path(lake.partition(tmp_lake, lake.RECOMMENDATIONS, DAY1)).exists()
+
+
+@pytest.mark.parametrize(("step", "exchange", "same_date"), [
+    ("after_verify", True, False),  # killed between staging and publish: nothing moved
+    ("before_rename", True, False),
+    ("between_renames", False, True),  # the non-exchange path, killed with dt=D set aside
+    ("after_exchange", True, True),
+    ("after_move", True, False),  # new partition in place, manifest and pointer not yet written
+    ("before_pointer", True, False),
+])
+def test_a_killed_publish_leaves_the_previous_publication_complete(tmp_lake: str, step: str, exchange: bool,
+                                                                   same_date: bool) -> None:
+    old = recommendations("v1", users=4)
+    stage(tmp_lake, DAY1, "r1", old)
+    publish.publish(settings_for(tmp_lake, DAY1), run_id="r1")
+    new_date = DAY1 if same_date else DAY2
+    new = recommendations("v2", users=2)
+    stage(tmp_lake, new_date, "r2", new)
+
+    assert run_publish_killed_at(tmp_lake, new_date, "r2", step, exchange) == -signal.SIGKILL
+
+    # consumers still get a complete table: the old one, or (once the swap happened) the whole new one
+    assert pointer(tmp_lake) == "dt=2026-01-14"
+    seen = sorted_rows(publish.read_latest(tmp_lake))
+    assert seen in (sorted_rows(old), sorted_rows(new))
+    if step in ("after_verify", "before_rename", "between_renames"):
+        assert seen == sorted_rows(old)
+    # and rerunning the publish finishes the job, whatever step it died at
+    publish.publish(settings_for(tmp_lake, new_date), run_id="r2")
+    assert sorted_rows(publish.read_latest(tmp_lake)) == sorted_rows(new)
+    assert pointer(tmp_lake) == f"dt={new_date.isoformat()}"
+    assert not any(Path(lake.table(tmp_lake, lake.RECOMMENDATIONS), publish.PREVIOUS).glob("*"))
+    assert not Path(lake.staging(tmp_lake, lake.RECOMMENDATIONS, new_date, "r2")).exists()
