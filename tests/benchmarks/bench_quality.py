@@ -1,16 +1,18 @@
 """MovieLens 100k quality benchmark: every recflow model on the fixed split of Microsoft Recommenders' table.
 
-Protocol (``../shared/data/README.md``): every rating is a positive; train on train.tsv; for every user recommend
-the top 10 excluding their train items; average over users in test.tsv; MAP/nDCG/P/R exactly as defined there
-(``models.metrics``). Top 10 comes from each model's scoring contract (``models.evaluate.topk_for``), the same path
-the nightly evaluation uses.
+Protocol (``../shared/data/README.md``): every rating is a positive; each model trains on train.tsv; for every user
+the top 10 excluding their train items; averaged over the users in test.tsv; MAP, nDCG@10, P@10, R@10 exactly as
+defined there (``models.metrics``). Top 10 comes from each model's scoring contract (``models.evaluate.topk_for``),
+the path the nightly evaluation uses; the models are the product's own (``models.baselines``, and the two-tower
+model through ``models.train.select_and_fit``: epochs and deep/wide blend chosen on a validation fold of
+train.tsv, never on test.tsv, then a final training on all of train.tsv, the one timed as "train").
 
-    python tests/benchmarks/bench_quality.py [--models popularity,ease,...] [--ease-sweep] [--no-deep]
+    python tests/benchmarks/bench_quality.py [--als] [--models popularity,ease,...] [--ease-sweep] [--no-deep]
     RECFLOW_SHARED_DATA=/path/to/shared/data python tests/benchmarks/bench_quality.py
     python tests/benchmarks/bench_quality.py --lake /path/to/lake --date 2026-01-14   # generated data, next day
+    pytest -m bench tests/benchmarks/bench_quality.py -s                            # asserts the targets
 
-Without the data (it may not be redistributed) it prints why and exits 0. Run under pytest with
-``pytest -m bench tests/benchmarks/bench_quality.py``.
+Without the data (it may not be redistributed) it prints why and exits 0; the pytest entry skips.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +40,22 @@ PUBLISHED = {  # MAP, nDCG@10, Precision@10, Recall@10 (../shared/data/README.md
     "NCF (published)": (0.107720, 0.396118, 0.347296, 0.180775),
 }
 COLUMNS = ("map", "ndcg_at_10", "precision_at_10", "recall_at_10")
-BASELINES = ("popularity", "item_cosine", "ease", "als")
+BASELINES = ("popularity", "item_cosine", "ease")  # + "als" with --als (Spark, slow)
 EASE_LAMBDAS = (50, 100, 200, 300, 350, 400, 500, 700, 1000)
+DEEP = "two_tower deep+wide"
+DEEP_ONLY = "two_tower deep part only"
+TRAIN_SECONDS_TARGET = 60.0
 K = 10
+
+Row = tuple[str, dict[str, float] | tuple[float, ...], float | None, float | None]  # name, metrics, wall s, CPU s
 
 
 def shared_data_dir() -> Path:
     return Path(os.environ.get("RECFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def split_dir() -> Path:
+    return shared_data_dir() / "ml-100k-split"
 
 
 def load_split(folder: Path) -> dict[str, Any]:
@@ -58,11 +70,12 @@ def load_split(folder: Path) -> dict[str, Any]:
 
 
 def contract_inputs(split: dict[str, Any], history_length: int = 20, title_tokens: int = 8) -> dict[str, Any]:
-    """The scoring contract's inputs for every test user, plus their relevant sets."""
+    """The scoring contract's inputs for every test user (seen = all their train items, which are also what is
+    excluded), the catalogue, and the users' relevant sets."""
     from models.evaluate import item_inputs, user_inputs
 
     train, test = split["train"], split["test"]
-    order = np.lexsort((train[:, 3], train[:, 0]))  # per user, oldest first
+    order = np.lexsort((np.arange(len(train)), train[:, 3], train[:, 0]))  # per user, oldest first (as training)
     by_user: dict[int, list[int]] = {}
     for user, item in train[order][:, :2]:
         by_user.setdefault(int(user), []).append(int(item))
@@ -84,6 +97,13 @@ def score(module: Any, inputs: dict[str, Any], k: int = K) -> dict[str, float]:
     return ranking_metrics(top, inputs["relevant"])
 
 
+def timed(fit: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(result, wall seconds, CPU seconds of this process's threads)."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    result = fit()
+    return result, time.perf_counter() - started, time.process_time() - cpu_started
+
+
 def spark_session() -> Any:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -96,31 +116,33 @@ def spark_session() -> Any:
 
 
 def run_baseline(name: str, split: dict[str, Any], inputs: dict[str, Any], params: dict[str, Any],
-                 spark: Any = None) -> tuple[dict[str, float], float]:
+                 spark: Any = None) -> tuple[dict[str, float], float, float]:
     from models import baselines
 
     matrix = baselines.interaction_matrix(split["train"][:, 0], split["train"][:, 1], split["n_users"], split["n_items"])
-    started = time.perf_counter()
-    module = baselines.fit(name, matrix, params, spark=spark)
-    seconds = time.perf_counter() - started
-    return score(module, inputs), seconds
+    module, wall, cpu = timed(lambda: baselines.fit(name, matrix, params, spark=spark))
+    return score(module, inputs), wall, cpu
 
 
-def run_deep(split: dict[str, Any], inputs: dict[str, Any], overrides: dict[str, Any]) -> tuple[dict[str, float], float]:
-    """The deep helper's in-memory entry point (models.train.fit_two_tower on models.data.from_interactions)."""
+def run_deep(split: dict[str, Any], overrides: dict[str, Any]) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """The two-tower model as the product trains it (``models.train.select_and_fit`` with ``MOVIELENS_PARAMS``):
+    metrics of the deep+wide model and of its deep part alone (blend 1: the wide part weighs nothing)."""
     from models import data as deep_data
     from models import train as deep_train
     from models.two_tower import TwoTowerParams
 
     train = split["train"]
-    preset = getattr(deep_train, "MOVIELENS_PARAMS", None) or getattr(sys.modules["models.two_tower"],
-                                                                      "MOVIELENS_PARAMS", None) or {}
-    params = TwoTowerParams(**{**dict(preset), **overrides})
-    data = deep_data.from_interactions(train[:, 0], train[:, 1], order=train[:, 3])
-    started = time.perf_counter()
-    module, _summary = deep_train.fit_two_tower(data, params=params)
-    seconds = time.perf_counter() - started
-    return score(module, inputs), seconds
+    params = TwoTowerParams(**{**deep_train.MOVIELENS_PARAMS, **overrides})
+    data = deep_data.from_interactions(train[:, 0], train[:, 1], order=train[:, 3],
+                                       catalogue=deep_data.Catalogue.ids_only(split["n_items"]))
+    module, summary = deep_train.select_and_fit(data, params, deep_train.VALIDATION_SHARE)
+    inputs = contract_inputs(split, history_length=params.history_length)
+    results = {DEEP: score(module, inputs)}
+    chosen_blend = float(module.blend.numpy())
+    module.blend.assign(1.0)
+    results[DEEP_ONLY] = score(module, inputs)
+    module.blend.assign(chosen_blend)
+    return results, summary
 
 
 def run_lake(lake_root: str, run_date: str, with_als: bool, with_deep: bool, overrides: dict[str, Any]) -> int:
@@ -162,102 +184,153 @@ def run_lake(lake_root: str, run_date: str, with_als: bool, with_deep: bool, ove
     return 0
 
 
-def format_table(rows: list[tuple[str, dict[str, float] | tuple[float, ...], float | None]]) -> str:
-    header = f"{'model':<26}{'MAP':>9}{'nDCG@10':>9}{'P@10':>9}{'R@10':>9}{'train s':>9}"
+def format_table(rows: list[Row]) -> str:
+    header = f"{'model':<28}{'MAP':>9}{'nDCG@10':>9}{'P@10':>9}{'R@10':>9}{'train s':>9}{'CPU s':>9}"
     lines = [header, "-" * len(header)]
-    for name, values, seconds in rows:
+    for name, values, wall, cpu in rows:
         numbers = values if isinstance(values, tuple) else tuple(values[c] for c in COLUMNS)
-        lines.append(f"{name:<26}" + "".join(f"{v:>9.4f}" for v in numbers)
-                     + (f"{seconds:>9.1f}" if seconds is not None else f"{'':>9}"))
+        lines.append(f"{name:<28}" + "".join(f"{v:>9.4f}" for v in numbers)
+                     + "".join(f"{s:>9.1f}" if s is not None else f"{'':>9}" for s in (wall, cpu)))
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(BASELINES), help="baselines to run (comma-separated)")
-    parser.add_argument("--ease-sweep", action="store_true", help="also print EASE for each lambda in a sweep")
-    parser.add_argument("--ease-lambda", type=float, default=400.0)
-    parser.add_argument("--no-deep", action="store_true", help="skip the deep model")
-    parser.add_argument("--deep-params", default="{}", help="JSON overrides of TwoTowerParams")
-    parser.add_argument("--json", help="also write the results as JSON to this path")
-    parser.add_argument("--lake", help="instead of MovieLens: evaluate on this generated lake's next-day split")
-    parser.add_argument("--date", default="2026-01-14", help="run date of --lake")
-    parser.add_argument("--settings", default="{}", help="JSON settings overrides for --lake (e.g. window_days)")
-    args = parser.parse_args(argv)
-    if args.lake:
-        return run_lake(args.lake, args.date, "als" in args.models.split(","), not args.no_deep,
-                        json.loads(args.settings))
+def verdict(results: dict[str, dict[str, Any]]) -> tuple[bool, list[str]]:
+    """Does the deep+wide model beat every published row and our EASE on all four metrics? (and the reasons)"""
+    if DEEP not in results:
+        return False, ["the deep model did not run"]
+    deep = results[DEEP]
+    bars = {name: dict(zip(COLUMNS, values, strict=True)) for name, values in PUBLISHED.items()}
+    bars.update({name: values for name, values in results.items() if name.startswith("ease")})
+    misses = [f"{metric}: {deep[metric]:.4f} <= {name} {bar[metric]:.4f}"
+              for name, bar in bars.items() for metric in COLUMNS if deep[metric] <= bar[metric]]
+    return not misses, misses
 
-    folder = shared_data_dir() / "ml-100k-split"
-    if not (folder / "train.tsv").exists():
-        print(f"SKIP: MovieLens split not found at {folder} (set RECFLOW_SHARED_DATA); its licence forbids shipping it")
-        return 0
+
+def run_movielens(args: argparse.Namespace) -> dict[str, Any]:
+    """Trains and scores every model; returns {"rows", "results", "deep_summary", "load"}."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    split = load_split(folder)
-    inputs = contract_inputs(split)
-    print(f"ml-100k split: {len(split['train'])} train / {len(split['test'])} test ratings, "
-          f"{len(inputs['relevant'])} test users, {split['n_items']} items; top {K}, train items excluded")
-
     from models.baselines import DEFAULT_PARAMS
 
-    rows: list[tuple[str, Any, float | None]] = [(name, values, None) for name, values in PUBLISHED.items()]
-    results: dict[str, Any] = {}
+    split = load_split(split_dir())
+    inputs = contract_inputs(split)
+    print(f"ml-100k split: {len(split['train'])} train / {len(split['test'])} test ratings, "
+          f"{len(inputs['relevant'])} test users, {split['n_items']} items; top {K}, train items excluded; "
+          f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+    rows: list[Row] = [(name, values, None, None) for name, values in PUBLISHED.items()]
+    results: dict[str, dict[str, Any]] = {}
+    names = [m for m in args.models.split(",") if m] + (["als"] if args.als and "als" not in args.models else [])
     spark = None
-    for name in [m for m in args.models.split(",") if m]:
+    for name in names:
         params = {**DEFAULT_PARAMS[name], **({"lam": args.ease_lambda} if name == "ease" else {})}
         try:
             if name == "als" and spark is None:
                 spark = spark_session()
-            values, seconds = run_baseline(name, split, inputs, params, spark)
+            values, wall, cpu = run_baseline(name, split, inputs, params, spark)
         except Exception as err:  # one broken model must not hide the others' numbers
             print(f"{name}: FAILED {err!r}")
             traceback.print_exc()
             continue
-        label = f"{name} (recflow)" + (f" lam={params['lam']:g}" if name == "ease" else "")
-        rows.append((label, values, seconds))
-        results[label] = {**values, "train_seconds": seconds, "params": params}
-        print(f"  {label}: {({c: round(values[c], 4) for c in COLUMNS})} in {seconds:.1f} s", flush=True)
-    if args.ease_sweep:
-        for lam in EASE_LAMBDAS:
-            values, seconds = run_baseline("ease", split, inputs, {"lam": float(lam)})
-            label = f"ease lam={lam}"
-            rows.append((label, values, seconds))
-            results[label] = {**values, "train_seconds": seconds}
-    if not args.no_deep:
-        try:
-            values, seconds = run_deep(split, inputs, json.loads(args.deep_params))
-            rows.append(("two_tower (recflow)", values, seconds))
-            results["two_tower (recflow)"] = {**values, "train_seconds": seconds}
-        except ImportError as err:
-            print(f"deep model not available yet: {err}")
-        except Exception as err:
-            print(f"two_tower: FAILED {err!r}")
-            traceback.print_exc()
+        label = name + (f" lam={params['lam']:g}" if name == "ease" else "") + ("*" if name == "als" else "")
+        rows.append((label, values, wall, cpu))
+        results[label] = {**values, "train_seconds": wall, "train_cpu_seconds": cpu, "params": params}
+        print(f"  {label}: {({c: round(values[c], 4) for c in COLUMNS})} in {wall:.1f} s", flush=True)
     if spark is not None:
         try:
             spark.stop()
         except Exception as err:  # a crashed JVM must not hide the table
             print(f"spark.stop failed: {err!r}")
+    if args.ease_sweep:
+        for lam in EASE_LAMBDAS:
+            values, wall, cpu = run_baseline("ease", split, inputs, {"lam": float(lam)})
+            rows.append((f"ease lam={lam} (sweep)", values, wall, cpu))
+    deep_summary: dict[str, Any] = {}
+    if not args.no_deep:
+        deep_results, deep_summary = run_deep(split, json.loads(args.deep_params))
+        wall, cpu = deep_summary["final_seconds"], deep_summary["final_cpu_seconds"]
+        for name, values in deep_results.items():
+            rows.append((name, values, wall, cpu))
+            results[name] = {**values, "train_seconds": wall, "train_cpu_seconds": cpu}
+    return {"rows": rows, "results": results, "deep_summary": deep_summary, "load": os.getloadavg()[0]}
+
+
+def report(outcome: dict[str, Any]) -> None:
     print()
-    print(format_table(rows))
+    print(format_table(outcome["rows"]))
+    summary = outcome["deep_summary"]
+    if summary:
+        selection = summary["selection"]
+        print(f"\ntwo_tower: selection on a validation fold of train.tsv: best epoch {selection['best_epoch']} of "
+              f"{selection['epochs_run']} run, blend (deep share) {selection['blend']}, validation recall@10 "
+              f"{selection['best_val_recall_at_k']:.4f}, {summary['selection_seconds']:.1f} s wall / "
+              f"{summary['selection_cpu_seconds']:.1f} s CPU; final training on all of train.tsv "
+              f"({summary['final']['epochs_run']} epochs): {summary['final_seconds']:.1f} s wall / "
+              f"{summary['final_cpu_seconds']:.1f} s CPU (the 'train s' of its rows; target < "
+              f"{TRAIN_SECONDS_TARGET:g} s); selection + final: "
+              f"{summary['selection_seconds'] + summary['final_seconds']:.1f} s wall")
+        beats, misses = verdict(outcome["results"])
+        print(f"{DEEP} beats every published row and EASE on all four metrics: {'YES' if beats else 'NO'}"
+              + ("" if beats else " (" + "; ".join(misses) + ")"))
+    if any(row[0] == "als*" for row in outcome["rows"]):
+        print("* als: CPU s counts this process only, not the Spark JVM that does the work")
+    print(f"load average at the end: {outcome['load']:.1f} on {os.cpu_count()} cores (other jobs inflate wall time)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(BASELINES), help="baselines to run (comma-separated)")
+    parser.add_argument("--als", action="store_true", help="also Spark MLlib ALS (slow)")
+    parser.add_argument("--ease-sweep", action="store_true", help="also print EASE for each lambda in a sweep")
+    parser.add_argument("--ease-lambda", type=float, default=400.0)
+    parser.add_argument("--no-deep", action="store_true", help="skip the deep model")
+    parser.add_argument("--deep-params", default="{}", help="JSON overrides of models.train.MOVIELENS_PARAMS")
+    parser.add_argument("--json", help="also write the results as JSON to this path")
+    parser.add_argument("--lake", help="instead of MovieLens: evaluate on this generated lake's next-day split")
+    parser.add_argument("--date", default="2026-01-14", help="run date of --lake")
+    parser.add_argument("--settings", default="{}", help="JSON settings overrides for --lake (e.g. window_days)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.lake:
+        return run_lake(args.lake, args.date, args.als or "als" in args.models.split(","), not args.no_deep,
+                        json.loads(args.settings))
+    if not (split_dir() / "train.tsv").exists():
+        print(f"SKIP: MovieLens split not found at {split_dir()} (set RECFLOW_SHARED_DATA); its licence forbids "
+              "shipping it")
+        return 0
+    outcome = run_movielens(args)
+    report(outcome)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+        Path(args.json).write_text(json.dumps({"results": outcome["results"], "deep": outcome["deep_summary"]},
+                                              indent=2, default=str))
     return 0
 
 
 def test_bench_quality() -> None:
-    """``pytest -m bench``: the full table (skips without the data)."""
+    """``pytest -m bench``: the full table, and the issue's targets asserted (skips without the data)."""
     import pytest
 
-    if not (shared_data_dir() / "ml-100k-split" / "train.tsv").exists():
-        pytest.skip("MovieLens split not found (set RECFLOW_SHARED_DATA)")
-    assert main([]) == 0
+    if not (split_dir() / "train.tsv").exists():
+        pytest.skip(f"MovieLens split not found at {split_dir()} (set RECFLOW_SHARED_DATA)")
+    load_before = os.getloadavg()[0]
+    outcome = run_movielens(parse_args([]))
+    report(outcome)
+    beats, misses = verdict(outcome["results"])
+    assert beats, misses
+    summary = outcome["deep_summary"]
+    assert summary["final_cpu_seconds"] < TRAIN_SECONDS_TARGET, summary["final_cpu_seconds"]
+    if summary["final_seconds"] >= TRAIN_SECONDS_TARGET:
+        # other jobs holding the cores inflate wall time; CPU time (asserted above) is ours alone
+        load = max(load_before, outcome["load"])
+        assert load > (os.cpu_count() or 1), f"training took {summary['final_seconds']:.1f} s wall at load {load:.1f}"
+        print(f"wall-time target missed at load average {load:.1f} on {os.cpu_count()} cores (CPU time within it)")
 
 
 try:  # mark for pytest without making pytest a runtime dependency of the script
     import pytest as _pytest
 
-    test_bench_quality = _pytest.mark.bench(_pytest.mark.movielens(test_bench_quality))
+    test_bench_quality = _pytest.mark.bench(_pytest.mark.movielens(_pytest.mark.tf(test_bench_quality)))
 except ImportError:  # pragma: no cover
     pass
 
