@@ -152,7 +152,8 @@ def recflow_nightly() -> None:
             conf={"spark.log.level": os.environ.get("RECFLOW_SPARK_LOG_LEVEL", "WARN")},  # task logs: job output
             # so the jobs' run manifests name the Airflow run that produced them
             env_vars={"AIRFLOW_CTX_DAG_ID": "{{ dag.dag_id }}", "AIRFLOW_CTX_DAG_RUN_ID": "{{ run_id }}",
-                      "AIRFLOW_CTX_TASK_ID": "{{ task.task_id }}"},
+                      "AIRFLOW_CTX_TASK_ID": "{{ task.task_id }}",
+                      "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")},  # score loads TF
             pool=SPARK_POOL,
             execution_timeout=dt.timedelta(minutes=45),
         )

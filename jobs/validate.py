@@ -437,7 +437,7 @@ def prepare_user_histories(io: Lake, settings: Settings, path: str | None) -> Pr
 
 
 def prepare_model_metrics(io: Lake, settings: Settings, path: str | None) -> Prepared:
-    """One row: the best candidate/production model by the gate metric, next to popularity (metrics are tiny)."""
+    """One row: the best non-popularity model of any role (the gate may promote a baseline), next to popularity."""
     path = path or lake.partition(settings.lake_root, lake.METRICS, settings.run_date)
     rows = PandasLake().read(path)
     rows = rows[rows["segment"] == "all"]
@@ -448,7 +448,7 @@ def prepare_model_metrics(io: Lake, settings: Settings, path: str | None) -> Pre
         if name not in wide:
             wide[name] = np.nan
     popularity = wide[wide["model"] == "popularity"]
-    models = wide[wide["role"].isin(["candidate", "production"]) & (wide["model"] != "popularity")]
+    models = wide[wide["role"].isin(["candidate", "baseline", "production"]) & (wide["model"] != "popularity")]
     best = models.sort_values(settings.gate_metric, ascending=False, na_position="last").head(1)
     out = pd.DataFrame({
         "model": best["model"].astype(str), "model_version": best["model_version"].astype(str),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +26,10 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 for _name in [n for n in os.environ if n.startswith("RECFLOW_") and n != "RECFLOW_SHARED_DATA"]:
     del os.environ[_name]
 os.environ["RECFLOW_PSEUDONYM_KEY"] = "test-only-pseudonym-key"
+# the DAG tests (tests/test_dags.py, tests/test_e2e_defect.py): the project's DAGs, Spark on two local cores
+DAGS = Path(__file__).resolve().parents[1] / "dags"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
+os.environ.setdefault("AIRFLOW_CONN_SPARK_DEFAULT", json.dumps({"conn_type": "spark", "host": "local[2]"}))
 
 SHARED_DATA = Path(os.environ.get("RECFLOW_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -60,3 +68,57 @@ def movielens_dir() -> Path:
     if not (SHARED_DATA / "ml-100k-split" / "train.tsv").exists():
         pytest.skip(f"MovieLens data not found at {SHARED_DATA} (set RECFLOW_SHARED_DATA); licence forbids shipping it")
     return SHARED_DATA
+
+
+# ---- Airflow: one metadata DB and one tiny end-to-end run for the whole session ----------------------------------
+@pytest.fixture(scope="session")
+def dagbag() -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """A migrated SQLite metadata DB in the tests' Airflow home (``dag.test`` needs one)."""
+    home = os.environ["AIRFLOW_HOME"]
+    Path(home).mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
+                   stdout=subprocess.DEVNULL, env=dict(os.environ))
+    return home
+
+
+# Tiny sizes and relaxed quality thresholds: the run must finish in minutes, not prove model quality.
+TINY_NIGHTLY = {"users": 300, "items": 200, "events_per_day": 4000, "window_days": 3, "epochs": 2, "top_n": 10,
+                "min_recall_at_k": 0.0, "min_ndcg_at_k": 0.0, "min_lift_over_popularity": -1.0,
+                "max_cold_start_share": 1.0, "volume_band": 0.9}
+TINY_RUN_DATE = "2026-01-08"
+
+
+def run_nightly(dagbag: Any, lake_root: str, run_date: str, **conf: Any) -> Any:
+    """``dag.test()`` of recflow_nightly for ``run_date`` on ``lake_root`` (TINY_NIGHTLY conf + ``conf``).
+
+    The lake root reaches the run through RECFLOW_LAKE_ROOT (a setting, not a param), set only for the run.
+    """
+    overrides = {"RECFLOW_LAKE_ROOT": lake_root, "RECFLOW_SHUFFLE_PARTITIONS": "2"}
+    saved = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
+    try:
+        logical_date = dt.datetime.fromisoformat(run_date).replace(tzinfo=dt.UTC) + dt.timedelta(days=1)
+        return dagbag.dags["recflow_nightly"].test(
+            logical_date=logical_date, run_conf={**TINY_NIGHTLY, "run_date": run_date, **conf})
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def tiny_run(dagbag: Any, airflow_db: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One ``dag.test()`` of recflow_nightly with demo data on a tiny lake (about 2-4 minutes), shared by the
+    end-to-end checks, the defect test (which runs the next day on the same lake) and the privacy scan."""
+    lake_root = str(tmp_path_factory.mktemp("e2e") / "lake")
+    dag_run = run_nightly(dagbag, lake_root, TINY_RUN_DATE, generate_demo_data=True)
+    return {"dag_run": dag_run, "lake_root": lake_root, "run_date": TINY_RUN_DATE}

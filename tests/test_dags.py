@@ -9,11 +9,11 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import TINY_NIGHTLY, TINY_RUN_DATE
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
@@ -23,9 +23,8 @@ DAGS = REPO / "dags"
 if "airflow" not in sys.modules:
     os.environ["AIRFLOW_HOME"] = os.environ.get(
         "RECFLOW_TEST_AIRFLOW_HOME", str(Path(tempfile.gettempdir()) / f"recflow-test-airflow-{os.getpid()}"))
-os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-os.environ.setdefault("AIRFLOW_CONN_SPARK_DEFAULT", json.dumps({"conn_type": "spark", "host": "local[2]"}))
+# the DAGs folder, the spark_default connection and the shared fixtures (dagbag, airflow_db, tiny_run): conftest.py
 
 pytestmark = pytest.mark.airflow
 
@@ -33,25 +32,8 @@ HEAVY = ("pyspark", "tensorflow", "pandas", "great_expectations", "keras")
 
 
 @pytest.fixture(scope="module")
-def dagbag() -> Any:
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(DAGS))
-
-
-@pytest.fixture(scope="module")
 def nightly(dagbag: Any) -> Any:
     return dagbag.dags["recflow_nightly"]
-
-
-@pytest.fixture(scope="session")
-def airflow_db() -> str:
-    """A migrated SQLite metadata DB in the tests' Airflow home (``dag.test`` needs one)."""
-    home = os.environ["AIRFLOW_HOME"]
-    Path(home).mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
-                   stdout=subprocess.DEVNULL, env=dict(os.environ))
-    return home
 
 
 def test_dags_import_without_errors(dagbag: Any) -> None:
@@ -178,29 +160,8 @@ def test_bad_run_conf_fails_before_any_task(nightly: Any, airflow_db: str, tmp_p
 
 # ---- end to end ------------------------------------------------------------------------------------------
 
-TINY = {"users": 300, "items": 200, "events_per_day": 4000, "window_days": 3, "epochs": 2, "top_n": 10,
-        "min_recall_at_k": 0.0, "min_ndcg_at_k": 0.0, "min_lift_over_popularity": -1.0,
-        "max_cold_start_share": 1.0, "volume_band": 0.9}
-RUN_DATE = "2026-01-08"
-
-
-@pytest.fixture(scope="module")
-def tiny_run(dagbag: Any, airflow_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """One ``dag.test()`` of recflow_nightly with demo data on a tiny lake (about 2-4 minutes)."""
-    lake_root = str(tmp_path_factory.mktemp("e2e") / "lake")
-    saved = os.environ.get("RECFLOW_LAKE_ROOT")
-    os.environ["RECFLOW_LAKE_ROOT"] = lake_root
-    os.environ.setdefault("RECFLOW_SHUFFLE_PARTITIONS", "2")
-    try:
-        dag_run = dagbag.dags["recflow_nightly"].test(
-            logical_date=dt.datetime(2026, 1, 9, tzinfo=dt.UTC),
-            run_conf={**TINY, "generate_demo_data": True, "run_date": RUN_DATE})
-        yield {"dag_run": dag_run, "lake_root": lake_root}
-    finally:
-        if saved is None:
-            os.environ.pop("RECFLOW_LAKE_ROOT", None)
-        else:
-            os.environ["RECFLOW_LAKE_ROOT"] = saved
+# tiny_run (conftest.py): one dag.test() of recflow_nightly on a tiny generated lake, shared with other test files
+TINY, RUN_DATE = TINY_NIGHTLY, TINY_RUN_DATE
 
 
 def _states(dag_run: Any) -> dict[str, str]:
@@ -227,8 +188,9 @@ def test_end_to_end_published_table(tiny_run: dict[str, Any]) -> None:
         assert recs.schema.field(field.name).type == field.type, field.name
     top_n = TINY["top_n"]
 
-    # what each user had seen through D, and what is unavailable on D
-    clean = pq.read_table(lake.table(root, lake.CLEAN_EVENTS), columns=["user_id", "item_id"])
+    # what each user had seen through D, and what is unavailable on D (later days of the shared lake excluded)
+    clean = pq.read_table(lake.table(root, lake.CLEAN_EVENTS), columns=["user_id", "item_id"],
+                          filters=[("dt", "<=", RUN_DATE)])
     seen: dict[str, set[str]] = {}
     for user, item in zip(clean.column("user_id").to_pylist(), clean.column("item_id").to_pylist(), strict=True):
         seen.setdefault(user, set()).add(item)

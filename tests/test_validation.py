@@ -256,7 +256,7 @@ def test_features_defects(tmp_lake: str, defect: dict[str, Any], expected: set[A
 def write_metrics(root: str, model: tuple[float, float], popularity: tuple[float, float] | None = (0.10, 0.08)
                   ) -> None:
     rows: dict[str, list[Any]] = {name: [] for name in METRIC.names}
-    entries = [("two_tower", "v2", "candidate", model), ("item_cosine", "v1", "baseline", (0.5, 0.5))]
+    entries = [("two_tower", "v2", "candidate", model), ("item_cosine", "v1", "baseline", (0.01, 0.01))]
     if popularity is not None:
         entries.append(("popularity", "v1", "baseline", popularity))
     for name, version, role, (recall, ndcg) in entries:

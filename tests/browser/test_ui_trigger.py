@@ -32,7 +32,8 @@ TINY_ENV = {"RECFLOW_USERS": "300", "RECFLOW_ITEMS": "200", "RECFLOW_EVENTS_PER_
             "RECFLOW_MAX_COLD_START_SHARE": "1", "RECFLOW_VOLUME_BAND": "0.9"}
 RUN_TIMEOUT_S = 900
 
-pytestmark = [pytest.mark.slow, pytest.mark.airflow]
+# ~12 min on a 2-core machine: outside `make test` (addopts deselects `browser`); `make test-browser` runs it
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.airflow]
 
 
 def _missing() -> str | None:
