@@ -21,7 +21,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export PATH := $(VENV)/bin:$(PATH)
 
 .PHONY: help install java run test test-quick lint format bench bench-quality bench-score clean-lake \
-	ui ui-stop browser-deps
+	ui ui-stop browser-deps test-browser
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ browser-deps: ## Debian chromium and npm playwright-core for the browser test (t
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	@test -d $(PLAYWRIGHT_PREFIX)/node_modules/playwright-core || \
 	  npm install --silent --no-audit --no-fund --prefix $(PLAYWRIGHT_PREFIX) playwright-core
+
+test-browser: install browser-deps ## the UI browser test (marker browser, ~12 min; screenshots in test-artifacts/)
+	$(PY) -m pytest -m browser tests/browser $(PYTEST_ARGS)
 
 define run_bench
 	@if test -f $(BENCH_DIR)/$(1); then $(PY) $(BENCH_DIR)/$(1) $(BENCH_ARGS); \

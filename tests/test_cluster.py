@@ -8,6 +8,7 @@ daemons are stopped by PID at the end.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
@@ -38,10 +40,17 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when pytest dies, even by SIGKILL or a `timeout`, where no finally runs
+    (an orphaned master and worker were seen after a killed session). spark-class execs the JVM, which keeps it."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen([str(BIN / "spark-class"), *args], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
