@@ -54,9 +54,9 @@ class Settings:
     title_tokens: int = 8
     # model
     model: str = "two_tower"
-    encoder: str = "gru"
+    encoder: str = "cnn"  # measured best R@10 on ecommerce+news next-day splits at moderate cost (README, encoder choice)
     embedding_dim: int = 64
-    epochs: int = 5
+    epochs: int = 2  # at the default size the best validation epoch was the first (README, encoder choice)
     batch_size: int = 1024
     learning_rate: float = 0.003
     skip_training: bool = False
