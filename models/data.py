@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -20,6 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from models import features as F
+from models import lake_io
 from schemas import lake
 from schemas.features import pad_ids
 from schemas.settings import Settings
@@ -28,15 +28,9 @@ log = logging.getLogger(__name__)
 
 
 # ---- reading ------------------------------------------------------------------------------------------------
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), os.path.abspath(path)
-
-
 def read_table(path: str, columns: Sequence[str] | None = None) -> pa.Table:
     """One partition folder (or file) as an Arrow table; Spark's ``_SUCCESS``/hidden files are skipped."""
-    fs, local = _filesystem(path)
+    fs, local = lake_io.filesystem(path)
     info = fs.get_file_info(local)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"feature table not found: {path}")
