@@ -58,10 +58,12 @@ class TopNScorer:
         if items.ndim != 2:
             raise ValueError(f"item_embeddings must be [N, d], got shape {items.shape}")
         self.num_items, self.dim = items.shape
+        # an indicator tail (a deep+wide model's one-hot item part) is added by a gather, not multiplied
+        self.head_dim, self._tail_cols, self._tail_coef = indicator_tail(items)
         # pad to a multiple of STRIPES with zero vectors; their scores are overwritten with -inf per step
         self.padded_items = max(1, math.ceil(self.num_items / STRIPES)) * STRIPES
-        padded = np.zeros((self.padded_items, self.dim), np.float32)
-        padded[: self.num_items] = items
+        padded = np.zeros((self.padded_items, self.head_dim), np.float32)
+        padded[: self.num_items] = items[:, : self.head_dim]
         self._items_t = np.ascontiguousarray(padded.T)  # [d, N_pad]: the BLAS-friendly layout for U @ I^T
         if item_categories is None:
             self.item_categories = np.zeros(self.num_items, np.int32)
@@ -96,12 +98,36 @@ class TopNScorer:
         for start in range(0, rows, self.step_rows):
             stop = min(start + self.step_rows, rows)
             step_scores = buffer[: stop - start]
-            np.matmul(users[start:stop], self._items_t, out=step_scores)
+            np.matmul(users[start:stop, : self.head_dim], self._items_t, out=step_scores)
+            if self._tail_cols is not None:
+                step_scores[:, : self.num_items] += users[start:stop, self._tail_cols] * self._tail_coef
             step_indptr = indptr[start: stop + 1] - indptr[start]
             step_cols = cols[indptr[start]: indptr[stop]]
             _select_rows(step_scores, self.num_items, n, step_indptr, step_cols, self.item_categories, cap,
                          pool, positions[start:stop], scores[start:stop])
         return TopN(positions, scores)
+
+
+def indicator_tail(items: np.ndarray, min_width: int = 32) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+    """Splits ``items`` [N, d] into a dense head and an indicator tail: the longest run of last columns in which
+    every column has at most one non-zero, if every row then has at most one there too. Then ``u . v_j = u[:head] . v_j[:head] + u[c_j] * v_j[c_j]``
+    exactly, with ``c_j`` the column of item j's non-zero (coefficient 0 when it has none).
+
+    Returns (head width, tail column per item, tail coefficient per item); (d, None, None) when the tail is narrower
+    than ``min_width`` columns, where a gather would not beat the product."""
+    num_items, dim = items.shape
+    nonzero = items != 0
+    single_column = nonzero.sum(axis=0) <= 1
+    head = dim
+    while head > 0 and single_column[head - 1]:
+        head -= 1
+    if dim - head < min_width or (nonzero[:, head:].sum(axis=1) > 1).any():
+        return dim, None, None
+    tail = nonzero[:, head:]
+    has = tail.any(axis=1)
+    cols = np.where(has, head + tail.argmax(axis=1), 0).astype(np.intp)
+    coef = np.where(has, items[np.arange(num_items), cols], 0.0).astype(np.float32)
+    return head, cols, coef
 
 
 def _exclusions_csr(rows_ex: np.ndarray | None, cols_ex: np.ndarray | None, rows: int,

@@ -34,7 +34,7 @@ from schemas.settings import Settings
 
 @dataclasses.dataclass(frozen=True)
 class TwoTowerParams:
-    encoder: str = "gru"
+    encoder: str = "cnn"
     objective: str = "next"
     embedding_dim: int = 64
     hidden_dim: int = 0  # 0: the user tower's head is linear
@@ -231,6 +231,13 @@ def _multi_hot(ids: tf.Tensor, size: int) -> tf.Tensor:
     return tf.concat([tf.zeros_like(dense[:, :1]), tf.minimum(dense[:, 1:], 1.0)], axis=1)
 
 
+def _set_entries(values: tf.Tensor, columns: tf.Tensor, value: float) -> tf.Tensor:
+    """``values`` [B, N] with ``value`` at each (row, columns[row, j]); a scatter, far cheaper than a dense mask."""
+    rows = tf.broadcast_to(tf.range(tf.shape(columns)[0])[:, None], tf.shape(columns))
+    indices = tf.reshape(tf.stack([rows, columns], axis=-1), [-1, 2])
+    return tf.tensor_scatter_nd_update(values, indices, tf.fill([tf.shape(indices)[0]], tf.cast(value, values.dtype)))
+
+
 def user_vector(tower_output: tf.Tensor, params: TwoTowerParams) -> tf.Tensor:
     """Tower output -> the user side of the logit: (normalised) embedding / temperature, then 1 for the item bias."""
     u = tf.cast(tower_output, tf.float32)
@@ -298,10 +305,8 @@ class TwoTowerModel(keras.Model):
         if self.full_softmax:
             logits = self.catalogue_logits(x, user, training=training)
             positives = tf.gather(logits, targets, batch_dims=1)  # [B, T]
-            excluded = _multi_hot(targets, self.num_items + 1)
-            if self.params.mask_seen:
-                excluded = tf.maximum(excluded, _multi_hot(x[F.SEEN], self.num_items + 1))
-            negatives = tf.where(excluded > 0, -np.inf, logits)
+            excluded = [targets, tf.cast(x[F.SEEN], tf.int32)] if self.params.mask_seen else [targets]
+            negatives = _set_entries(logits, _in_vocab(tf.concat(excluded, axis=1), self.num_items + 1), -np.inf)
         else:
             # in-batch candidates: every target of the batch, corrected by its sampling log-probability
             candidates = tf.reshape(targets, [-1])

@@ -56,7 +56,7 @@ class Settings:
     model: str = "two_tower"
     encoder: str = "cnn"  # measured best R@10 on ecommerce+news next-day splits at moderate cost (README, encoder choice)
     embedding_dim: int = 64
-    epochs: int = 2  # at the default size the best validation epoch was the first (README, encoder choice)
+    epochs: int = 1  # at the default size the best validation epoch was the first (README, encoder choice)
     batch_size: int = 1024
     learning_rate: float = 0.003
     skip_training: bool = False

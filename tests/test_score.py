@@ -66,6 +66,24 @@ def test_kernel_matches_brute_force(num_items: int, rows: int, n: int, cap: int)
         assert np.all(top.positions[r, len(got):] == -1)
 
 
+def test_kernel_with_an_indicator_tail_gathers_it_and_matches_brute_force() -> None:
+    # a deep+wide model's item side: [dense part, scaled one-hot of the item]; one item has no one-hot entry
+    rng = np.random.default_rng(7)
+    num_items, dense = 300, 9
+    onehot = np.zeros((num_items, num_items + 1), np.float32)
+    onehot[np.arange(num_items), rng.permutation(num_items) + 1] = rng.uniform(0.5, 2, num_items)
+    onehot[5] = 0.0
+    items = np.hstack([rng.standard_normal((num_items, dense)).astype(np.float32), onehot])
+    users = rng.standard_normal((40, items.shape[1])).astype(np.float32)
+    scorer = TopNScorer(items, step_rows=16)
+    assert scorer.head_dim == dense  # the tail is gathered, not multiplied
+    top = scorer.top_n(users, 25)
+    scores = users @ items.T
+    for r, expected in enumerate(brute_force(users, items, 25, set())):
+        np.testing.assert_allclose(top.scores[r], scores[r, expected], rtol=1e-5, atol=1e-5)
+    assert TopNScorer(np.hstack([items, np.ones((num_items, 1), np.float32)])).head_dim == items.shape[1] + 1
+
+
 def test_kernel_row_that_excluded_everything_gets_nothing() -> None:
     items = np.eye(4, dtype=np.float32)
     top = TopNScorer(items).top_n(np.ones((2, 4), np.float32), 3, np.zeros(4, int), np.arange(4))
