@@ -13,7 +13,7 @@ from pathlib import Path
 from airflow.sdk import Asset, Param
 
 from schemas import lake
-from schemas.settings import SCENARIOS, Settings
+from schemas.settings import SCENARIOS, SOFTMAX_KINDS, Settings
 
 # The form's defaults are this deployment's settings: code defaults, then RECFLOW_* environment variables.
 _DEFAULTS = Settings.load()
@@ -77,6 +77,10 @@ def nightly_params() -> dict[str, Param]:
         "encoder": Param(
             _DEFAULTS.encoder, type="string", enum=list(ENCODERS), title="Sequence encoder",
             description="User-tower encoder over the recent interaction sequence.",
+        ),
+        "softmax": Param(
+            _DEFAULTS.softmax, type="string", enum=list(SOFTMAX_KINDS), title="Softmax",
+            description="sampled: in-batch negatives (faster); full: every catalogue item is a negative.",
         ),
         "epochs": Param(_DEFAULTS.epochs, type="integer", minimum=1, maximum=200, title="Epochs",
                         description="Maximum training epochs (early stopping may end sooner)."),

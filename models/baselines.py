@@ -28,7 +28,7 @@ import scipy.sparse as sp
 import tensorflow as tf
 
 from models import lake_io, registry
-from models.scoring import ScoringModule
+from models.scoring import ScoringModule, in_vocab, multi_hot
 from schemas import lake
 from schemas.settings import Settings
 
@@ -64,21 +64,6 @@ def item_counts(interactions: sp.spmatrix) -> np.ndarray:
 
 
 # ---- TF helpers -----------------------------------------------------------------------------------------
-def _known(idx: tf.Tensor, size: int) -> tf.Tensor:
-    """Indices outside [0, size) become 0 (the zero padding row)."""
-    return tf.where((idx >= 0) & (idx < size), idx, tf.zeros_like(idx))
-
-
-def _multi_hot(seen: tf.Tensor, width: int) -> tf.Tensor:
-    """Float [B, width] with 1 at each seen item (padding 0 lands in column 0, whose weights are zero)."""
-    seen = _known(seen, width)
-    batch = tf.shape(seen)[0]
-    rows = tf.repeat(tf.range(batch), tf.shape(seen)[1])
-    coords = tf.stack([rows, tf.reshape(seen, [-1])], axis=1)
-    zeros = tf.zeros(tf.stack([batch, width]), tf.float32)
-    return tf.tensor_scatter_nd_max(zeros, coords, tf.ones([tf.shape(coords)[0]], tf.float32))
-
-
 def _table(values: np.ndarray) -> tf.Variable:
     return tf.Variable(np.asarray(values, dtype=np.float32), trainable=False)
 
@@ -96,7 +81,7 @@ class PopularityModule(ScoringModule):
         return tf.ones([tf.shape(user_idx)[0], 1], tf.float32)
 
     def _items(self, item_idx, category_idx, price_bucket, title_tokens, age_days):  # type: ignore[no-untyped-def]
-        return tf.gather(self.popularity, _known(item_idx, self.n_items))
+        return tf.gather(self.popularity, in_vocab(item_idx, self.n_items))
 
 
 class SegmentPopularityModule(ScoringModule):
@@ -109,11 +94,11 @@ class SegmentPopularityModule(ScoringModule):
         self.segment_popularity = _table(table)
 
     def _users(self, user_idx, history, seen, age_bucket_idx, region_idx):  # type: ignore[no-untyped-def]
-        segment = _known(age_bucket_idx, self.n_ages) * self.n_regions + _known(region_idx, self.n_regions)
+        segment = in_vocab(age_bucket_idx, self.n_ages) * self.n_regions + in_vocab(region_idx, self.n_regions)
         return tf.one_hot(segment, self.n_segments, dtype=tf.float32)
 
     def _items(self, item_idx, category_idx, price_bucket, title_tokens, age_days):  # type: ignore[no-untyped-def]
-        return tf.gather(self.segment_popularity, _known(item_idx, self.n_items))
+        return tf.gather(self.segment_popularity, in_vocab(item_idx, self.n_items))
 
 
 class ItemToItemModule(ScoringModule):
@@ -128,10 +113,10 @@ class ItemToItemModule(ScoringModule):
         self.item_rows = _table(weights.T)
 
     def _users(self, user_idx, history, seen, age_bucket_idx, region_idx):  # type: ignore[no-untyped-def]
-        return _multi_hot(seen, self.n_items)
+        return multi_hot(seen, self.n_items)
 
     def _items(self, item_idx, category_idx, price_bucket, title_tokens, age_days):  # type: ignore[no-untyped-def]
-        return tf.gather(self.item_rows, _known(item_idx, self.n_items))
+        return tf.gather(self.item_rows, in_vocab(item_idx, self.n_items))
 
 
 class FactorModule(ScoringModule):
@@ -147,10 +132,10 @@ class FactorModule(ScoringModule):
         self.user_factors, self.item_factors = _table(user_factors), _table(item_factors)
 
     def _users(self, user_idx, history, seen, age_bucket_idx, region_idx):  # type: ignore[no-untyped-def]
-        return tf.gather(self.user_factors, _known(user_idx, self.n_users))
+        return tf.gather(self.user_factors, in_vocab(user_idx, self.n_users))
 
     def _items(self, item_idx, category_idx, price_bucket, title_tokens, age_days):  # type: ignore[no-untyped-def]
-        return tf.gather(self.item_factors, _known(item_idx, self.n_items))
+        return tf.gather(self.item_factors, in_vocab(item_idx, self.n_items))
 
 
 # ---- fitting (in memory) --------------------------------------------------------------------------------

@@ -38,6 +38,32 @@ SAVED_MODEL = "saved_model"
 METADATA = "metadata.json"
 
 
+def in_vocab(ids: tf.Tensor, size: int) -> tf.Tensor:
+    """Ids outside [0, size) map to 0 (unknown): new categories, items or users never break an exported model."""
+    ids = tf.cast(ids, tf.int32)
+    return tf.where((ids >= 0) & (ids < size), ids, tf.zeros_like(ids))
+
+
+def multi_hot_sparse(ids: tf.Tensor, size: int) -> tf.SparseTensor:
+    """int [B, S] (0 = padding) -> float32 SparseTensor [B, size] with 1 at each id (duplicates count once)."""
+    ordered = tf.sort(in_vocab(ids, size), axis=1)
+    first = tf.concat([tf.ones_like(ordered[:, :1], tf.bool), ordered[:, 1:] != ordered[:, :-1]], axis=1)
+    where = tf.where(first & (ordered > 0))  # row-major, columns ascending within a row: a canonical SparseTensor
+    indices = tf.stack([where[:, 0], tf.cast(tf.gather_nd(ordered, where), tf.int64)], axis=1)
+    return tf.SparseTensor(indices, tf.ones([tf.shape(indices)[0]], tf.float32),
+                           tf.stack([tf.cast(tf.shape(ids)[0], tf.int64), tf.constant(size, tf.int64)]))
+
+
+def multi_hot(ids: tf.Tensor, size: int) -> tf.Tensor:
+    """The dense [B, size] form of :func:`multi_hot_sparse` (column 0, padding, always 0)."""
+    return tf.sparse.to_dense(multi_hot_sparse(ids, size))
+
+
+def multi_hot_matmul(ids: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
+    """multi_hot(ids) @ matrix as a sparse product: a sum of the users' few rows, not a [B, N] x [N, M] product."""
+    return tf.sparse.sparse_dense_matmul(multi_hot_sparse(ids, int(matrix.shape[0])), matrix)
+
+
 class ScoringModule(tf.Module):
     """Base for exported models: subclasses implement ``_users`` and ``_items`` with TF ops."""
 

@@ -114,6 +114,34 @@ class RecallEarlyStopping(keras.callbacks.Callback):
             self.model.load_weights(self._path(BEST_WEIGHTS))
 
 
+class TrainingProgress(keras.callbacks.Callback):
+    """Logs progress about every ``every`` share of an epoch's steps (step, loss, elapsed, ETA of the epoch) through
+    this module's logger: ``fit`` runs with verbose=0, so a long training in a task log is not silent."""
+
+    def __init__(self, steps: int | None, every: float = 0.1) -> None:
+        super().__init__()
+        self.steps, self.every = steps, every
+        self.interval, self.epoch, self.started = 1, 0, 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.steps = self.steps or self.params.get("steps")
+        self.interval = max(1, round((self.steps or 0) * self.every)) if self.steps else 100
+        self.epoch, self.started = epoch, time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        step = batch + 1
+        if step % self.interval and step != self.steps:
+            return
+        elapsed = time.perf_counter() - self.started
+        loss = float((logs or {}).get("loss", float("nan")))
+        if self.steps:
+            eta = elapsed / step * (self.steps - step)
+            log.info("epoch %d: step %d/%d (%.0f%%), loss %.4f, %.0f s elapsed, ETA %.0f s", self.epoch + 1, step,
+                     self.steps, 100 * step / self.steps, loss, elapsed, eta)
+        else:
+            log.info("epoch %d: step %d, loss %.4f, %.0f s elapsed", self.epoch + 1, step, loss, elapsed)
+
+
 def choose_blend(model: TwoTowerModel, inputs: dict[str, np.ndarray], evalset: D.EvalSet, k: int) -> float:
     """The deep share of the deep+wide score with the best validation Recall@K (grid of 0.1 steps).
 
@@ -161,8 +189,10 @@ def build_model(data: D.TrainingData, params: TwoTowerParams) -> TwoTowerModel:
 
 def fit_two_tower(data: D.TrainingData, settings: Settings | None = None, params: TwoTowerParams | None = None,
                   checkpoint_dir: str | None = None, callbacks: list[keras.callbacks.Callback] | None = None,
-                  verbose: int = 0, run_eagerly: bool = False) -> tuple[TwoTowerScoring, dict[str, Any]]:
-    """Trains the two-tower model on in-memory data; returns the export module and a training summary."""
+                  verbose: int = 0, run_eagerly: bool = False,
+                  progress: bool = False) -> tuple[TwoTowerScoring, dict[str, Any]]:
+    """Trains the two-tower model on in-memory data; returns the export module and a training summary.
+    ``progress``: log every ~10% of an epoch's steps (:class:`TrainingProgress`; the pipeline turns it on)."""
     params = params or TwoTowerParams.from_settings(settings or Settings.load())
     keras.utils.set_random_seed(params.seed)
     strategy, device = training_strategy()
@@ -185,6 +215,8 @@ def fit_two_tower(data: D.TrainingData, settings: Settings | None = None, params
                                     params.patience, checkpoint_dir)
         all_callbacks.append(early)
     all_callbacks += callbacks or []
+    if progress:
+        all_callbacks.append(TrainingProgress(steps))
     history = model.fit(dataset, epochs=params.epochs, steps_per_epoch=None, callbacks=all_callbacks, verbose=verbose)
     blend = float(model.blend.numpy())
     if model.wide is not None and early is not None and params.blend < 0:
@@ -281,7 +313,8 @@ def train_two_tower(settings: Settings, data: D.TrainingData | None = None) -> s
     params = TwoTowerParams.from_settings(settings)
     version = model_version(params, data.window)
     model_dir = lake.model_dir(settings.lake_root, F.MODEL_NAME, version)
-    module, summary = fit_two_tower(data, params=params, checkpoint_dir=f"{model_dir}/_checkpoint")
+    module, summary = fit_two_tower(data, params=params, checkpoint_dir=f"{model_dir}/_checkpoint",
+                                    progress=True)
     metadata = {
         "name": F.MODEL_NAME, "version": version, "kind": F.MODEL_KIND, "data_window": data.window,
         "params": params.to_dict(), "metrics": {f"val_recall_at_{params.eval_k}": summary["best_val_recall_at_k"]},

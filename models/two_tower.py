@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from models import features as F
-from models.scoring import ScoringModule
+from models.scoring import ScoringModule, in_vocab, multi_hot_matmul
 from schemas.settings import Settings
 
 
@@ -73,6 +73,8 @@ class TwoTowerParams:
         for name in ("objective", "wide", "temperature", "patience"):  # optional settings fields
             if hasattr(settings, f"two_tower_{name}"):
                 values[name] = getattr(settings, f"two_tower_{name}")
+        if getattr(settings, "softmax", "full") == "sampled":
+            values["full_softmax_max_items"] = 0
         values.update(overrides)
         return cls(**values)
 
@@ -85,12 +87,6 @@ class TwoTowerParams:
 
 
 # ---- shared pieces ---------------------------------------------------------------------------------------------
-def _in_vocab(ids: tf.Tensor, size: int) -> tf.Tensor:
-    """Ids outside [0, size) map to 0 (unknown): new categories, items or users never break the exported model."""
-    ids = tf.cast(ids, tf.int32)
-    return tf.where((ids >= 0) & (ids < size), ids, tf.zeros_like(ids))
-
-
 def _masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     mask = tf.cast(mask, values.dtype)[..., None]
     return tf.reduce_sum(values * mask, axis=-2) / tf.maximum(tf.reduce_sum(mask, axis=-2), 1.0)
@@ -114,13 +110,13 @@ class ItemTower(keras.layers.Layer):
         self.content = keras.layers.Dense(dim, name="content")
 
     def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        item = _in_vocab(inputs[F.ITEM_IDX], self.sizes[0])
-        tokens = _in_vocab(inputs[F.TITLE_TOKENS], self.sizes[3])
+        item = in_vocab(inputs[F.ITEM_IDX], self.sizes[0])
+        tokens = in_vocab(inputs[F.TITLE_TOKENS], self.sizes[3])
         known = tf.cast(item > 0, self.compute_dtype)[:, None]
         age = tf.math.log1p(tf.maximum(tf.cast(inputs[F.AGE_DAYS], self.compute_dtype), 0.0))[:, None]
         content = tf.concat([
-            self.category_embedding(_in_vocab(inputs[F.CATEGORY_IDX], self.sizes[1])),
-            self.price_embedding(_in_vocab(inputs[F.PRICE_BUCKET], self.sizes[2])),
+            self.category_embedding(in_vocab(inputs[F.CATEGORY_IDX], self.sizes[1])),
+            self.price_embedding(in_vocab(inputs[F.PRICE_BUCKET], self.sizes[2])),
             _masked_mean(self.title_embedding(tokens), tokens > 0), age], axis=-1)
         embedding = self.item_embedding(item) * known + self.content(content)
         if self.id_bias is None:
@@ -191,12 +187,12 @@ class UserTower(keras.layers.Layer):
         self.head = keras.layers.Dense(dim, name="head")
 
     def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        history = _in_vocab(inputs[F.HISTORY], self.sizes[0])
-        seen = _in_vocab(inputs[F.SEEN], self.sizes[0])
+        history = in_vocab(inputs[F.HISTORY], self.sizes[0])
+        seen = in_vocab(inputs[F.SEEN], self.sizes[0])
         sequence = self.encoder(self.history_embedding(history), history > 0, training=training)
         bag = _masked_mean(self.bag_embedding(seen), seen > 0)
-        joined = tf.concat([sequence, bag, self.age_embedding(_in_vocab(inputs[F.AGE_BUCKET_IDX], self.sizes[1])),
-                            self.region_embedding(_in_vocab(inputs[F.REGION_IDX], self.sizes[2]))], axis=-1)
+        joined = tf.concat([sequence, bag, self.age_embedding(in_vocab(inputs[F.AGE_BUCKET_IDX], self.sizes[1])),
+                            self.region_embedding(in_vocab(inputs[F.REGION_IDX], self.sizes[2]))], axis=-1)
         joined = self.dropout(joined, training=training)
         if self.hidden is not None:
             joined = self.hidden(joined)
@@ -205,30 +201,19 @@ class UserTower(keras.layers.Layer):
 
 # ---- the wide part -----------------------------------------------------------------------------------------------
 def ease_matrix(user_idx: np.ndarray, item_idx: np.ndarray, num_items: int, lam: float) -> np.ndarray:
-    """EASE (Steck 2019) on binary (user, item) pairs: B = I - P / diag(P), P = (X'X + lam I)^-1, diag(B) = 0.
+    """EASE (:func:`models.baselines.ease_weights`) on binary (user, item) pairs, as float32
+    [num_items+1, num_items+1] indexed by item_idx (row/column 0 = padding, all zero)."""
+    import scipy.sparse as sp
 
-    Returned as float32 [num_items+1, num_items+1] indexed by item_idx (row/column 0 = padding, all zero).
-    """
+    from models.baselines import ease_weights
+
     users = np.unique(user_idx, return_inverse=True)[1]
-    x = np.zeros((users.max() + 1, num_items + 1), np.float32)
-    x[users, item_idx] = 1.0
-    gram = (x.T @ x).astype(np.float64)
-    gram[np.diag_indices_from(gram)] += lam
-    p = np.linalg.inv(gram)
-    b = -p / np.diag(p)[None, :]
-    b[np.diag_indices_from(b)] = 0.0
+    x = sp.csr_matrix((np.ones(len(users), np.float32), (users, np.asarray(item_idx))),
+                      shape=(int(users.max(initial=-1)) + 1, num_items + 1))
+    b = ease_weights(x, lam)
     b[0, :] = 0.0
     b[:, 0] = 0.0
-    return b.astype(np.float32)
-
-
-def _multi_hot(ids: tf.Tensor, size: int) -> tf.Tensor:
-    """int [B, S] (0 = padding) -> float32 [B, size] with 1 at each id (duplicates count once)."""
-    ids = _in_vocab(ids, size)
-    rows = tf.broadcast_to(tf.range(tf.shape(ids)[0])[:, None], tf.shape(ids))
-    indices = tf.stack([tf.reshape(rows, [-1]), tf.reshape(ids, [-1])], axis=1)
-    dense = tf.scatter_nd(indices, tf.ones([tf.shape(indices)[0]], tf.float32), [tf.shape(ids)[0], size])
-    return tf.concat([tf.zeros_like(dense[:, :1]), tf.minimum(dense[:, 1:], 1.0)], axis=1)
+    return b
 
 
 def _set_entries(values: tf.Tensor, columns: tf.Tensor, value: float) -> tf.Tensor:
@@ -296,7 +281,7 @@ class TwoTowerModel(keras.Model):
 
     def wide_scores(self, seen: tf.Tensor) -> tf.Tensor:
         """x_u B: the linear part's score of every catalogue item [B, N+1]."""
-        return tf.matmul(_multi_hot(seen, self.num_items + 1), self.wide)
+        return multi_hot_matmul(seen, self.wide)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):  # type: ignore[no-untyped-def]
         targets = tf.cast(x[F.TARGETS], tf.int32)
@@ -306,7 +291,7 @@ class TwoTowerModel(keras.Model):
             logits = self.catalogue_logits(x, user, training=training)
             positives = tf.gather(logits, targets, batch_dims=1)  # [B, T]
             excluded = [targets, tf.cast(x[F.SEEN], tf.int32)] if self.params.mask_seen else [targets]
-            negatives = _set_entries(logits, _in_vocab(tf.concat(excluded, axis=1), self.num_items + 1), -np.inf)
+            negatives = _set_entries(logits, in_vocab(tf.concat(excluded, axis=1), self.num_items + 1), -np.inf)
         else:
             # in-batch candidates: every target of the batch, corrected by its sampling log-probability
             candidates = tf.reshape(targets, [-1])
@@ -391,7 +376,7 @@ class TwoTowerScoring(ScoringModule):
         u = user_vector(self.user_tower(inputs, training=False), self.params)
         if self.wide is None:
             return u
-        wide_scores = tf.matmul(_multi_hot(seen, self.vocab_size), self.wide)
+        wide_scores = multi_hot_matmul(seen, self.wide)
         return blended_user(u, wide_scores, self.catalogue_items, self.blend)
 
     def _items(self, item_idx, category_idx, price_bucket, title_tokens, age_days):  # type: ignore[no-untyped-def]

@@ -18,6 +18,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("ecommerce", "news")
+SOFTMAX_KINDS = ("sampled", "full")
 ENV_PREFIX = "RECFLOW_"
 
 
@@ -59,6 +60,9 @@ class Settings:
     epochs: int = 1  # at the default size the best validation epoch was the first (README, encoder choice)
     batch_size: int = 1024
     learning_rate: float = 0.003
+    # "sampled": in-batch negatives with log-Q correction; "full": every catalogue item as a negative (up to 50k
+    # items). At the default size sampled trains 1.8x faster for 1.6% less validation Recall@10 (README).
+    softmax: str = "sampled"
     skip_training: bool = False
     # evaluation and gate
     eval_k: int = 10
@@ -88,6 +92,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.softmax not in SOFTMAX_KINDS:
+            raise ValueError(f"softmax must be one of {SOFTMAX_KINDS}, got {self.softmax!r}")
         if not 0.0 <= self.max_cold_start_share <= 1.0:
             raise ValueError(f"max_cold_start_share must be in [0, 1], got {self.max_cold_start_share}")
 
