@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numba as nb
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 STRIPES = 16
 # A step's score matrix should stay in the last-level cache (32 MiB on the reference machine, shared by 2 cores),
-# so selection reads it from cache instead of RAM; measured by tests/benchmarks/bench_score.py.
+# so selection reads it from cache instead of RAM; measured by tests/benchmarks/bench_score.py. Each scoring
+# thread owns one step buffer: its product runs on one BLAS thread, then its kernel selects (GIL released).
 STEP_BYTES = 8 * 1024 * 1024
 MIN_STEP_ROWS = 16
 NEG_INF = np.float32(-np.inf)
@@ -53,7 +57,7 @@ class TopNScorer:
     """
 
     def __init__(self, item_embeddings: np.ndarray, item_categories: np.ndarray | None = None,
-                 step_rows: int | None = None) -> None:
+                 step_rows: int | None = None, threads: int | None = None) -> None:
         items = np.asarray(item_embeddings, dtype=np.float32)
         if items.ndim != 2:
             raise ValueError(f"item_embeddings must be [N, d], got shape {items.shape}")
@@ -72,6 +76,8 @@ class TopNScorer:
             if self.item_categories.shape != (self.num_items,) or (self.item_categories < 0).any():
                 raise ValueError("item_categories must hold one non-negative int per item")
         self.step_rows = step_rows or max(MIN_STEP_ROWS, STEP_BYTES // (4 * self.padded_items))
+        # one thread per core by default; a Spark task owns one core, so jobs/score.py passes threads=1
+        self.threads = max(1, threads or len(os.sched_getaffinity(0)))
 
     def top_n(self, user_embeddings: np.ndarray, n: int, exclude_rows: np.ndarray | None = None,
               exclude_cols: np.ndarray | None = None, category_cap: int = 0, pool_factor: int = 4) -> TopN:
@@ -94,17 +100,28 @@ class TopNScorer:
         indptr, cols = _exclusions_csr(exclude_rows, exclude_cols, rows, self.num_items)
         cap = max(0, int(category_cap))
         pool = min(self.num_items, max(n, pool_factor * n)) if cap else n
-        buffer = np.empty((min(self.step_rows, rows), self.padded_items), np.float32)
-        for start in range(0, rows, self.step_rows):
-            stop = min(start + self.step_rows, rows)
-            step_scores = buffer[: stop - start]
-            np.matmul(users[start:stop, : self.head_dim], self._items_t, out=step_scores)
-            if self._tail_cols is not None:
-                step_scores[:, : self.num_items] += users[start:stop, self._tail_cols] * self._tail_coef
-            step_indptr = indptr[start: stop + 1] - indptr[start]
-            step_cols = cols[indptr[start]: indptr[stop]]
-            _select_rows(step_scores, self.num_items, n, step_indptr, step_cols, self.item_categories, cap,
-                         pool, positions[start:stop], scores[start:stop])
+        starts = range(0, rows, self.step_rows)
+        threads = min(self.threads, len(starts))
+
+        def score_steps(first: int) -> None:  # every ``threads``-th step, on this thread's own buffer
+            buffer = np.empty((min(self.step_rows, rows), self.padded_items), np.float32)
+            for start in starts[first::threads]:
+                stop = min(start + self.step_rows, rows)
+                step_scores = buffer[: stop - start]
+                np.matmul(users[start:stop, : self.head_dim], self._items_t, out=step_scores)
+                if self._tail_cols is not None:
+                    step_scores[:, : self.num_items] += users[start:stop, self._tail_cols] * self._tail_coef
+                step_indptr = indptr[start: stop + 1] - indptr[start]
+                step_cols = cols[indptr[start]: indptr[stop]]
+                _select_rows(step_scores, self.num_items, n, step_indptr, step_cols, self.item_categories, cap,
+                             pool, positions[start:stop], scores[start:stop])
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            if threads == 1:
+                score_steps(0)
+            else:
+                with ThreadPoolExecutor(threads) as executor:
+                    list(executor.map(score_steps, range(threads)))  # list(): re-raises a thread's error
         return TopN(positions, scores)
 
 
@@ -230,12 +247,12 @@ def _top_sorted(row: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     return pos[order], val[order]
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(nogil=True, cache=True)
 def _select_rows(scores: np.ndarray, num_items: int, n: int, indptr: np.ndarray, cols: np.ndarray,
                  categories: np.ndarray, cap: int, pool: int, out_pos: np.ndarray, out_val: np.ndarray) -> None:
     rows, padded = scores.shape
     num_categories = categories.max() + 1 if cap > 0 else 1
-    for r in nb.prange(rows):
+    for r in range(rows):
         row = scores[r]
         for j in range(num_items, padded):
             row[j] = -np.inf
