@@ -21,7 +21,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export PATH := $(VENV)/bin:$(PATH)
 
 .PHONY: help install java run test test-quick lint format bench bench-quality bench-score clean-lake \
-	ui ui-stop browser-deps test-browser
+	ui ui-stop backfill browser-deps test-browser
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -69,6 +69,10 @@ ui: install ## start the Airflow UI (api-server, scheduler, dag-processor) on 12
 
 ui-stop: ## stop exactly the processes `make ui` started (PIDs in airflow_home/pids/)
 	$(PY) -m jobs.local_airflow ui-stop
+
+backfill: install ## run the nightly DAG for days FROM..TO (YYYY-MM-DD) in date order through a scheduler [CONF='{json}']
+	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD [CONF='{...}']" >&2; exit 2; }
+	$(PY) -m jobs.local_airflow backfill $(FROM) $(TO) $(if $(CONF),--conf '$(CONF)')
 
 browser-deps: ## Debian chromium and npm playwright-core for the browser test (tests/browser/)
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \

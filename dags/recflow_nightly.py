@@ -14,8 +14,8 @@ the day that just finished; for a manual run without a logical date: the day bef
 Spark stages run through `spark-submit` with the `spark_default` connection: `local[*]` by default
 (`AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[*]"}'`); point it at
 `spark://host:7077` (or YARN, Kubernetes) to run the same jobs on a cluster. Spark tasks share the `spark` pool
-(create it with `airflow pools set spark 1 "Spark jobs"`; `make ui` does) so a backfill never runs two Spark jobs
-at once on a small machine.
+(create it with `airflow pools set spark 1 "Spark jobs"`; `make ui` and `make backfill` do) so a backfill never
+runs two Spark jobs at once on a small machine.
 """
 
 from __future__ import annotations
@@ -35,12 +35,16 @@ from airflow.sdk import dag, get_current_context, task
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _params lives next to this file
 from _params import RECOMMENDATIONS_ASSET, SIMILAR_ITEMS_ASSET, nightly_params  # noqa: E402
 
+from jobs.pseudonymise import key_for_spark_job  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 
 SPARK_POOL = os.environ.get("RECFLOW_SPARK_POOL", "spark")
 # "@daily" unless a deployment says otherwise (a cron string, or "none" for manual/asset-triggered runs only)
 SCHEDULE = os.environ.get("RECFLOW_SCHEDULE", "@daily")
 SPARK_CONN_ID = "spark_default"
+# clean's pseudonymisation key reaches spark-submit through this env var, rendered in the worker from the Airflow
+# connection (settings.pseudonym_conn_id) when it exists, else from the worker's own env var; masked in logs
+PSEUDONYM_KEY_ENV = Settings.load().pseudonym_key_env
 
 
 def _jobs_dir() -> Path:
@@ -105,6 +109,7 @@ default_args = {
     doc_md=__doc__,
     default_args=default_args,
     params=nightly_params(),
+    user_defined_macros={"recflow_pseudonym_key": key_for_spark_job},
 )
 def recflow_nightly() -> None:
     @task(multiple_outputs=True, retries=0, execution_timeout=dt.timedelta(minutes=2))
@@ -153,7 +158,8 @@ def recflow_nightly() -> None:
             # so the jobs' run manifests name the Airflow run that produced them
             env_vars={"AIRFLOW_CTX_DAG_ID": "{{ dag.dag_id }}", "AIRFLOW_CTX_DAG_RUN_ID": "{{ run_id }}",
                       "AIRFLOW_CTX_TASK_ID": "{{ task.task_id }}",
-                      "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")},  # score loads TF
+                      "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),  # score loads TF
+                      **({PSEUDONYM_KEY_ENV: "{{ recflow_pseudonym_key() }}"} if stage == "clean" else {})},
             pool=SPARK_POOL,
             execution_timeout=dt.timedelta(minutes=45),
         )

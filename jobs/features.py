@@ -528,6 +528,16 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, object]:
         "seconds": round(time.perf_counter() - started, 2),
     }
     log.info("features %s", summary)
+    # the stage's run manifest runs/features/dt=D: rows in (clean events of the window and D) and out (all tables)
+    from jobs import manifest as manifests
+
+    inputs = [path for day in [*settings.window_dates(), settings.run_date]
+              if path_exists(spark, path := lake.partition(settings.lake_root, lake.CLEAN_EVENTS, day))]
+    rows_in = spark.read.parquet(*inputs).count() if inputs else 0
+    manifests.record_stage(settings.lake_root, "features", settings.run_date, {
+        "rows_in": rows_in, "rows_out": sum(rows.values()), "users": rows.get(lake.USER_FEATURES, 0),
+        "items": rows.get(lake.ITEM_FEATURES, 0), "rows_by_table": rows,
+    }, time.perf_counter() - started, spark, daily_computed=summary["daily_computed"])
     return summary
 
 

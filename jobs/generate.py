@@ -942,7 +942,7 @@ def generate(settings: Settings) -> dict[str, Any]:
         "corruptions": dict.fromkeys(CORRUPTION_KINDS, 0),
         "lake_root": str(root),
     }
-    for day in dates:
+    for number, day in enumerate(dates, 1):
         t0 = time.perf_counter()
         events, items, available = simulate_day(world, day)
         lines: Sequence[str] | Sequence[bytes] = event_lines(world, day, events, items)
@@ -980,7 +980,9 @@ def generate(settings: Settings) -> dict[str, Any]:
         summary["items_per_day"][day.isoformat()] = len(items.ids)
         summary["users"] = int(signed_up.sum())
         log.info(
-            "%s %s: %d events in %d sessions, %d items (%d available), %d users, %.1f s",
+            "day %d/%d %s %s: %d events in %d sessions, %d items (%d available), %d users, %.1f s",
+            number,
+            len(dates),
             settings.scenario,
             day,
             len(events.time_ms),

@@ -2,6 +2,7 @@
 
     python -m jobs.local_airflow ui        # api-server (UI), scheduler, dag-processor on 127.0.0.1; prints login
     python -m jobs.local_airflow ui-stop   # stops exactly the processes `ui` started (PID files)
+    python -m jobs.local_airflow backfill 2026-01-10 2026-01-14 [--conf JSON]  # days D in order, via a scheduler
     python -m jobs.local_airflow env       # the environment as shell exports (for a terminal of your own)
 
 Everything lives in the checkout's ``airflow_home/`` (SQLite DB, logs, ``pids/``); the Spark connection defaults to
@@ -10,6 +11,8 @@ Everything lives in the checkout's ``airflow_home/`` (SQLite DB, logs, ``pids/``
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import json
 import os
 import secrets
@@ -20,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from schemas.settings import REPO_ROOT
 
@@ -33,6 +37,11 @@ UI_PROCESSES = (
     ("scheduler", ["scheduler", "--skip-serve-logs"]),
     ("dag-processor", ["dag-processor"]),
 )
+
+
+# SQLite metadata DB: every local Airflow process waits up to 60 s for a write lock instead of sqlite3's 5 s (on a
+# loaded 2-core machine the scheduler can hold one longer; `backfill create` then failed with "database is locked")
+SQLITE_CONNECT_ARGS: dict[str, Any] = {"timeout": 60}
 
 
 def airflow_bin() -> str:
@@ -51,6 +60,8 @@ def airflow_env(repo: Path = REPO_ROOT) -> dict[str, str]:
     env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", f"{UI_USER}:admin")
     env.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://{UI_HOST}:{UI_PORT}/execution/")
     env.setdefault("AIRFLOW_CONN_SPARK_DEFAULT", LOCAL_SPARK_CONN)
+    if env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "sqlite").startswith("sqlite"):
+        env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS", "jobs.local_airflow.SQLITE_CONNECT_ARGS")
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -126,9 +137,11 @@ def wait_for_ui(timeout: float = 180.0) -> bool:
     return False
 
 
-def start_ui(env: dict[str, str] | None = None, parallelism: int = 2) -> dict[str, int]:
-    """Start the UI processes in the background (own process groups), PIDs in ``airflow_home/pids/``."""
-    env = dict(env or airflow_env())
+def start_processes(env: dict[str, str], parallelism: int = 2) -> dict[str, int]:
+    """Start api-server, scheduler and dag-processor in the background (own sessions) bound to 127.0.0.1, PIDs in
+    ``airflow_home/pids/``; returns ``{name: pid}`` once the API server answers. Shared by ``ui`` and ``backfill``
+    (the scheduler's task processes need the API server: Airflow 3 tasks talk to the Execution API)."""
+    env = dict(env)
     env["AIRFLOW__CORE__PARALLELISM"] = str(parallelism)  # a 2-core machine: two task processes at most
     pids = _pid_dir(env)
     pids.mkdir(parents=True, exist_ok=True)
@@ -140,32 +153,43 @@ def start_ui(env: dict[str, str] | None = None, parallelism: int = 2) -> dict[st
     ensure_spark_pool(env)
     log_dir = Path(env["AIRFLOW_HOME"]) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    started = {}
-    for name, args in UI_PROCESSES:
-        with open(log_dir / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen([airflow_bin(), *args], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        (pids / f"{name}.pid").write_text(f"{proc.pid}\n")
-        started[name] = proc.pid
-    print(f"started {started}; logs in {log_dir}", flush=True)
-    if not wait_for_ui():
-        stop_ui(env)
-        raise SystemExit(f"the API server did not answer on {UI_HOST}:{UI_PORT}: see {log_dir}/api-server.log")
+    started: dict[str, int] = {}
+    try:
+        for name, args in UI_PROCESSES:
+            with open(log_dir / f"{name}.log", "ab") as log:
+                proc = subprocess.Popen([airflow_bin(), *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+            (pids / f"{name}.pid").write_text(f"{proc.pid}\n")
+            started[name] = proc.pid
+        print(f"started {started}; logs in {log_dir}", flush=True)
+        if not wait_for_ui():
+            raise SystemExit(f"the API server did not answer on {UI_HOST}:{UI_PORT}: see {log_dir}/api-server.log")
+    except BaseException:  # a failed start or Ctrl-C while waiting: nothing of ours is left running
+        stop_processes(env, started)
+        raise
+    return started
+
+
+def start_ui(env: dict[str, str] | None = None, parallelism: int = 2) -> dict[str, int]:
+    """Start the UI processes (:func:`start_processes`) and print the URL and the login."""
+    env = dict(env or airflow_env())
+    started = start_processes(env, parallelism)
     print(f"\nAirflow UI: http://{UI_HOST}:{UI_PORT}/")
     print(f"login:      {UI_USER} / {ui_password(env) or '(see ' + str(passwords_file(env)) + ')'}")
     print("stop with:  make ui-stop")
     return started
 
 
-def stop_ui(env: dict[str, str] | None = None, timeout: float = 30.0) -> list[str]:
-    """Stop exactly the processes whose PIDs `start_ui` recorded (each with its own children, by process group)."""
-    env = env or airflow_env()
+def stop_processes(env: dict[str, str], only: dict[str, int] | None = None, timeout: float = 30.0) -> list[str]:
+    """Stop the processes whose PIDs were recorded (each with its own children, by process group); with ``only``
+    (``{name: pid}`` as :func:`start_processes` returned), exactly those PIDs and nothing else."""
     stopped = []
     for name, _ in UI_PROCESSES:
         pid_file = _pid_dir(env) / f"{name}.pid"
-        if not pid_file.exists():
+        recorded = int(pid_file.read_text()) if pid_file.exists() else None
+        pid = recorded if only is None else only.get(name)
+        if pid is None:
             continue
-        pid = int(pid_file.read_text())
         if _alive_airflow(pid):
             os.killpg(pid, signal.SIGTERM)  # its session was started for it alone (start_new_session)
             deadline = time.monotonic() + timeout
@@ -174,9 +198,135 @@ def stop_ui(env: dict[str, str] | None = None, timeout: float = 30.0) -> list[st
             if _alive_airflow(pid):
                 os.killpg(pid, signal.SIGKILL)
             stopped.append(f"{name} ({pid})")
-        pid_file.unlink()
-    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        if recorded == pid:
+            pid_file.unlink()
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"), flush=True)
     return stopped
+
+
+def stop_ui(env: dict[str, str] | None = None, timeout: float = 30.0) -> list[str]:
+    """Stop exactly the processes whose PIDs `start_ui` recorded."""
+    return stop_processes(env or airflow_env(), timeout=timeout)
+
+
+# ---- backfill: a date range through a real scheduler ---------------------------------------------------------
+DAG_ID = "recflow_nightly"
+FINISHED = ("success", "failed")
+
+
+def _airflow_json(env: dict[str, str], *args: str) -> Any:
+    """An ``airflow ... --output json`` command's parsed output (log lines before the JSON are skipped)."""
+    out = subprocess.run([airflow_bin(), *args, "--output", "json"], env=env, check=True, capture_output=True,
+                         text=True).stdout
+    lines = out.splitlines()
+    for number, line in enumerate(lines):
+        if line.lstrip().startswith(("[", "{")):
+            try:
+                return json.loads("\n".join(lines[number:]))
+            except ValueError:
+                continue
+    raise RuntimeError(f"no JSON in the output of airflow {' '.join(args)}: {out[-500:]!r}")
+
+
+def wait_for_dag(env: dict[str, str], dag_id: str = DAG_ID, timeout: float = 300.0) -> bool:
+    """Wait until the dag-processor has stored ``dag_id``; returns whether it is paused."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            dags = {d["dag_id"]: d for d in _airflow_json(env, "dags", "list")}
+        except (subprocess.CalledProcessError, ValueError, RuntimeError):
+            dags = {}
+        if dag_id in dags:
+            return str(dags[dag_id].get("is_paused")).lower() in ("true", "1")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{dag_id} was not parsed within {timeout:.0f} s: see the dag-processor log")
+        time.sleep(5)
+
+
+def logical_date(day: dt.date) -> dt.date:
+    """The scheduled run that processes day D: ``@daily`` is a CronTriggerTimetable (zero-length interval), so
+    the run at D+1 00:00 has data_interval_end D+1 and processes D (dags/recflow_nightly.resolve_run_date)."""
+    return day + dt.timedelta(days=1)
+
+
+def backfill_runs(env: dict[str, str], first: dt.date, last: dt.date, dag_id: str = DAG_ID) -> list[dict[str, Any]]:
+    """The runs for days ``first``..``last``, in date order, each with its day D and duration in seconds."""
+    runs = _airflow_json(env, "dags", "list-runs", dag_id, "--start-date", logical_date(first).isoformat(),
+                         "--end-date", logical_date(last).isoformat() + "T23:59:59+00:00")
+    out = []
+    for run in runs:
+        logical = dt.datetime.fromisoformat(run["logical_date"])
+        start, end = run.get("start_date"), run.get("end_date")
+        seconds = ((dt.datetime.fromisoformat(end) - dt.datetime.fromisoformat(start)).total_seconds()
+                   if start and end else None)
+        out.append({"day": (logical.date() - dt.timedelta(days=1)).isoformat(), **run, "seconds": seconds})
+    return sorted(out, key=lambda r: r["logical_date"])
+
+
+def backfill(first: dt.date, last: dt.date, conf: dict[str, Any] | None = None, max_active_runs: int = 1,
+             reprocess_behavior: str | None = None, env: dict[str, str] | None = None, poll: float = 15.0,
+             timeout: float = 12 * 3600.0) -> list[dict[str, Any]]:
+    """Run recflow_nightly for every day ``first``..``last`` (D, inclusive) the way production does: start the
+    API server, scheduler and dag-processor (127.0.0.1), unpause the DAG, ``airflow backfill create`` (the runs
+    start in date order, at most ``max_active_runs`` at once; 1 by default because each day's vocabularies extend
+    the previous day's), wait for every run to finish, print each run's day, state and duration, then pause the
+    DAG again if it was paused and stop exactly the processes started here (also on Ctrl-C, SIGTERM or failure).
+    """
+    if last < first:
+        raise SystemExit(f"TO ({last}) is before FROM ({first})")
+    env = dict(env or airflow_env())
+    # this scheduler only runs queued runs (backfill, manual): unpausing must not also start last night's run
+    env.setdefault("AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE", "False")
+    days = (last - first).days + 1
+    started: dict[str, int] = {}
+    paused = False
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+    wall = time.monotonic()
+    try:
+        started = start_processes(env)
+        paused = wait_for_dag(env)
+        subprocess.run([airflow_bin(), "dags", "unpause", DAG_ID], env=env, check=True, stdout=subprocess.DEVNULL)
+        create = [airflow_bin(), "backfill", "create", "--dag-id", DAG_ID,
+                  "--from-date", logical_date(first).isoformat(), "--to-date", logical_date(last).isoformat(),
+                  "--max-active-runs", str(max_active_runs)]
+        if conf:
+            create += ["--dag-run-conf", json.dumps(conf)]
+        if reprocess_behavior:
+            create += ["--reprocess-behavior", reprocess_behavior]
+        print(f"backfill {DAG_ID} for D = {first} .. {last} ({days} runs, logical dates "
+              f"{logical_date(first)} .. {logical_date(last)}, max {max_active_runs} active)", flush=True)
+        subprocess.run(create, env=env, check=True)
+        print(f"watch it at http://{UI_HOST}:{UI_PORT}/dags/{DAG_ID} (login {UI_USER} / {ui_password(env)})",
+              flush=True)
+        deadline = time.monotonic() + timeout
+        seen: dict[str, str] = {}
+        while True:
+            runs = backfill_runs(env, first, last)
+            for run in runs:
+                if seen.get(run["run_id"]) != run["state"]:
+                    seen[run["run_id"]] = run["state"]
+                    print(f"  {time.monotonic() - wall:7.0f} s  D={run['day']}  {run['state']}", flush=True)
+            if len(runs) >= days and all(r["state"] in FINISHED for r in runs):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"backfill not finished after {timeout:.0f} s: {seen}")
+            time.sleep(poll)
+        print(f"\nbackfill of {DAG_ID} finished in {time.monotonic() - wall:.0f} s:")
+        print(f"{'D':<12} {'logical date':<26} {'state':<8} {'seconds':>8}")
+        for run in runs:
+            seconds = "-" if run["seconds"] is None else f"{run['seconds']:.0f}"
+            print(f"{run['day']:<12} {run['logical_date']:<26} {run['state']:<8} {seconds:>8}")
+        return runs
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        if started and paused:
+            subprocess.run([airflow_bin(), "dags", "pause", DAG_ID], env=env, check=False,
+                           stdout=subprocess.DEVNULL)
+        stop_processes(env, started)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -185,13 +335,30 @@ def main(argv: list[str] | None = None) -> None:
         start_ui()
     elif command[0] == "ui-stop":
         stop_ui()
+    elif command[0] == "backfill":
+        parser = argparse.ArgumentParser(prog="python -m jobs.local_airflow backfill",
+                                         description=backfill.__doc__)
+        parser.add_argument("first", type=dt.date.fromisoformat, help="first day D to process, YYYY-MM-DD")
+        parser.add_argument("last", type=dt.date.fromisoformat, help="last day D to process, YYYY-MM-DD")
+        parser.add_argument("--conf", type=json.loads, default=None, help="JSON conf of every run (DAG params)")
+        parser.add_argument("--max-active-runs", type=int, default=1)
+        parser.add_argument("--reprocess-behavior", choices=("none", "completed", "failed"), default=None)
+        args = parser.parse_args(command[1:])
+        try:
+            runs = backfill(args.first, args.last, args.conf, args.max_active_runs, args.reprocess_behavior)
+        except KeyboardInterrupt:
+            raise SystemExit("interrupted: the Airflow processes started for the backfill were stopped. The backfill "
+                             "stays open in the metadata DB (one per DAG): let it finish or cancel it in the UI "
+                             "(`make ui`) before creating another.") from None
+        if any(run["state"] != "success" for run in runs):
+            raise SystemExit(1)
     elif command[0] == "env":
         env = airflow_env()
         for key in sorted(k for k in env if k.startswith(("AIRFLOW", "PYSPARK", "SPARK_"))):
             print(f"export {key}={json.dumps(env[key])}")
         print("# the pseudonym key: export RECFLOW_PSEUDONYM_KEY=$(cat .secrets/pseudonym_key)")
     else:
-        raise SystemExit(f"unknown command {command[0]!r}: ui | ui-stop | env")
+        raise SystemExit(f"unknown command {command[0]!r}: ui | ui-stop | backfill | env")
 
 
 if __name__ == "__main__":

@@ -88,6 +88,17 @@ def write_bytes(path: str, data: bytes, spark: Any = None) -> None:
         tmp.write_bytes(data)
         os.replace(tmp, target)
         return
+    if spark is None:  # a stage without a SparkSession (publish) on a remote lake: pyarrow's filesystems
+        import pyarrow.fs as pafs
+
+        fs, inner = pafs.FileSystem.from_uri("s3://" + path[len("s3a://"):] if path.startswith("s3a://") else path)
+        parent, name = inner.rsplit("/", 1)
+        fs.create_dir(parent, recursive=True)
+        tmp_path = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
+        with fs.open_output_stream(tmp_path) as out_stream:
+            out_stream.write(data)
+        fs.move(tmp_path, inner)
+        return
     fs, hpath = _hadoop(spark, path)
     jvm = spark.sparkContext._jvm
     tmp = jvm.org.apache.hadoop.fs.Path(hpath.getParent(), f".{hpath.getName()}.{uuid.uuid4().hex}.tmp")
@@ -138,6 +149,21 @@ def write_manifest(root: str, stage: str, date: lake.DateLike, manifest: Mapping
     path = lake.run_manifest(root, stage, date)
     write_bytes(path, (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode(), spark)
     return path
+
+
+def record_stage(root: str, stage: str, date: lake.DateLike, counts: Mapping[str, Any], seconds: float,
+                 spark: Any = None, **extra: Any) -> dict[str, Any]:
+    """The manifest of a stage that reports counts only (features, score, publish): ``counts`` holds ``rows_in``,
+    ``rows_out`` and what else the stage counts (users, items, rows per table). Written with
+    :func:`write_manifest` and :func:`record_run` like clean's; returns it."""
+    ds = date if isinstance(date, str) else date.isoformat()
+    finished_at = utc_now()
+    manifest = {"stage": stage, "dt": ds, "run_id": new_run_id(stage),
+                "started_at": (finished_at - dt.timedelta(seconds=seconds)).isoformat(),
+                "finished_at": finished_at.isoformat(), "seconds": round(seconds, 2), "counts": dict(counts), **extra}
+    write_manifest(root, stage, date, manifest, spark)
+    record_run(root, stage, date, manifest, spark)
+    return manifest
 
 
 def record_run(root: str, stage: str, date: lake.DateLike, manifest: Mapping[str, Any],

@@ -41,6 +41,21 @@ def resolve_key(settings: Settings, env: dict[str, str] | None = None) -> bytes:
     )
 
 
+def key_for_spark_job(settings: Settings | None = None) -> str:
+    """The key for a spark-submit'ted job's environment, as the DAG's clean task renders it (a template macro,
+    run in the Airflow worker): the password of the Airflow connection ``settings.pseudonym_conn_id`` when that
+    connection exists, else the worker's environment variable ``settings.pseudonym_key_env`` (as before), else "".
+    Either value is registered with Airflow's secrets masker, so task logs and rendered fields show ``***``."""
+    settings = settings or Settings.load()
+    found = _key_from_airflow(settings.pseudonym_conn_id)  # Connection.get masks the password it returns
+    value = found.decode("utf-8") if isinstance(found, bytes) else os.environ.get(settings.pseudonym_key_env, "")
+    if value:
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(value)
+    return value
+
+
 def _key_from_airflow(conn_id: str) -> bytes | str:
     """The connection's password as bytes, or a short reason why there is none."""
     try:

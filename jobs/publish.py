@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -216,6 +217,7 @@ def publish(settings: Settings, run_id: str | None = None,
     """
     from jobs.score import default_run_id
 
+    started = time.perf_counter()
     root, date = settings.lake_root, settings.run_date
     run_id = run_id or default_run_id(date)
     partition = f"dt={date.isoformat()}"
@@ -241,7 +243,31 @@ def publish(settings: Settings, run_id: str | None = None,
         summaries[name] = {**(summary or {"already_published": True}),
                            "path": f"{lake.table(root, name)}/{partition}"}
     print(json.dumps({"stage": "publish", "date": date.isoformat(), "run_id": run_id, "tables": summaries}))
+    record_manifest(settings, run_id, plans, time.perf_counter() - started)
     return summaries
+
+
+def record_manifest(settings: Settings, run_id: str, plans: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """``runs/publish/dt=D``: rows in (verified staging rows; 0 when already published), rows out (the published
+    partitions), users and items of the published recommendations."""
+    from jobs import manifest as manifests
+
+    root, date = settings.lake_root, settings.run_date
+    published: dict[str, pa.Table] = {}
+    for name in plans:
+        fs, path, _ = _filesystem(lake.partition(root, name, date))
+        columns = ["user_id", "item_id"] if name == lake.RECOMMENDATIONS else ["item_id"]
+        published[name] = ds.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns)
+    recs = published.get(lake.RECOMMENDATIONS)
+    counts = {
+        "rows_in": sum(plan["rows"] for plan in plans.values() if plan is not None),
+        "rows_out": sum(table.num_rows for table in published.values()),
+        "users": len(recs.column("user_id").unique()) if recs is not None else 0,
+        "items": len(recs.column("item_id").unique()) if recs is not None else 0,
+        **{f"{name}_rows": table.num_rows for name, table in published.items()},
+    }
+    return manifests.record_stage(root, "publish", date, counts, seconds, publish_run_id=run_id,
+                                  already_published=[name for name, plan in plans.items() if plan is None])
 
 
 def latest_partition(root: str, name: str) -> str:

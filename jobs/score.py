@@ -122,7 +122,8 @@ def _scorer(side: dict[str, Any], key: str, kind: str) -> Any:
     if cache_key not in _SCORERS:
         _SCORERS.clear()  # one broadcast at a time per worker: a new run's items replace the old ones
         embeddings = side["embeddings"] if kind == "users" else side["unit_embeddings"]
-        _SCORERS[cache_key] = (TopNScorer(embeddings, side["categories"]), pa.array(side["item_ids"], pa.string()))
+        scorer = TopNScorer(embeddings, side["categories"], threads=1)  # a Spark task owns one core
+        _SCORERS[cache_key] = (scorer, pa.array(side["item_ids"], pa.string()))
     return _SCORERS[cache_key]
 
 
@@ -312,6 +313,18 @@ def run(settings: Settings, spark: Any = None, model_dir: str | None = None, mod
                       "model_version": model_version, "candidate_items": int(len(side["item_ids"])),
                       "catalogue_items": int(len(side["source_ids"])), "staging": paths,
                       "seconds": round(time.perf_counter() - started, 1)}))
+    # the stage's run manifest runs/score/dt=D: users in, staged rows out, users and items recommended
+    from jobs import manifest as manifests
+
+    staged = spark.read.parquet(paths[lake.RECOMMENDATIONS]).agg(
+        F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users"),
+        F.countDistinct("item_id").alias("items")).first()
+    similar_rows = spark.read.parquet(paths[lake.SIMILAR_ITEMS]).count()
+    manifests.record_stage(root, "score", date, {
+        "rows_in": users.count(), "rows_out": int(staged["rows"]) + similar_rows, "users": int(staged["users"]),
+        "items": int(staged["items"]), "recommendations_rows": int(staged["rows"]), "similar_items_rows": similar_rows,
+        "candidate_items": int(len(side["item_ids"])),
+    }, time.perf_counter() - started, spark, model_version=model_version, staging=paths)
     return paths
 
 

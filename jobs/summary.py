@@ -92,6 +92,16 @@ def _counts(manifest: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in manifest.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
+# stages whose manifests predate the rows_in/rows_out keys: which of their counts are the rows in and out
+ROWS_IN_OUT = {"clean": ("raw_events", "clean_events")}
+
+
+def rows_in_out(stage: str, counts: dict[str, Any]) -> tuple[Any, Any]:
+    """(rows in, rows out) of a stage's manifest counts; None where the stage does not say."""
+    keys = ("rows_in", "rows_out") if ("rows_in" in counts or "rows_out" in counts) else ROWS_IN_OUT.get(stage)
+    return (counts.get(keys[0]), counts.get(keys[1])) if keys else (None, None)
+
+
 def metric_rows(settings: Settings) -> list[dict[str, Any]]:
     """Rows of ``metrics/dt=D`` (schemas.outputs.METRIC), or [] when evaluation did not run."""
     filesystem, root_path = _fs(settings.lake_root)
@@ -164,8 +174,9 @@ def collect(settings: Settings, run_id: str = "", gate_decision: dict[str, Any] 
         "run_seconds": round((now - run_started_at).total_seconds(), 1) if run_started_at else None,
         "scenario": settings.scenario,
         "lake_root": settings.lake_root,
-        "stages": [{"stage": s["stage"], "seconds": s["seconds"], "counts": _counts(s["manifest"])}
-                   for s in stages],
+        "stages": [{"stage": s["stage"], "seconds": s["seconds"],
+                    **dict(zip(("rows_in", "rows_out"), rows_in_out(s["stage"], _counts(s["manifest"])), strict=True)),
+                    "counts": _counts(s["manifest"])} for s in stages],
         "metrics": metrics_table(rows),
         "gate": gate_decision,
         "production": production,
@@ -180,11 +191,13 @@ def to_markdown(summary: dict[str, Any]) -> str:
              + (f"  (run took {summary['run_seconds']} s so far)" if summary.get("run_seconds") else ""), ""]
     lines += ["## Stages", ""]
     if summary["stages"]:
-        lines += ["| stage | seconds | counts |", "| --- | ---: | --- |"]
+        lines += ["| stage | seconds | rows in | rows out | counts |", "| --- | ---: | ---: | ---: | --- |"]
         for stage in summary["stages"]:
-            counts = ", ".join(f"{k}={_short(v)}" for k, v in stage["counts"].items()) or "-"
+            counts = ", ".join(f"{k}={_short(v)}" for k, v in stage["counts"].items()
+                               if k not in ("rows_in", "rows_out")) or "-"
             seconds = "-" if stage["seconds"] is None else f"{stage['seconds']:.1f}"
-            lines.append(f"| {stage['stage']} | {seconds} | {counts} |")
+            rows_in, rows_out = ("-" if stage.get(k) is None else _short(stage[k]) for k in ("rows_in", "rows_out"))
+            lines.append(f"| {stage['stage']} | {seconds} | {rows_in} | {rows_out} | {counts} |")
     else:
         lines.append("No run manifests for this date.")
     lines += ["", "## Model metrics (all users, held-out next-day events)", ""]

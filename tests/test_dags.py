@@ -98,6 +98,37 @@ def test_nightly_stage_order_and_spark_submit(nightly: Any) -> None:
     assert outlets == {"recflow_recommendations", "recflow_similar_items"}
 
 
+def test_clean_gets_the_pseudonym_key_from_the_airflow_connection_masked(nightly: Any, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Under spark-submit the clean job runs outside Airflow: the task renders the key into the job's environment
+    from the connection when it exists (else the worker's env var), and the logged command line never shows it."""
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+    from airflow.sdk.log import redact
+
+    template = nightly.get_task("clean").env_vars["RECFLOW_PSEUDONYM_KEY"]
+    assert "RECFLOW_PSEUDONYM_KEY" not in nightly.get_task("features").env_vars  # only clean needs it
+
+    def render() -> str:
+        return str(nightly.get_template_env().from_string(template).render())
+
+    monkeypatch.setenv("RECFLOW_PSEUDONYM_KEY", "key-from-the-worker-env")
+    monkeypatch.delenv("AIRFLOW_CONN_RECFLOW_PSEUDONYM_KEY", raising=False)
+    assert render() == "key-from-the-worker-env"  # no connection: as before
+    monkeypatch.setenv("AIRFLOW_CONN_RECFLOW_PSEUDONYM_KEY",
+                       json.dumps({"conn_type": "generic", "password": "key-from-the-connection"}))
+    key = render()
+    assert key == "key-from-the-connection"
+    # on YARN env vars travel as --conf on the command line: the command as the task log writes it is masked
+    monkeypatch.setenv("AIRFLOW_CONN_SPARK_YARN_TEST", json.dumps({"conn_type": "spark", "host": "yarn"}))
+    hook = SparkSubmitHook(conn_id="spark_yarn_test", env_vars={"RECFLOW_PSEUDONYM_KEY": key})
+    command = hook._build_spark_submit_command("clean.py")
+    assert f"spark.yarn.appMasterEnv.RECFLOW_PSEUDONYM_KEY={key}" in command
+    logged = str(redact(hook._mask_cmd(command)))
+    assert key not in logged and "RECFLOW_PSEUDONYM_KEY=***" in logged
+    # locally (the default) the key is only in the child's environment, never on the command line
+    local = SparkSubmitHook(conn_id="spark_default", env_vars={"RECFLOW_PSEUDONYM_KEY": key})
+    assert key not in " ".join(local._build_spark_submit_command("clean.py"))
+
+
 @pytest.mark.parametrize("bad", [
     {"top_n": 0}, {"top_n": "ten"}, {"scenario": "movies"}, {"run_date": "2026-13-40"},
     {"run_date": "yesterday"}, {"epochs": 0}, {"encoder": "rnn"}, {"window_days": 400},

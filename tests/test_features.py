@@ -282,6 +282,18 @@ def test_daily_aggregates_are_reused(runs: dict[str, Any]) -> None:
     assert after["dt=2026-01-02"] > before["dt=2026-01-02"] and after["dt=2026-01-04"] > before["dt=2026-01-04"]
 
 
+def test_run_manifest_counts(runs: dict[str, Any]) -> None:
+    from jobs import manifest as manifests
+
+    run = manifests.read_manifest(runs["root"], "features", D2)
+    assert run is not None and run["stage"] == "features" and run["seconds"] > 0
+    counts = run["counts"]
+    assert counts["rows_in"] == sum(1 for event in EVENTS if 2 <= event[0] <= 5)  # clean events of 02..05
+    assert counts["rows_out"] == sum(counts["rows_by_table"].values()) > 0
+    assert counts["users"] == 5 and counts["items"] == len(CATALOGUE.keys() | CATALOGUE_D2.keys())  # vocab keeps f
+    assert counts["rows_by_table"][lake.TRAIN_EXAMPLES] == runs["d2_summary"]["rows"][lake.TRAIN_EXAMPLES]
+
+
 def test_reruns_are_identical(runs: dict[str, Any]) -> None:
     assert runs["d1_again"] == runs["d1"]
     assert all(runs["d1"][name] for name in features.OUTPUT_SCHEMAS)  # not trivially equal: nothing empty

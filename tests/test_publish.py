@@ -85,6 +85,16 @@ def test_publish_moves_staging_into_place_with_marker_manifest_and_pointer(tmp_l
     assert pointer(tmp_lake) == "dt=2026-01-14" and pointer(tmp_lake, lake.SIMILAR_ITEMS) == "dt=2026-01-14"
     assert sorted_rows(publish.read_latest(tmp_lake)) == sorted_rows(recommendations("v1"))
     assert publish.read_latest(tmp_lake, lake.SIMILAR_ITEMS).num_rows == similar("v").num_rows
+    # the stage's run manifest, and the run summary's rows in and out for it
+    run = json.loads(Path(lake.run_manifest(tmp_lake, "publish", DAY1)).read_text())
+    assert run["counts"] == {"rows_in": 20, "rows_out": 20, "users": 3, "items": 6, "recommendations_rows": 12,
+                             "similar_items_rows": 8}, run["counts"]
+    assert run["seconds"] >= 0 and run["publish_run_id"] == "r1" and run["already_published"] == []
+    from jobs import summary as summary_job
+
+    stages = summary_job.collect(settings_for(tmp_lake, DAY1))["stages"]
+    assert [(s["stage"], s["rows_in"], s["rows_out"]) for s in stages] == [("publish", 20, 20)]
+    assert "| publish |" in summary_job.to_markdown(summary_job.collect(settings_for(tmp_lake, DAY1)))
 
 
 @pytest.mark.parametrize("defect", ["no_success", "wrong_type", "empty", "missing"])

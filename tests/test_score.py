@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
@@ -249,6 +250,11 @@ def test_recommendations_exclude_seen_and_unavailable_and_match_brute_force(scor
         assert scores == sorted(scores, reverse=True)
     assert set(table["model_version"].to_pylist()) == {"tiny-1"}
     assert set(table["generated_at"].to_pylist()) == {dt.datetime(2026, 1, 15, tzinfo=dt.UTC)}
+    # the stage's run manifest: users in, staged rows out, users and items recommended
+    counts = json.loads(Path(lake.run_manifest(settings.lake_root, "score", DATE)).read_text())["counts"]
+    assert counts["recommendations_rows"] == table.num_rows and counts["users"] == len(set(table["user_id"].to_pylist()))
+    assert counts["rows_out"] == table.num_rows + read(paths[lake.SIMILAR_ITEMS]).num_rows
+    assert counts["rows_in"] >= counts["users"] > 0 and counts["items"] == len(set(table["item_id"].to_pylist()))
 
 
 @pytest.mark.spark

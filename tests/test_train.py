@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from pathlib import Path
 
 import keras
@@ -121,7 +122,7 @@ def write_tiny_lake(root: str, settings: Settings) -> None:
     _write(pa.Table.from_pylist(users, schema=S.USER_FEATURE), root, lake.USER_FEATURES, date)
 
 
-def test_train_two_tower_from_the_lake_exports_a_versioned_model(tmp_lake: str) -> None:
+def test_train_two_tower_from_the_lake_exports_a_versioned_model(tmp_lake: str, caplog: pytest.LogCaptureFixture) -> None:
     settings = Settings.load({"lake_root": tmp_lake, "encoder": "gru", "embedding_dim": 8, "epochs": 2,
                               "batch_size": 64, "history_length": 4}, env={})
     write_tiny_lake(tmp_lake, settings)
@@ -129,7 +130,10 @@ def test_train_two_tower_from_the_lake_exports_a_versioned_model(tmp_lake: str) 
     assert data.catalogue.num_items == 12 and len(data.interactions.item_idx) == 240
     assert data.validation is not None and len(data.validation.user_idx) == 10
     assert data.profiles.region_idx[3] == 2
-    model_dir = train_two_tower(settings, data)
+    with caplog.at_level(logging.INFO, logger="models.train"):
+        model_dir = train_two_tower(settings, data)
+    progress = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
+    assert progress and progress[-1].startswith("epoch 2: step 4/4 (100%)"), progress  # 240 examples / 64
     params = TwoTowerParams.from_settings(settings)
     assert model_dir == lake.model_dir(tmp_lake, F.MODEL_NAME, model_version(params, data.window))
     assert model_version(params, data.window) == model_version(TwoTowerParams.from_settings(settings), data.window)
