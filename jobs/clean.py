@@ -174,41 +174,42 @@ def flag_row_problems(parsed: DataFrame, settings: Settings) -> DataFrame:
         *df.columns, F.col("_verdict.reason").alias("reason"), F.col("_verdict.detail").alias("detail"))
 
 
-def flag_duplicates(df: DataFrame) -> DataFrame:
-    """Among valid rows, keeps the first of each (dt, event_id) by event_time, then source file, line and position.
+def _spread_key(valid: Column, key: Column) -> Column:
+    """``key`` for valid rows; a per-line key for the others, so they neither group together nor skew a partition."""
+    return F.when(valid, key).otherwise(
+        F.concat(F.lit("\u0000"), F.xxhash64("value", "source_file").cast("string")))
 
-    Duplicate ids are rare, so they are found by an aggregate (a narrow shuffle) and broadcast back, instead of a
-    window that would shuffle and sort every raw line."""
+
+def flag_duplicates(df: DataFrame) -> DataFrame:
+    """Among valid rows, keeps the first of each (dt, event_id) by event_time, then source file and line."""
     valid = F.col("reason").isNull()
-    order = F.struct("event_ts", "source_file", "value", "_line")
-    with_line = df.withColumn("_line", F.monotonically_increasing_id())  # tells identical lines apart
-    repeated = (with_line.where(valid).groupBy("dt", "event_id")
-                .agg(F.count(F.lit(1)).alias("_copies"), F.min(order).alias("_first"))
-                .where(F.col("_copies") > 1))
-    joined = with_line.join(F.broadcast(repeated), on=["dt", "event_id"], how="left")
-    duplicate = valid & F.col("_copies").isNotNull() & (order != F.col("_first"))
-    return (joined.withColumn("detail", F.when(duplicate, F.lit(
-                      "a row with this event_id and an earlier or equal event_time is kept")).otherwise(F.col("detail")))
-                  .withColumn("reason", F.when(duplicate, F.lit("duplicate_event_id")).otherwise(F.col("reason")))
-                  .drop("_line", "_copies", "_first"))
+    order = Window.partitionBy("dt", "_event_key").orderBy("event_ts", "source_file", "value")
+    return (df.withColumn("_event_key", _spread_key(valid, F.col("event_id")))
+              .withColumn("_copy", F.row_number().over(order))
+              .withColumn("reason", F.when(valid & (F.col("_copy") > 1), F.lit("duplicate_event_id"))
+                          .otherwise(F.col("reason")))
+              .withColumn("detail", F.when(F.col("reason") == "duplicate_event_id",
+                                           F.lit("a row with this event_id and an earlier or equal event_time is kept"))
+                          .otherwise(F.col("detail")))
+              .drop("_event_key", "_copy"))
 
 
 def flag_bots(df: DataFrame, events_per_minute: int) -> DataFrame:
-    """Quarantines every remaining event of a user with more than ``events_per_minute`` valid events in a minute.
-
-    Per-minute counts are an aggregate; only the (rare) bot users are broadcast back to the rows."""
+    """Quarantines every remaining event of a user with more than ``events_per_minute`` valid events in a minute."""
     valid = F.col("reason").isNull()
-    per_minute = (df.where(valid).groupBy("dt", "user_id", F.date_trunc("minute", F.col("event_ts")).alias("_minute"))
-                  .agg(F.count(F.lit(1)).alias("_per_minute")))
-    bots = (per_minute.groupBy("dt", "user_id").agg(F.max("_per_minute").alias("_worst_minute"))
-            .where(F.col("_worst_minute") > events_per_minute))
-    joined = df.join(F.broadcast(bots), on=["dt", "user_id"], how="left")
-    is_bot = valid & F.col("_worst_minute").isNotNull()
-    return (joined.withColumn("detail", F.when(is_bot, F.concat(
+    # one shuffle by (dt, user) serves both windows: clustering by (dt, user, minute) is implied
+    keyed = (df.withColumn("_user_key", _spread_key(valid, F.col("user_id")))
+               .withColumn("_minute", F.date_trunc("minute", F.col("event_ts")))
+               .repartition("dt", "_user_key"))
+    per_minute = keyed.withColumn(
+        "_per_minute", F.count(F.lit(1)).over(Window.partitionBy("dt", "_user_key", "_minute")))
+    worst = per_minute.withColumn("_worst_minute", F.max("_per_minute").over(Window.partitionBy("dt", "_user_key")))
+    is_bot = valid & (F.col("_worst_minute") > events_per_minute)
+    return (worst.withColumn("detail", F.when(is_bot, F.concat(
                 F.lit("user has "), F.col("_worst_minute").cast("string"),
                 F.lit(f" events in one minute (threshold {events_per_minute})"))).otherwise(F.col("detail")))
-                  .withColumn("reason", F.when(is_bot, F.lit("bot_user")).otherwise(F.col("reason")))
-                  .drop("_worst_minute"))
+                 .withColumn("reason", F.when(is_bot, F.lit("bot_user")).otherwise(F.col("reason")))
+                 .drop("_user_key", "_minute", "_per_minute", "_worst_minute"))
 
 
 def flag_unknown_items(df: DataFrame, items: DataFrame) -> DataFrame:
@@ -228,8 +229,7 @@ def route_events(raw: DataFrame, items: DataFrame, settings: Settings, key: byte
     Quarantine fields are null on clean rows and clean fields null on quarantined rows, so the frame can be cached
     once at about the size of the data and split into both tables.
     """
-    # parsed once and cached: the duplicate and bot aggregates read it again, and so does every consumer
-    flagged = flag_row_problems(parse_events(raw), settings).persist(StorageLevel.MEMORY_AND_DISK)
+    flagged = flag_row_problems(parse_events(raw), settings)
     flagged = flag_duplicates(flagged)
     flagged = flag_bots(flagged, settings.bot_events_per_minute)
     flagged = flag_unknown_items(flagged, items)
@@ -383,6 +383,7 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
     items = clean_items(raw_items, settings).persist()
     raw_users = extract_users(spark, root, user_dates)
     routed = route_events(extract_events(spark, root, dates), items.select("dt", "item_id"), settings, key)
+    routed = routed.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         with _naming_bad_files():
             # one pass computes (and caches) everything, before any write; drift rides along as a grouping key
@@ -401,7 +402,8 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
         write_days(clean_users(raw_users, key), root, lake.CLEAN_USERS, CLEAN_USER, dates,
                    {ds for ds, (_, n) in user_counts.items() if n}, sort_by=("user_id",))
     finally:
-        spark.catalog.clearCache()  # route_events' parsed lines and the items
+        routed.unpersist()
+        items.unpersist()
     drift: dict[tuple[str, str], int] = {}
     for (ds, _, extra_keys), rows in routed_counts.items():
         for name in extra_keys or ():
