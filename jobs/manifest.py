@@ -89,15 +89,9 @@ def write_bytes(path: str, data: bytes, spark: Any = None) -> None:
         os.replace(tmp, target)
         return
     if spark is None:  # a stage without a SparkSession (publish) on a remote lake: pyarrow's filesystems
-        import pyarrow.fs as pafs
+        from models.lake_io import write_bytes_atomic
 
-        fs, inner = pafs.FileSystem.from_uri("s3://" + path[len("s3a://"):] if path.startswith("s3a://") else path)
-        parent, name = inner.rsplit("/", 1)
-        fs.create_dir(parent, recursive=True)
-        tmp_path = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
-        with fs.open_output_stream(tmp_path) as out_stream:
-            out_stream.write(data)
-        fs.move(tmp_path, inner)
+        write_bytes_atomic(path, data)
         return
     fs, hpath = _hadoop(spark, path)
     jvm = spark.sparkContext._jvm

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from models import lake_io
 from schemas import lake
 from schemas.settings import Settings
 
@@ -28,13 +29,8 @@ HEADLINE_METRICS = ("recall", "ndcg", "precision", "map", "hit_rate", "mrr", "co
 
 
 def _fs(root: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the root path inside it (``s3a://`` is read as ``s3://``)."""
-    uri = root
-    if uri.startswith("s3a://"):
-        uri = "s3://" + uri[len("s3a://"):]
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), uri.rstrip("/")
-    filesystem, path = pafs.FileSystem.from_uri(uri)
+    """A pyarrow filesystem and the root path inside it, without a trailing slash."""
+    filesystem, path = lake_io.filesystem(root)
     return filesystem, path.rstrip("/")
 
 

@@ -19,9 +19,12 @@ from schemas import lake
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem and in-filesystem path of a lake path or URI."""
+    """The pyarrow filesystem and in-filesystem path of a lake path or URI (Hadoop's ``s3a://`` is read as
+    pyarrow's ``s3://``)."""
     if "://" not in uri:
         return pafs.LocalFileSystem(), uri
+    if uri.startswith("s3a://"):
+        uri = "s3://" + uri[len("s3a://"):]
     return pafs.FileSystem.from_uri(uri)
 
 

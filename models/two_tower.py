@@ -73,7 +73,7 @@ class TwoTowerParams:
         for name in ("objective", "wide", "temperature", "patience"):  # optional settings fields
             if hasattr(settings, f"two_tower_{name}"):
                 values[name] = getattr(settings, f"two_tower_{name}")
-        if getattr(settings, "softmax", "full") == "sampled":
+        if settings.softmax == "sampled":
             values["full_softmax_max_items"] = 0
         values.update(overrides)
         return cls(**values)
