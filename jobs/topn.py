@@ -34,6 +34,9 @@ STRIPES = 16
 STEP_BYTES = 8 * 1024 * 1024
 MIN_STEP_ROWS = 16
 NEG_INF = np.float32(-np.inf)
+SLACK = 16  # the threshold keeps between m and m + SLACK stripe groups (when ties allow)
+BUCKETS = 256  # candidates up to BUCKET_SORT_MAX are ordered by a bucket sort on the score, more by a key sort
+BUCKET_SORT_MAX = 512
 
 
 @dataclasses.dataclass
@@ -209,42 +212,115 @@ def _threshold(values: np.ndarray, size: int, m: int, slack: int) -> float:
     return lo
 
 
+@nb.njit(cache=True, inline="always")
+def _desc_key(value: float, position: int) -> np.uint64:
+    """A uint64 whose ascending order is score descending, then position ascending (a stable full sort's order)."""
+    bits = np.float32(value + np.float32(0.0)).view(np.uint32)  # + 0.0: -0.0 becomes +0.0 (equal scores tie)
+    ascending = ~bits if bits >> np.uint32(31) else bits | np.uint32(0x80000000)
+    return (np.uint64(~ascending) << np.uint64(32)) | np.uint64(position)
+
+
+Scratch = tuple  # maxes, lower/upper half-group maxes, hot half-groups (2), candidates (pos, val, keys),
+#                 bucket counts, sorted candidates (pos, val)
+
+
 @nb.njit(cache=True)
-def _top_sorted(row: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions and scores of the ``m`` best finite entries of ``row`` (length a multiple of STRIPES), best first."""
+def _top_into(row: np.ndarray, m: int, scratch: Scratch, res_pos: np.ndarray, res_val: np.ndarray) -> int:
+    """The ``m`` best finite entries of ``row`` (length a multiple of STRIPES) into ``res_pos[:k]``/``res_val[:k]``,
+    best first, equal scores by position (a stable full sort's order); returns k (< m only when the row has fewer
+    finite entries). NaN scores are never selected."""
+    maxes, max_lo, max_hi, hot_lo, hot_hi, pos, val, keys, buckets, sorted_pos, sorted_val = scratch
     groups = row.shape[0] // STRIPES
-    maxes = row[:groups].copy()
-    for s in range(1, STRIPES):
-        base = s * groups
-        for g in range(groups):
-            maxes[g] = max(maxes[g], row[base + g])
-    threshold = _threshold(maxes, groups, m, m // 2 + 8)
-    hot = 0
+    half = STRIPES // 2
+    top = NEG_INF
+    for g in range(groups):  # selects from registers (LLVM emits vmaxps): no masked stores
+        lo = NEG_INF
+        for s in range(half):
+            v = row[s * groups + g]
+            lo = v if v > lo else lo
+        hi = NEG_INF
+        for s in range(half, STRIPES):
+            v = row[s * groups + g]
+            hi = v if v > hi else hi
+        max_lo[g] = lo
+        max_hi[g] = hi
+        maxes[g] = lo if lo > hi else hi
+    threshold = _threshold(maxes, groups, m, SLACK)
+    finite_cut = threshold > -np.inf
+    if not finite_cut:
+        threshold = -np.finfo(np.float32).max  # every finite entry (not -inf, not NaN)
+    # half-groups holding an entry >= threshold (branch-free appends), then their entries stripe by stripe: the
+    # candidates come out in position order
+    n_lo = 0
+    n_hi = 0
     for g in range(groups):
-        hot += maxes[g] >= threshold
-    pos = np.empty(hot * STRIPES, np.int32)
-    val = np.empty(hot * STRIPES, np.float32)
+        hot_lo[n_lo] = g
+        n_lo += max_lo[g] >= threshold
+        hot_hi[n_hi] = g
+        n_hi += max_hi[g] >= threshold
     size = 0
-    for g in range(groups):
-        if maxes[g] >= threshold:
-            for s in range(STRIPES):
-                j = s * groups + g
-                v = row[j]
-                if v >= threshold and v > -np.inf:
-                    pos[size] = j
-                    val[size] = v
-                    size += 1
-    if size > m + 8:  # trim to a few more than m before the sort
-        cut = _threshold(val, size, m, 8)
-        kept = 0
+    for s in range(half):
+        base = s * groups
+        for i in range(n_lo):
+            j = base + hot_lo[i]
+            v = row[j]
+            pos[size] = j
+            val[size] = v
+            size += v >= threshold
+    for s in range(half, STRIPES):
+        base = s * groups
+        for i in range(n_hi):
+            j = base + hot_hi[i]
+            v = row[j]
+            pos[size] = j
+            val[size] = v
+            size += v >= threshold
+    k = min(m, size)
+    for i in range(size):
+        top = max(top, val[i])
+    span = top - threshold
+    if finite_cut and size <= BUCKET_SORT_MAX and span < np.inf:
+        # counting sort into buckets by score (bucket monotone in the score, so equal scores share one; stable),
+        # then a stable insertion sort, which only reorders within buckets: score descending, ties by position
+        last = buckets.shape[0] - 2
+        scale = (last + 0.5) / span if span > 0 else 0.0
+        buckets[:] = 0
         for i in range(size):
-            if val[i] >= cut:
-                pos[kept] = pos[i]
-                val[kept] = val[i]
-                kept += 1
-        size = kept
-    order = np.argsort(-val[:size], kind="mergesort")[:m]  # stable: equal scores keep the scan order
-    return pos[order], val[order]
+            b = last - min(last, np.int64((val[i] - threshold) * scale))
+            keys[i] = b
+            buckets[b + 1] += 1
+        for b in range(last + 1):
+            buckets[b + 1] += buckets[b]
+        for i in range(size):
+            b = keys[i]
+            slot = buckets[b]
+            buckets[b] = slot + 1
+            sorted_pos[slot] = pos[i]
+            sorted_val[slot] = val[i]
+        for i in range(1, size):
+            v = sorted_val[i]
+            if sorted_val[i - 1] >= v:
+                continue
+            j = sorted_pos[i]
+            t = i
+            while t > 0 and sorted_val[t - 1] < v:
+                sorted_val[t] = sorted_val[t - 1]
+                sorted_pos[t] = sorted_pos[t - 1]
+                t -= 1
+            sorted_val[t] = v
+            sorted_pos[t] = j
+        for i in range(k):
+            res_pos[i] = sorted_pos[i]
+            res_val[i] = sorted_val[i]
+        return k
+    for i in range(size):
+        keys[i] = _desc_key(val[i], pos[i])
+    ordered = np.sort(keys[:size])
+    for i in range(k):
+        j = np.int32(ordered[i] & np.uint64(0xFFFFFFFF))
+        res_pos[i] = j
+        res_val[i] = row[j]
+    return k
 
 
 @nb.njit(nogil=True, cache=True)
@@ -252,6 +328,14 @@ def _select_rows(scores: np.ndarray, num_items: int, n: int, indptr: np.ndarray,
                  categories: np.ndarray, cap: int, pool: int, out_pos: np.ndarray, out_val: np.ndarray) -> None:
     rows, padded = scores.shape
     num_categories = categories.max() + 1 if cap > 0 else 1
+    groups = padded // STRIPES
+    scratch = (np.empty(groups, np.float32), np.empty(groups, np.float32), np.empty(groups, np.float32),
+               np.empty(groups, np.int32), np.empty(groups, np.int32), np.empty(padded, np.int32),
+               np.empty(padded, np.float32), np.empty(padded, np.uint64), np.empty(BUCKETS + 1, np.int64),
+               np.empty(min(padded, BUCKET_SORT_MAX), np.int32), np.empty(min(padded, BUCKET_SORT_MAX), np.float32))
+    taken = np.zeros(num_categories, np.int32)
+    pool_pos = np.empty(pool if cap > 0 else 1, np.int32)
+    pool_val = np.empty(pool if cap > 0 else 1, np.float32)
     for r in range(rows):
         row = scores[r]
         for j in range(num_items, padded):
@@ -259,27 +343,30 @@ def _select_rows(scores: np.ndarray, num_items: int, n: int, indptr: np.ndarray,
         for e in range(indptr[r], indptr[r + 1]):
             row[cols[e]] = -np.inf
         if cap <= 0:
-            pos, val = _top_sorted(row, n)
-            for t in range(pos.shape[0]):
-                out_pos[r, t] = pos[t]
-                out_val[r, t] = val[t]
+            k = _top_into(row, n, scratch, out_pos[r], out_val[r])
+            for t in range(k, n):
+                out_pos[r, t] = -1
+                out_val[r, t] = -np.inf
             continue
         m = pool
         while True:
-            pos, val = _top_sorted(row, m)
-            taken = np.zeros(num_categories, np.int32)
+            if m > pool_pos.shape[0]:
+                pool_pos = np.empty(m, np.int32)
+                pool_val = np.empty(m, np.float32)
+            k = _top_into(row, m, scratch, pool_pos, pool_val)
+            taken[:] = 0
             filled = 0
-            for t in range(pos.shape[0]):
-                c = categories[pos[t]]
+            for t in range(k):
+                c = categories[pool_pos[t]]
                 if taken[c] < cap:
                     taken[c] += 1
-                    out_pos[r, filled] = pos[t]
-                    out_val[r, filled] = val[t]
+                    out_pos[r, filled] = pool_pos[t]
+                    out_val[r, filled] = pool_val[t]
                     filled += 1
                     if filled == n:
                         break
             # done when the list is full, or the pool already held every remaining item
-            if filled == n or pos.shape[0] < m or m >= num_items:
+            if filled == n or k < m or m >= num_items:
                 for t in range(filled, n):
                     out_pos[r, t] = -1
                     out_val[r, t] = -np.inf

@@ -78,10 +78,35 @@ def floor_matmul(user_emb: np.ndarray, item_emb: np.ndarray) -> float:
     return min(blas_threads, own_threads)
 
 
+# Parquet as a reader expects it (user_id, rank, item_id, score: string, int32, string, float), written cheaply:
+# both id columns are handed over dictionary-encoded (indices built by numpy, no per-row strings), which Parquet
+# stores as its own dictionary pages; rank and score are plain (a dictionary of 10M distinct floats only falls
+# back); one row group per block; snappy; statistics on every column but item_id (random per row group, they
+# would prune nothing and cost as much as the rest of the encoding). Read back, the columns are plain strings.
+PARQUET_OPTIONS = {"compression": "snappy", "use_dictionary": ["user_id", "item_id"],
+                   "write_statistics": ["user_id", "rank", "score"], "store_schema": False}
+
+
+def arrow_rows(top, user_ids: pa.Array, item_ids: pa.Array) -> pa.RecordBatch:  # type: ignore[no-untyped-def]
+    """A block's top-N result -> (user_id, rank, item_id, score) rows, best first per user; ``user_ids`` are the
+    block's users, ``item_ids`` the candidate items by position."""
+    rows, n = top.positions.shape
+    if bool((top.positions[:, -1] >= 0).all()):  # every list full (the usual case): no mask needed
+        row = np.repeat(np.arange(rows, dtype=np.int32), n)
+        rank = np.tile(np.arange(1, n + 1, dtype=np.int32), rows)
+        item, score = top.positions.ravel(), top.scores.ravel()
+    else:
+        mask = top.positions >= 0
+        row, col = np.nonzero(mask)
+        row, rank = row.astype(np.int32), (col + 1).astype(np.int32)
+        item, score = top.positions[mask], top.scores[mask]
+    return pa.record_batch({
+        "user_id": pa.DictionaryArray.from_arrays(pa.array(row), user_ids), "rank": pa.array(rank),
+        "item_id": pa.DictionaryArray.from_arrays(pa.array(item), item_ids), "score": pa.array(score)})
+
+
 def kernel_path(user_emb: np.ndarray, item_emb: np.ndarray, out_dir: str | None) -> tuple[float, float]:
     """(b) in process: blocks of users -> exact top 100 minus seen -> Arrow rows -> Parquet. (kernel s, total s)"""
-    import pyarrow.compute as pc
-
     from jobs.topn import TopNScorer
 
     users, items = len(user_emb), len(item_emb)
@@ -103,13 +128,10 @@ def kernel_path(user_emb: np.ndarray, item_emb: np.ndarray, out_dir: str | None)
             kernel += time.perf_counter() - t
             if out_dir is None:
                 continue
-            mask = top.positions >= 0
-            r, c = np.nonzero(mask)
-            batch = pa.record_batch({
-                "user_id": pc.take(user_ids, pa.array(r + start)), "rank": pa.array((c + 1).astype(np.int32)),
-                "item_id": pc.take(item_ids, pa.array(top.positions[mask])), "score": pa.array(top.scores[mask])})
+            batch = arrow_rows(top, user_ids.slice(start, stop - start), item_ids)
             if not writer:
-                writer.append(pq.ParquetWriter(f"{out_dir}/recommendations.parquet", batch.schema))
+                writer.append(pq.ParquetWriter(f"{out_dir}/recommendations.parquet", batch.schema,
+                                               **PARQUET_OPTIONS))
             if pending is not None:
                 pending.result()
             pending = background.submit(writer[0].write_batch, batch)

@@ -1,0 +1,110 @@
+"""The top-N kernel gives exactly what a full stable sort gives: same items, same order, ties by position."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.topn import BUCKET_SORT_MAX, TopNScorer
+
+
+def full_sort(scores: np.ndarray, n: int, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: every row sorted by score descending, equal scores by position (stable), excluded and NaN
+    entries dropped; -1 / -inf padding when a row has fewer than n."""
+    rows = scores.shape[0]
+    pos = np.full((rows, n), -1, np.int32)
+    val = np.full((rows, n), -np.inf, np.float32)
+    for r in range(rows):
+        row = scores[r].astype(np.float32)
+        keep = ~excluded[r] & (row > -np.inf)  # NaN > -inf is False
+        order = [j for j in np.argsort(-row, kind="stable") if keep[j]][:n]
+        pos[r, : len(order)] = order
+        val[r, : len(order)] = row[order]
+    return pos, val
+
+
+def exclusions(rng: np.random.Generator, rows: int, items: int, per_row: int) -> tuple[np.ndarray, np.ndarray,
+                                                                                        np.ndarray]:
+    ex_rows = np.repeat(np.arange(rows), per_row)
+    ex_cols = rng.integers(0, items, rows * per_row)
+    mask = np.zeros((rows, items), bool)
+    mask[ex_rows, ex_cols] = True
+    return ex_rows, ex_cols, mask
+
+
+@pytest.mark.parametrize(("items", "n", "threads", "step_rows"), [
+    (20000, 100, 2, None), (5003, 100, 1, 16), (997, 300, 2, 16), (64, 100, 1, 16), (1500, 7, 2, 40)])
+def test_top_n_equals_a_full_stable_sort_with_ties(items: int, n: int, threads: int, step_rows: int | None) -> None:
+    rng = np.random.default_rng(items + n)
+    dim = 4
+    # small integer embeddings: many exactly equal scores, so ties must come out by position like a stable sort
+    item_emb = rng.integers(-2, 3, (items, dim)).astype(np.float32)
+    user_emb = rng.integers(-2, 3, (150, dim)).astype(np.float32)
+    ex_rows, ex_cols, mask = exclusions(rng, 150, items, 20)
+    top = TopNScorer(item_emb, step_rows=step_rows, threads=threads).top_n(user_emb, n, ex_rows, ex_cols)
+    pos, val = full_sort(user_emb @ item_emb.T, n, mask)
+    np.testing.assert_array_equal(top.positions, pos)
+    np.testing.assert_array_equal(top.scores, val)
+
+
+def test_top_n_equals_a_full_stable_sort_on_random_scores() -> None:
+    rng = np.random.default_rng(3)
+    item_emb = rng.standard_normal((20000, 16), dtype=np.float32)
+    user_emb = rng.standard_normal((300, 16), dtype=np.float32)
+    ex_rows, ex_cols, mask = exclusions(rng, 300, 20000, 20)
+    top = TopNScorer(item_emb).top_n(user_emb, 100, ex_rows, ex_cols)
+    scores = np.empty((300, 20000), np.float32)
+    np.matmul(user_emb, np.ascontiguousarray(item_emb.T), out=scores)
+    # the kernel's product is one BLAS call per step as well; compare its own scores' order and the items
+    pos, _ = full_sort(scores, 100, mask)
+    np.testing.assert_array_equal(top.positions, pos)
+    np.testing.assert_allclose(top.scores, np.take_along_axis(scores, pos, axis=1), rtol=1e-6, atol=1e-6)
+
+
+def test_signed_zeros_tie_and_nan_is_never_selected() -> None:
+    # u . v: item 0 -> +0.0, item 1 -> -0.0 (equal: position order), item 2 -> NaN, item 3 -> 1.0
+    item_emb = np.array([[0.0, 0.0], [-1.0, 0.0], [np.nan, 0.0], [0.0, 1.0]], np.float32)
+    user_emb = np.array([[0.0, 1.0]], np.float32)
+    top = TopNScorer(item_emb).top_n(user_emb, 4)
+    assert top.positions[0].tolist() == [3, 0, 1, -1]
+    assert top.scores[0, 0] == 1.0 and top.scores[0, 1] == 0.0 and top.scores[0, 3] == -np.inf
+
+
+def test_many_candidates_use_the_key_sort_and_stay_exact() -> None:
+    rng = np.random.default_rng(5)
+    items, n = 4000, BUCKET_SORT_MAX + 50  # more candidates than the bucket sort takes
+    item_emb = rng.integers(-1, 2, (items, 3)).astype(np.float32)
+    user_emb = rng.integers(-1, 2, (20, 3)).astype(np.float32)
+    top = TopNScorer(item_emb, threads=1).top_n(user_emb, n)
+    pos, val = full_sort(user_emb @ item_emb.T, n, np.zeros((20, items), bool))
+    np.testing.assert_array_equal(top.positions, pos)
+    np.testing.assert_array_equal(top.scores, val)
+
+
+def test_all_equal_scores_come_in_position_order() -> None:
+    item_emb = np.ones((3000, 2), np.float32)
+    top = TopNScorer(item_emb).top_n(np.ones((2, 2), np.float32), 100, np.array([0, 0, 1]), np.array([0, 5, 99]))
+    assert top.positions[0].tolist() == [j for j in range(102) if j not in (0, 5)]
+    assert top.positions[1].tolist() == [j for j in range(101) if j != 99]
+    assert (top.scores == 2.0).all()
+
+
+def test_bench_rows_read_back_as_plain_columns(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.benchmarks.bench_score import PARQUET_OPTIONS, arrow_rows
+
+    rng = np.random.default_rng(9)
+    item_emb = rng.standard_normal((50, 4), dtype=np.float32)
+    user_emb = rng.standard_normal((6, 4), dtype=np.float32)
+    top = TopNScorer(item_emb).top_n(user_emb, 10, np.array([2] * 45), np.arange(45))  # user 2: 5 items left
+    batch = arrow_rows(top, pa.array([f"u{u}" for u in range(6)]), pa.array([f"i{i}" for i in range(50)]))
+    with pq.ParquetWriter(tmp_path / "r.parquet", batch.schema, **PARQUET_OPTIONS) as writer:
+        writer.write_batch(batch)
+    table = pq.read_table(tmp_path / "r.parquet")
+    assert table.schema == pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
+                                      ("score", pa.float32())])
+    expected = [(f"u{r}", k + 1, f"i{top.positions[r, k]}", float(top.scores[r, k]))
+                for r in range(6) for k in range(10) if top.positions[r, k] >= 0]
+    assert len(expected) == 55
+    assert list(zip(*[table.column(c).to_pylist() for c in table.column_names], strict=True)) == expected
