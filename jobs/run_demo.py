@@ -30,7 +30,7 @@ from schemas.settings import Settings
 _TIMESTAMPED = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z \[(\w+) *\] (.*)$")
 _LOG4J = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d [A-Z]+ ")
 # TensorFlow's C++ logging and other chatter, kept in the log file only
-_NOISE = re.compile(r"^([IWE]\d{4} |WARNING: All log messages|Run `pip install graphviz`|You might need| \[py\.warnings\])")
+_NOISE = re.compile(r"^([IWE]\d{4} [\d:.]+ |WARNING: All log messages|Run `pip install graphviz`|You might need| \[py\.warnings\])")
 _HOOK = "[airflow.task.hooks.airflow.providers.apache.spark.hooks.spark_submit.SparkSubmitHook]"
 
 
@@ -50,7 +50,7 @@ def progress_line(line: str) -> str | None:
         return "spark-submit " + message.split(" --name ", 1)[-1].split(" ", 1)[0]
     if _HOOK in message:
         text = message.split(" " + _HOOK, 1)[0].strip()
-        if _LOG4J.match(text) and " ERROR " not in text:
+        if (_LOG4J.match(text) and " ERROR " not in text) or _NOISE.match(text):
             return None
         return None if text.startswith(("WARNING: Using incubator", "Using Spark's default")) else text
     if message.startswith("DagRun Finished"):

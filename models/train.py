@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from models import data as D
 from models import features as F
+from models import metrics
 from models.scoring import save
 from models.two_tower import ItemTower, TwoTowerModel, TwoTowerParams, TwoTowerScoring, UserTower, ease_matrix
 from schemas import lake
@@ -56,15 +57,34 @@ def eval_inputs(evalset: D.EvalSet, data: D.TrainingData, params: TwoTowerParams
 
 def recall_at_k(model: TwoTowerModel, inputs: dict[str, np.ndarray], evalset: D.EvalSet, k: int,
                 part: str = "final", scores: np.ndarray | None = None) -> float:
-    """Mean over users of |top-k ∩ targets| / |targets|, the user's seen items excluded from the top-k."""
+    """Mean over users of |top-k ∩ targets| / |targets|, the user's seen items excluded from the top-k.
+
+    ``scores``: [U, N+1] by item index (column 0 is padding), as ``model.score_catalogue`` gives; not modified."""
     scores = model.score_catalogue(inputs, part=part) if scores is None else scores.copy()
-    for row, seen in enumerate(evalset.seen):
-        scores[row, seen[(seen > 0) & (seen < scores.shape[1])]] = -np.inf
-    top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
-    recommendable = np.isfinite(np.take_along_axis(scores, top, axis=1))  # fewer than k unseen items: no filler
-    recalls = [len(np.intersect1d(top[row][recommendable[row]], targets)) / len(targets)
-               for row, targets in enumerate(evalset.targets) if len(targets)]
-    return float(np.mean(recalls)) if recalls else 0.0
+    return masked_recall(scores, evalset, k)
+
+
+def masked_recall(scores: np.ndarray, evalset: D.EvalSet, k: int, first_item: int = 0) -> float:
+    """:func:`recall_at_k` on a score matrix whose column c is item ``first_item + c``; masks ``scores`` in place.
+
+    Vectorised (one scatter for the seen items, one argpartition, one membership test), so the blend grid of
+    :func:`choose_blend` costs a few array passes per point, not a Python loop over users."""
+    lengths = np.fromiter((len(s) for s in evalset.seen), np.int64, len(evalset.seen))
+    if lengths.sum():
+        cols = np.concatenate(evalset.seen).astype(np.int64)
+        rows = np.repeat(np.arange(len(lengths)), lengths)
+        keep = (cols > 0) & (cols >= first_item) & (cols < first_item + scores.shape[1])
+        scores[rows[keep], cols[keep] - first_item] = -np.inf
+    k = min(k, scores.shape[1])
+    top = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
+    # fewer than k unseen items: no filler. Items shift by one so that "none" (0) never matches a target
+    top_items = np.where(np.isfinite(np.take_along_axis(scores, top, axis=1)), top + first_item + 1, 0)
+    users = [row for row, targets in enumerate(evalset.targets) if len(targets)]
+    if not users:
+        return 0.0
+    targets = [np.asarray(evalset.targets[row], np.int64) + 1 for row in users]
+    hits = metrics.hits_matrix(top_items[users], targets).sum(axis=1)
+    return float(np.mean(hits / np.fromiter((len(t) for t in targets), np.float64, len(targets))))
 
 
 class RecallEarlyStopping(keras.callbacks.Callback):
@@ -151,10 +171,8 @@ def choose_blend(model: TwoTowerModel, inputs: dict[str, np.ndarray], evalset: D
     for part in ("deep", "wide"):
         scores = model.score_catalogue(inputs, part=part)[:, 1:]
         parts.append(scores / np.maximum(scores.std(axis=1, keepdims=True), 1e-6))
-    padding = np.full((len(parts[0]), 1), -np.inf, np.float32)
     grid = [round(0.1 * i, 1) for i in range(11)]
-    recalls = [recall_at_k(model, inputs, evalset, k, scores=np.hstack([padding, share * parts[0] + (1 - share) * parts[1]]))
-               for share in grid]
+    recalls = [masked_recall(share * parts[0] + (1 - share) * parts[1], evalset, k, first_item=1) for share in grid]
     best = grid[int(np.argmax(recalls))]
     model.blend.assign(best)
     log.info("blend (deep share) chosen on validation: %.1f (recall@%d by share: %s)", best, k,
