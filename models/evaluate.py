@@ -7,7 +7,8 @@ items on D are the relevant set. Metrics (``models.metrics``) overall, for cold 
 ``schemas.outputs.METRIC``) and to an HTML report with PNG plots under ``reports/dt=D/``.
 
 ``topk_for`` is the one way to get top K from any model through the scoring contract: blocked matrix product of
-user and item embeddings, exclusion, then ``tf.math.top_k`` per block.
+user and item embeddings (:class:`models.scoring.CatalogueProduct`), exclusion, then ``tf.math.top_k`` per
+block.
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ def topk_for(model: Any, users: Mapping[str, np.ndarray], items: Mapping[str, np
     """
     import tensorflow as tf
 
+    from models.scoring import CatalogueProduct
+
     item_idx = np.asarray(items["item_idx"], dtype=np.int64)
-    item_embeddings = tf.constant(_encode(model, "encode_items", items), tf.float32)
+    product = CatalogueProduct(_encode(model, "encode_items", items))
     k = min(k, len(item_idx))
     # column position of each item index, -1 for items outside the candidate catalogue
     position = np.full(int(item_idx.max(initial=0)) + 1, -1, dtype=np.int64)
@@ -74,8 +77,7 @@ def topk_for(model: Any, users: Mapping[str, np.ndarray], items: Mapping[str, np
     for start in range(0, n_users, block):
         stop = min(start + block, n_users)
         chunk = {name: np.asarray(values)[start:stop] for name, values in users.items()}
-        user_embeddings = tf.constant(_encode(model, "encode_users", chunk), tf.float32)
-        scores = tf.matmul(user_embeddings, item_embeddings, transpose_b=True).numpy()
+        scores = product(_encode(model, "encode_users", chunk))
         if exclude is not None:
             excluded = np.asarray(exclude)[start:stop].astype(np.int64)
             inside = (excluded > 0) & (excluded < len(position))

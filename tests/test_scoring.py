@@ -1,0 +1,56 @@
+"""The catalogue product used by evaluation: exact on every shape the scoring contract's models produce."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+from models.scoring import CatalogueProduct, indicator_tail  # noqa: E402
+
+pytestmark = pytest.mark.tf
+
+
+def _dense(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    return users.astype(np.float64) @ items.astype(np.float64).T
+
+
+def test_dense_users_and_items_give_the_plain_product() -> None:
+    rng = np.random.default_rng(0)
+    users, items = rng.standard_normal((7, 16), np.float32), rng.standard_normal((40, 16), np.float32)
+    product = CatalogueProduct(items)
+    assert product.tail_cols is None
+    np.testing.assert_allclose(product(users), _dense(users, items), rtol=1e-5, atol=1e-5)
+
+
+def test_multi_hot_users_take_the_sparse_path_and_match() -> None:
+    rng = np.random.default_rng(1)
+    items = rng.standard_normal((300, 300), np.float32)  # an item-to-item model: item j's vector is a column of B
+    users = np.zeros((5, 300), np.float32)
+    for row in range(5):
+        users[row, rng.choice(300, size=4, replace=False)] = 1.0
+    assert np.count_nonzero(users) < CatalogueProduct.SPARSE_BELOW * users.size
+    np.testing.assert_allclose(CatalogueProduct(items)(users), _dense(users, items), rtol=1e-5, atol=1e-5)
+
+
+def test_an_indicator_tail_is_gathered_and_matches() -> None:
+    rng = np.random.default_rng(2)
+    n, d = 50, 8
+    head = rng.standard_normal((n, d), np.float32)
+    one_hot = np.eye(n, dtype=np.float32) * 2.5
+    one_hot[7] = 0.0  # an item the wide part never saw: zero one-hot
+    items = np.hstack([head, one_hot])
+    users = rng.standard_normal((6, d + n), np.float32)
+    width, cols, coef = indicator_tail(items)
+    assert width == d and cols is not None and coef is not None and coef[7] == 0.0
+    np.testing.assert_allclose(CatalogueProduct(items)(users), _dense(users, items), rtol=1e-5, atol=1e-5)
+
+
+def test_a_tail_with_two_non_zeros_in_a_row_is_not_an_indicator() -> None:
+    tail = np.zeros((40, 80), np.float32)
+    tail[np.arange(40), np.arange(40)] = 1.0
+    tail[3, 60] = 1.0  # every column still has one non-zero, but row 3 has two
+    items = np.hstack([np.ones((40, 4), np.float32), tail])
+    assert indicator_tail(items)[1] is None
+    users = np.random.default_rng(3).standard_normal((3, 84), np.float32)
+    np.testing.assert_allclose(CatalogueProduct(items)(users), _dense(users, items), rtol=1e-5, atol=1e-5)
