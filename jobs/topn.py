@@ -5,12 +5,13 @@ every user costs 2-10x the matrix product. Here scores come from one BLAS call p
 each row is then selected by a compiled (numba) kernel in three cheap passes, all exact:
 
 1. Stripe maxima: the row is cut into ``STRIPES`` contiguous stripes of ``G`` items; ``maxes[g]`` is the maximum
-   of items ``g, g + G, g + 2G, ...`` (an element-wise max of 16 slices: vectorised, no branches).
-2. A threshold ``t`` with at least ``m`` groups whose maximum is >= ``t`` (bisection by branch-free counting).
-   Then at least ``m`` items are >= ``t``, so the row's top ``m`` are all >= ``t``: only the few groups with
-   ``maxes >= t`` are scanned for candidates (about ``m..1.5m`` of 20k).
-3. The same bisection trims the candidates to a few more than ``m``, which are sorted.
-
+   of items ``g, g + G, g + 2G, ...`` (vectorised as selects from registers; kept for both halves of each group).
+2. A threshold ``t`` with between ``m`` and ``m + SLACK`` groups whose maximum is >= ``t``, searched by
+   branch-free counting from the previous row's threshold (in deviations of the group maxima): 1-3 counts.
+   Then at least ``m`` items are >= ``t``, so the row's top ``m`` are all >= ``t``: only the half-groups with a
+   maximum >= ``t`` are scanned, stripe by stripe, so the ~m candidates come out in position order.
+3. The candidates are bucket-sorted by score and finished by a stable insertion sort: score descending, equal
+   scores by position, exactly the order of a full stable sort (``np.argsort(-row, kind="stable")``).
 Exclusions (items the user already interacted with) are set to -inf in the row before selection. The category cap
 (at most ``cap`` items of one category per list) is applied greedily in score order to the top ``pool`` items;
 a row whose pool runs out before its list is full is redone over all items, so the result stays exact.
