@@ -56,7 +56,7 @@ from pyspark.sql import types as T
 
 from jobs import manifest as manifests
 from jobs.pseudonymise import pseudonym_column, resolve_key
-from jobs.spark import check_schema, path_exists, spark_session
+from jobs.spark import check_schema, path_exists, spark_session, write_empty_partition
 from schemas import lake
 from schemas.clean import CLEAN_EVENT, CLEAN_ITEM, CLEAN_USER, QUARANTINE_EVENT, QUARANTINE_REASONS
 from schemas.raw import RAW_EVENT, RAW_ITEM, REQUIRED_EVENT_FIELDS, SCENARIO_EVENT_TYPES
@@ -115,11 +115,16 @@ def _union(frames: Sequence[DataFrame]) -> DataFrame:
 
 # ---- transforms: events ------------------------------------------------------------------------------------------
 def parse_events(raw: DataFrame) -> DataFrame:
-    """Adds every declared field as text, and ``json_keys`` (null when the line is not a JSON object)."""
+    """Adds every declared field as text and ``extra_keys`` (undeclared keys, null when none); ``is_object`` is
+    false when the line is not a JSON object. (A ``map<string,string>`` parse would give fields and keys from one
+    parse, but measured twice as slow as this struct parse plus ``json_object_keys`` on the default lake.)"""
     as_text = T.StructType([T.StructField(name, T.StringType()) for name in EVENT_FIELDS])
     parsed = raw.select("*", F.from_json("value", as_text).alias("_json"),
-                        F.json_object_keys("value").alias("json_keys"))
-    return parsed.select(*raw.columns, "json_keys", *[F.col("_json")[name].alias(name) for name in EVENT_FIELDS])
+                        F.json_object_keys("value").alias("_keys"))
+    extra = F.array_except(F.col("_keys"), F.array(*[F.lit(n) for n in EVENT_FIELDS]))
+    return parsed.select(*raw.columns, F.col("_keys").isNotNull().alias("is_object"),
+                         F.when(F.size(extra) > 0, extra).alias("extra_keys"),
+                         *[F.col("_json")[name].alias(name) for name in EVENT_FIELDS])
 
 
 def _blank(name: str) -> Column:
@@ -154,7 +159,7 @@ def flag_row_problems(parsed: DataFrame, settings: Settings) -> DataFrame:
     # (reason, condition, detail): the first matching rule wins
     rules: list[tuple[str, Column, Column]] = [
         ("invalid_utf8", invalid_utf8, F.lit("line is not valid UTF-8 (stored with U+FFFD replacements)")),
-        ("malformed_json", F.col("json_keys").isNull(),
+        ("malformed_json", ~F.col("is_object"),
          F.when(F.trim("value") == "", F.lit("empty line")).otherwise(F.lit("not a JSON object"))),
         ("oversized_field", oversized, F.lit(f"a field is longer than {settings.max_field_chars} characters")),
         ("null_user", _blank("user_id"), F.lit("user_id is absent, null or blank")),
@@ -174,42 +179,64 @@ def flag_row_problems(parsed: DataFrame, settings: Settings) -> DataFrame:
         *df.columns, F.col("_verdict.reason").alias("reason"), F.col("_verdict.detail").alias("detail"))
 
 
-def _spread_key(valid: Column, key: Column) -> Column:
-    """``key`` for valid rows; a per-line key for the others, so they neither group together nor skew a partition."""
-    return F.when(valid, key).otherwise(
-        F.concat(F.lit("\u0000"), F.xxhash64("value", "source_file").cast("string")))
+def row_ids(flagged: DataFrame) -> DataFrame:
+    """Adds ``_row``, a per-line id, unique within the run. :func:`run` caches the frame right after, so every
+    consumer sees the same ids (they only break ties between byte-identical lines, so any fixed choice is fine)."""
+    return flagged.withColumn("_row", F.monotonically_increasing_id())
 
 
-def flag_duplicates(df: DataFrame) -> DataFrame:
-    """Among valid rows, keeps the first of each (dt, event_id) by event_time, then source file and line."""
-    valid = F.col("reason").isNull()
-    order = Window.partitionBy("dt", "_event_key").orderBy("event_ts", "source_file", "value")
-    return (df.withColumn("_event_key", _spread_key(valid, F.col("event_id")))
-              .withColumn("_copy", F.row_number().over(order))
-              .withColumn("reason", F.when(valid & (F.col("_copy") > 1), F.lit("duplicate_event_id"))
-                          .otherwise(F.col("reason")))
-              .withColumn("detail", F.when(F.col("reason") == "duplicate_event_id",
-                                           F.lit("a row with this event_id and an earlier or equal event_time is kept"))
-                          .otherwise(F.col("detail")))
-              .drop("_event_key", "_copy"))
+BROADCAST_ROWS = 2_000_000  # small sets (repeated ids, duplicates, bots) below this many rows are broadcast
 
 
-def flag_bots(df: DataFrame, events_per_minute: int) -> DataFrame:
-    """Quarantines every remaining event of a user with more than ``events_per_minute`` valid events in a minute."""
-    valid = F.col("reason").isNull()
-    # one shuffle by (dt, user) serves both windows: clustering by (dt, user, minute) is implied
-    keyed = (df.withColumn("_user_key", _spread_key(valid, F.col("user_id")))
-               .withColumn("_minute", F.date_trunc("minute", F.col("event_ts")))
-               .repartition("dt", "_user_key"))
-    per_minute = keyed.withColumn(
-        "_per_minute", F.count(F.lit(1)).over(Window.partitionBy("dt", "_user_key", "_minute")))
-    worst = per_minute.withColumn("_worst_minute", F.max("_per_minute").over(Window.partitionBy("dt", "_user_key")))
-    is_bot = valid & (F.col("_worst_minute") > events_per_minute)
-    return (worst.withColumn("detail", F.when(is_bot, F.concat(
-                F.lit("user has "), F.col("_worst_minute").cast("string"),
-                F.lit(f" events in one minute (threshold {events_per_minute})"))).otherwise(F.col("detail")))
-                 .withColumn("reason", F.when(is_bot, F.lit("bot_user")).otherwise(F.col("reason")))
-                 .drop("_user_key", "_minute", "_per_minute", "_worst_minute"))
+def _small(df: DataFrame, rows: int) -> DataFrame:
+    """``df`` with a broadcast hint when it is known to be small (an empty cached frame reports the size of the
+    plan it came from, so Spark alone would shuffle the big side)."""
+    return F.broadcast(df) if rows <= BROADCAST_ROWS else df
+
+
+def repeated_event_ids(flagged: DataFrame) -> DataFrame:
+    """(dt, event_id) held by more than one valid row: a narrow aggregate (ids only, combined before the shuffle)."""
+    valid = flagged.where(F.col("reason").isNull())
+    return (valid.groupBy("dt", "event_id").agg(F.count(F.lit(1)).alias("_n"))
+            .where(F.col("_n") > 1).select("dt", "event_id"))
+
+
+def find_duplicates(flagged: DataFrame, repeated: DataFrame) -> DataFrame:
+    """``_row`` of every later copy of a repeated (dt, event_id) among valid rows: the first by event_time, then
+    source file, then line is kept. Only the rows of repeated ids are ranked: no full-row shuffle or sort."""
+    valid = flagged.where(F.col("reason").isNull()).select("dt", "event_id", "event_ts", "source_file", "value",
+                                                           "_row")
+    copies = valid.join(repeated, ["dt", "event_id"], "left_semi")
+    order = Window.partitionBy("dt", "event_id").orderBy("event_ts", "source_file", "value", "_row")
+    return copies.withColumn("_copy", F.row_number().over(order)).where(F.col("_copy") > 1).select("_row")
+
+
+def find_bots(flagged: DataFrame, duplicates: DataFrame, events_per_minute: int) -> DataFrame:
+    """(dt, user_id, _worst_minute) of users with more than ``events_per_minute`` valid, deduplicated events in one
+    minute of the day: two narrow aggregates, no full-row shuffle."""
+    valid = (flagged.where(F.col("reason").isNull()).select("dt", "user_id", "event_ts", "_row")
+             .join(duplicates, "_row", "left_anti"))  # duplicates: broadcast by the caller when small
+    per_minute = valid.groupBy("dt", "user_id", F.date_trunc("minute", F.col("event_ts")).alias("_minute")).agg(
+        F.count(F.lit(1)).alias("_per_minute"))
+    return (per_minute.groupBy("dt", "user_id").agg(F.max("_per_minute").alias("_worst_minute"))
+            .where(F.col("_worst_minute") > events_per_minute))
+
+
+def flag_duplicates_and_bots(flagged: DataFrame, duplicates: DataFrame, bots: DataFrame,
+                             events_per_minute: int) -> DataFrame:
+    """Sets reason/detail ``duplicate_event_id`` for the rows in ``duplicates`` (``_row``, ``_dup``), then
+    ``bot_user`` for the remaining valid rows of the users in ``bots`` (dt, user_id, _worst_minute). Both are small
+    as a rule: the caller gives them broadcast hints when they are."""
+    joined = flagged.join(duplicates, "_row", "left").join(bots, ["dt", "user_id"], "left")
+    is_dup = F.col("reason").isNull() & F.col("_dup").isNotNull()
+    is_bot = F.col("reason").isNull() & F.col("_dup").isNull() & F.col("_worst_minute").isNotNull()
+    detail = (F.when(is_dup, F.lit("a row with this event_id and an earlier or equal event_time is kept"))
+              .when(is_bot, F.concat(F.lit("user has "), F.col("_worst_minute").cast("string"),
+                                     F.lit(f" events in one minute (threshold {events_per_minute})")))
+              .otherwise(F.col("detail")))
+    reason = (F.when(is_dup, F.lit("duplicate_event_id")).when(is_bot, F.lit("bot_user"))
+              .otherwise(F.col("reason")))
+    return joined.withColumn("detail", detail).withColumn("reason", reason).drop("_dup", "_worst_minute")
 
 
 def flag_unknown_items(df: DataFrame, items: DataFrame) -> DataFrame:
@@ -223,20 +250,26 @@ def flag_unknown_items(df: DataFrame, items: DataFrame) -> DataFrame:
                   .drop("_known"))
 
 
-def route_events(raw: DataFrame, items: DataFrame, settings: Settings, key: bytes) -> DataFrame:
-    """raw lines -> one row per line with ``reason`` (null = clean), quarantine fields and clean fields.
-
-    Quarantine fields are null on clean rows and clean fields null on quarantined rows, so the frame can be cached
-    once at about the size of the data and split into both tables.
-    """
+def flag_events(raw: DataFrame, settings: Settings) -> DataFrame:
+    """raw lines -> one row per line, parsed once, with the row-local verdict and ``_row`` (cache this)."""
     flagged = flag_row_problems(parse_events(raw), settings)
-    flagged = flag_duplicates(flagged)
-    flagged = flag_bots(flagged, settings.bot_events_per_minute)
-    flagged = flag_unknown_items(flagged, items)
+    keep = ["dt", "source_file", "value", "extra_keys", "reason", "detail", "event_ts", "price_value",
+            "event_id", "user_id", "session_id", "event_type", "item_id"]
+    return row_ids(flagged.select(*keep))
+
+
+def route_events(flagged: DataFrame, duplicates: DataFrame, bots: DataFrame, items: DataFrame,
+                 settings: Settings, key: bytes) -> DataFrame:
+    """flagged lines -> one row per line with ``reason`` (null = clean), quarantine fields and clean fields.
+
+    Quarantine fields are null on clean rows and clean fields null on quarantined rows; each table's write selects
+    its rows and columns, so the pseudonyms are only computed for the clean table.
+    """
+    routed = flag_duplicates_and_bots(flagged, duplicates, bots, settings.bot_events_per_minute)
+    routed = flag_unknown_items(routed, items)
     clean = F.col("reason").isNull()
     quarantined = F.col("reason").isNotNull()
-    extra_keys = F.array_except(F.col("json_keys"), F.array(*[F.lit(n) for n in EVENT_FIELDS]))
-    return flagged.select(
+    return routed.select(
         "dt", "reason", "detail",
         F.when(quarantined, F.make_valid_utf8("value")).alias("raw_line"),
         F.when(quarantined, F.col("source_file")).alias("source_file"),
@@ -247,7 +280,6 @@ def route_events(raw: DataFrame, items: DataFrame, settings: Settings, key: byte
         F.when(clean, F.col("event_type")).alias("event_type"),
         F.when(clean, F.col("item_id")).alias("item_id"),
         F.when(clean, F.col("price_value")).alias("price"),
-        F.when(F.size(extra_keys) > 0, extra_keys).alias("extra_keys"),
     )
 
 
@@ -304,7 +336,8 @@ def write_days(df: DataFrame, root: str, name: str, schema: pa.Schema, dates: Se
     """Replace exactly the ``dates`` partitions of the table: data via dynamic overwrite, empty days explicitly.
 
     Spark's dynamic overwrite leaves a partition untouched when the new data has no row for it, which would keep a
-    previous run's rows; so days without rows are overwritten with an empty file carrying the schema.
+    previous run's rows; so days without rows are replaced by an empty file carrying the schema, written directly
+    (no Spark job per empty day), and a table without any row this run costs no Spark job at all.
     """
     check_schema(df, schema, name)
     columns = [*schema.names, "dt"]
@@ -317,8 +350,7 @@ def write_days(df: DataFrame, root: str, name: str, schema: pa.Schema, dates: Se
     spark = df.sparkSession
     for ds in dates:
         if ds not in nonempty:
-            (spark.createDataFrame([], to_spark(schema)).coalesce(1).write.mode("overwrite")
-                  .parquet(lake.partition(root, name, ds)))
+            write_empty_partition(spark, root, name, ds, schema)
 
 
 def _counts_by(df: DataFrame, *keys: str) -> dict[tuple[str, ...], int]:
@@ -379,20 +411,37 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
     dates = plan["cleaned"]
     user_dates = [ds for ds in dates if path_exists(spark, lake.raw_users(root, ds))]
 
-    raw_items = extract_items(spark, root, dates)
+    # the parsed lines are cached once (MEMORY_AND_DISK: beyond memory they spill, they are not recomputed) and
+    # every later step reads that cache: one read and one JSON parse of the raw files per run
+    flagged = flag_events(extract_events(spark, root, dates), settings).persist(StorageLevel.MEMORY_AND_DISK)
+    raw_items = extract_items(spark, root, dates).persist()
+    raw_users = extract_users(spark, root, user_dates).persist()
     items = clean_items(raw_items, settings).persist()
-    raw_users = extract_users(spark, root, user_dates)
-    routed = route_events(extract_events(spark, root, dates), items.select("dt", "item_id"), settings, key)
-    routed = routed.persist(StorageLevel.MEMORY_AND_DISK)
+    cached = [flagged, raw_items, raw_users, items]
     try:
         with _naming_bad_files():
-            # one pass computes (and caches) everything, before any write; drift rides along as a grouping key
-            routed_counts = _counts_by(routed, "dt", "reason", "extra_keys")
+            # the first pass reads every raw file (a truncated one fails here, before any write) and fills the
+            # cache. raw_events per day is counted in it: one row per line read, before any filter or join (the
+            # frame is the text lines plus row-local columns), so it stays independent of the routing below
+            line_counts = _counts_by(flagged, "dt", "extra_keys")
             item_counts = _profile_counts(raw_items, "item_id")
             user_counts = _profile_counts(raw_users, "user_id")
-            raw_counts = _counts_by(extract_events(spark, root, dates), "dt")  # independent of the transforms
-        clean_days = {ds for (ds, reason, _) in routed_counts if reason is None}
-        quarantine_days = {ds for (ds, reason, _) in routed_counts if reason is not None}
+            # duplicates and bots: narrow aggregates over the cache, each materialised once (small as a rule),
+            # then broadcast back onto the cached lines: no shuffle or sort of whole rows
+            repeated = repeated_event_ids(flagged).persist()
+            cached.append(repeated)
+            duplicates = find_duplicates(flagged, _small(repeated, repeated.count())).persist()
+            cached.append(duplicates)
+            n_duplicates = duplicates.count()
+            bots = find_bots(flagged, _small(duplicates, n_duplicates), settings.bot_events_per_minute).persist()
+            cached.append(bots)
+            n_bots = bots.count()
+            duplicates = _small(duplicates.select("_row", F.lit(True).alias("_dup")), n_duplicates)
+            bots = _small(bots.select("dt", "user_id", "_worst_minute"), n_bots)
+        routed = route_events(flagged, duplicates, bots, items.select("dt", "item_id"), settings, key)
+        routed_counts = _counts_by(routed, "dt", "reason")
+        clean_days = {ds for (ds, reason) in routed_counts if reason is None}
+        quarantine_days = {ds for (ds, reason) in routed_counts if reason is not None}
         write_days(clean_events(routed), root, lake.CLEAN_EVENTS, CLEAN_EVENT, dates, clean_days,
                    sort_by=("event_time", "event_id"))
         write_days(quarantine_events(routed), root, lake.QUARANTINE_EVENTS, QUARANTINE_EVENT, dates,
@@ -402,10 +451,12 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
         write_days(clean_users(raw_users, key), root, lake.CLEAN_USERS, CLEAN_USER, dates,
                    {ds for ds, (_, n) in user_counts.items() if n}, sort_by=("user_id",))
     finally:
-        routed.unpersist()
-        items.unpersist()
+        for frame in cached:
+            frame.unpersist()
+    raw_counts: dict[tuple[str, ...], int] = {}
     drift: dict[tuple[str, str], int] = {}
-    for (ds, _, extra_keys), rows in routed_counts.items():
+    for (ds, extra_keys), rows in line_counts.items():
+        raw_counts[(ds,)] = raw_counts.get((ds,), 0) + rows
         for name in extra_keys or ():
             drift[(ds, name)] = drift.get((ds, name), 0) + rows
 

@@ -89,3 +89,36 @@ def path_exists(spark: SparkSession, path: str) -> bool:
     hpath = jvm.org.apache.hadoop.fs.Path(path)
     fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     return bool(fs.exists(hpath))
+
+
+def delete_path(spark: SparkSession, path: str) -> None:
+    """Remove a file or folder (recursively) through the session's Hadoop FileSystem; nothing if absent."""
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if fs.exists(hpath):
+        fs.delete(hpath, True)
+
+
+def empty_parquet(schema: pa.Schema) -> bytes:
+    """A valid Parquet file with ``schema`` and no rows (what Spark writes for an empty frame, without a job)."""
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), sink)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def write_empty_partition(spark: SparkSession, root: str, name: str, date: dt.date | str,
+                          schema: pa.Schema) -> None:
+    """Replace the ``dt=date`` folder of the table by one empty Parquet file carrying the schema.
+
+    Spark's dynamic overwrite never touches a partition the new data has no row for, so an empty day has to be
+    written explicitly; writing the file directly (any Hadoop-compatible lake) costs no Spark job per day.
+    """
+    from jobs import manifest
+
+    folder = lake.partition(root, name, date)
+    delete_path(spark, folder)
+    manifest.write_bytes(f"{folder}/part-00000-empty.parquet", empty_parquet(schema), spark)
+    manifest.write_bytes(f"{folder}/_SUCCESS", b"", spark)

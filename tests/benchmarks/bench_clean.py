@@ -237,10 +237,12 @@ def bench_size(work: Path, events: int, with_features: bool = True) -> list[dict
     common = ["--date", RUN_DATE.isoformat(), "--window-days", str(DAYS - 1)]
 
     def step(name: str, cmd: list[str], lake: Path, env: dict[str, str] | None = None) -> None:
+        load_before = os.getloadavg()[0]
         result = measure(cmd, {**SPARK_ENV, **(env or {})}, work / f"{name}-{events}.log")
+        result["load"] = max(load_before, os.getloadavg()[0])  # 1-min load average, the higher of start and end
         rows.append({"events": lines, "step": name, **result})
         print(f"  {events:>9} {name:<14} {result['wall_s']:7.1f} s  {result['peak_rss_mb']:7.0f} MB  "
-              f"{result['cpu_s']:7.1f} cpu-s", flush=True)
+              f"{result['cpu_s']:7.1f} cpu-s  load {result['load']:.1f}", flush=True)
 
     floor_out = work / f"floor-{events}"
     step("floor", [PY, "-c", FLOOR_SCRIPT, str(raw), str(floor_out)], raw)
@@ -263,24 +265,30 @@ def bench_size(work: Path, events: int, with_features: bool = True) -> list[dict
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    out = ["| events | step | wall s | events/s | peak RSS MB | CPU s | wall / floor | wall / duckdb |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    out = ["| events | step | wall s | events/s | peak RSS MB | CPU s | wall / floor | wall / duckdb | "
+           "CPU / floor | CPU / duckdb | load |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     by_size: dict[object, dict[str, dict[str, object]]] = {}
     for row in rows:
         by_size.setdefault(row["events"], {})[str(row["step"])] = row
     for events, steps in by_size.items():
         floor = float(steps["floor"]["wall_s"])  # type: ignore[arg-type]
         duck = float(steps["duckdb"]["wall_s"])  # type: ignore[arg-type]
+        floor_cpu = float(steps["floor"]["cpu_s"])  # type: ignore[arg-type]
+        duck_cpu = float(steps["duckdb"]["cpu_s"])  # type: ignore[arg-type]
         if "clean" in steps and "features" in steps:
             steps["clean+features"] = {
                 k: (float(steps["clean"][k]) + float(steps["features"][k])  # type: ignore[arg-type]
                     if k != "peak_rss_mb" else max(float(steps["clean"][k]), float(steps["features"][k])))  # type: ignore[arg-type]
                 for k in ("wall_s", "peak_rss_mb", "cpu_s")}
+            steps["clean+features"]["load"] = max(float(steps["clean"]["load"]),  # type: ignore[arg-type]
+                                                  float(steps["features"]["load"]))  # type: ignore[arg-type]
         for name, r in steps.items():
             wall = float(r["wall_s"])  # type: ignore[arg-type]
             out.append(f"| {events:,} | {name} | {wall:.1f} | {int(events) / wall:,.0f} | "  # type: ignore[call-overload]
                        f"{float(r['peak_rss_mb']):.0f} | {float(r['cpu_s']):.1f} | {wall / floor:.2f} | "  # type: ignore[arg-type]
-                       f"{wall / duck:.2f} |")
+                       f"{wall / duck:.2f} | {float(r['cpu_s']) / floor_cpu:.2f} | "  # type: ignore[arg-type]
+                       f"{float(r['cpu_s']) / duck_cpu:.2f} | {float(r['load']):.1f} |")  # type: ignore[arg-type]
     return "\n".join(out)
 
 
