@@ -20,6 +20,7 @@ a row whose pool runs out before its list is full is redone over all items, so t
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -104,15 +105,19 @@ class TopNScorer:
         indptr, cols = _exclusions_csr(exclude_rows, exclude_cols, rows, self.num_items)
         cap = max(0, int(category_cap))
         pool = min(self.num_items, max(n, pool_factor * n)) if cap else n
-        # each thread scores one contiguous share of the rows (equal shares: no thread waits for another's step)
-        threads = max(1, min(self.threads, rows // MIN_STEP_ROWS))
-        bounds = [rows * t // threads for t in range(threads + 1)]
+        # the threads take the next step as they get free (a shared counter: atomic under the GIL), so a thread that
+        # gets less CPU (the Parquet writer or another process beside it) does fewer steps instead of being waited for
+        starts = range(0, rows, self.step_rows)
+        threads = max(1, min(self.threads, len(starts)))
+        next_step = itertools.count()
 
-        def score_share(share: int) -> None:  # on this thread's own step buffer
-            first, last = bounds[share], bounds[share + 1]
-            buffer = np.empty((min(self.step_rows, last - first), self.padded_items), np.float32)
-            for start in range(first, last, self.step_rows):
-                stop = min(start + self.step_rows, last)
+        def score_steps(_: int) -> None:  # on this thread's own step buffer
+            buffer = np.empty((min(self.step_rows, rows), self.padded_items), np.float32)
+            for step in next_step:
+                if step >= len(starts):
+                    return
+                start = starts[step]
+                stop = min(start + self.step_rows, rows)
                 step_scores = buffer[: stop - start]
                 np.matmul(users[start:stop, : self.head_dim], self._items_t, out=step_scores)
                 if self._tail_cols is not None:
@@ -124,10 +129,10 @@ class TopNScorer:
 
         with _blas_controller().limit(limits=1, user_api="blas"):
             if threads == 1:
-                score_share(0)
+                score_steps(0)
             else:
                 with ThreadPoolExecutor(threads) as executor:
-                    list(executor.map(score_share, range(threads)))  # list(): re-raises a thread's error
+                    list(executor.map(score_steps, range(threads)))  # list(): re-raises a thread's error
         return TopN(positions, scores)
 
 

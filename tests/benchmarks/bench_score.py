@@ -15,12 +15,14 @@ memory (max RSS of a child process) of the kernel path against the number of use
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -63,18 +65,21 @@ def floor_matmul(user_emb: np.ndarray, item_emb: np.ndarray) -> float:
     scorer = TopNScorer(item_emb)
     starts = range(0, len(user_emb), scorer.step_rows)
 
-    def steps(first: int, stride: int) -> None:
+    def steps(next_step: Iterator[int]) -> None:  # the next step as the thread gets free, like the kernel
         buffer = np.empty((scorer.step_rows, scorer.padded_items), np.float32)
-        for start in starts[first::stride]:
-            block = user_emb[start: start + scorer.step_rows]
+        for step in next_step:
+            if step >= len(starts):
+                return
+            block = user_emb[starts[step]: starts[step] + scorer.step_rows]
             np.matmul(block, scorer._items_t, out=buffer[: len(block)])
 
     started = time.perf_counter()
-    steps(0, 1)
+    steps(itertools.count())
     blas_threads = time.perf_counter() - started
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(scorer.threads) as pool:
         started = time.perf_counter()
-        list(pool.map(lambda first: steps(first, scorer.threads), range(scorer.threads)))
+        shared = itertools.count()
+        list(pool.map(lambda _: steps(shared), range(scorer.threads)))
         own_threads = time.perf_counter() - started
     return min(blas_threads, own_threads)
 
