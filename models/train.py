@@ -49,6 +49,21 @@ def training_strategy() -> tuple[tf.distribute.Strategy, str]:
     return strategy, device
 
 
+# ---- optimiser ----------------------------------------------------------------------------------------------------
+class DenseGradientAdam(keras.optimizers.Adam):
+    """Adam on embedding gradients (``tf.IndexedSlices``) summed into dense tensors first.
+
+    That is the textbook update for the summed gradient (what a dense embedding gradient would give). Keras 3's
+    Adam, handed the slices themselves, squares each slice before summing duplicate rows (a different second
+    moment for items that occur several times in a batch) and converts them inside several ops; densifying once
+    cut the optimiser's CPU time per step from ~90 to ~30 ms on the demo lake (tests/test_train.py checks that
+    the update equals Keras' Adam on the densified gradient)."""
+
+    def apply(self, grads, trainable_variables=None):  # type: ignore[no-untyped-def]
+        dense = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        return super().apply(dense, trainable_variables)
+
+
 # ---- evaluation during training ---------------------------------------------------------------------------------
 def eval_inputs(evalset: D.EvalSet, data: D.TrainingData, params: TwoTowerParams) -> dict[str, np.ndarray]:
     shape = D.ExampleShape(params.history_length, params.seen_length, params.max_targets)
@@ -219,7 +234,7 @@ def fit_two_tower(data: D.TrainingData, settings: Settings | None = None, params
     dataset, steps = D.make_dataset(data, params.objective, shape, params.batch_size, params.holdout, params.seed)
     with strategy.scope():
         model = build_model(data, params)
-        model.compile(optimizer=keras.optimizers.Adam(params.learning_rate), jit_compile=False,
+        model.compile(optimizer=DenseGradientAdam(params.learning_rate), jit_compile=False,
                       run_eagerly=run_eagerly)
         # build every weight now (BackupAndRestore builds the optimizer from them before the first step)
         model(next(iter(dataset.take(1))))
