@@ -29,6 +29,8 @@ import numba as nb
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from models.dot_scores import indicator_tail
+
 STRIPES = 16
 # A step's score matrix should stay in the last-level cache (32 MiB on the reference machine, shared by 2 cores),
 # so selection reads it from cache instead of RAM; measured by tests/benchmarks/bench_score.py. Each scoring
@@ -144,28 +146,6 @@ def _blas_controller() -> ThreadpoolController:
     if not _CONTROLLER:
         _CONTROLLER.append(ThreadpoolController())
     return _CONTROLLER[0]
-
-
-def indicator_tail(items: np.ndarray, min_width: int = 32) -> tuple[int, np.ndarray | None, np.ndarray | None]:
-    """Splits ``items`` [N, d] into a dense head and an indicator tail: the longest run of last columns in which
-    every column has at most one non-zero, if every row then has at most one there too. Then ``u . v_j = u[:head] . v_j[:head] + u[c_j] * v_j[c_j]``
-    exactly, with ``c_j`` the column of item j's non-zero (coefficient 0 when it has none).
-
-    Returns (head width, tail column per item, tail coefficient per item); (d, None, None) when the tail is narrower
-    than ``min_width`` columns, where a gather would not beat the product."""
-    num_items, dim = items.shape
-    nonzero = items != 0
-    single_column = nonzero.sum(axis=0) <= 1
-    head = dim
-    while head > 0 and single_column[head - 1]:
-        head -= 1
-    if dim - head < min_width or (nonzero[:, head:].sum(axis=1) > 1).any():
-        return dim, None, None
-    tail = nonzero[:, head:]
-    has = tail.any(axis=1)
-    cols = np.where(has, head + tail.argmax(axis=1), 0).astype(np.intp)
-    coef = np.where(has, items[np.arange(num_items), cols], 0.0).astype(np.float32)
-    return head, cols, coef
 
 
 def _exclusions_csr(rows_ex: np.ndarray | None, cols_ex: np.ndarray | None, rows: int,

@@ -7,7 +7,7 @@ items on D are the relevant set. Metrics (``models.metrics``) overall, for cold 
 ``schemas.outputs.METRIC``) and to an HTML report with PNG plots under ``reports/dt=D/``.
 
 ``topk_for`` is the one way to get top K from any model through the scoring contract: blocked matrix product of
-user and item embeddings (:class:`models.scoring.CatalogueProduct`), exclusion, then ``tf.math.top_k`` per
+user and item embeddings (:class:`models.dot_scores.CatalogueProduct`), exclusion, then ``tf.math.top_k`` per
 block.
 """
 
@@ -61,7 +61,7 @@ def topk_for(model: Any, users: Mapping[str, np.ndarray], items: Mapping[str, np
     """
     import tensorflow as tf
 
-    from models.scoring import CatalogueProduct
+    from models.dot_scores import CatalogueProduct
 
     item_idx = np.asarray(items["item_idx"], dtype=np.int64)
     product = CatalogueProduct(_encode(model, "encode_items", items))

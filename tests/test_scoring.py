@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow")
-from models.scoring import CatalogueProduct, indicator_tail  # noqa: E402
+from models.dot_scores import CatalogueProduct, indicator_tail  # noqa: E402
 
 pytestmark = pytest.mark.tf
 
