@@ -174,6 +174,24 @@ def _count_at_least(values: np.ndarray, size: int, threshold: float) -> int:
     return count
 
 
+@nb.njit(cache=True, inline="always")
+def _bisect(values: np.ndarray, size: int, m: int, slack: int, lo: float, hi: float) -> float:
+    """Narrows ``count(>= lo) >= m > count(>= hi)`` until ``count(>= lo)`` is at most ``m + slack`` (or the
+    bracket cannot shrink further: ties); returns ``lo``."""
+    for _ in range(64):
+        mid = lo + (hi - lo) * 0.5
+        if mid <= lo or mid >= hi:
+            break
+        count = _count_at_least(values, size, mid)
+        if count >= m:
+            lo = mid
+            if count <= m + slack:
+                break
+        else:
+            hi = mid
+    return lo
+
+
 @nb.njit(cache=True)
 def _threshold(values: np.ndarray, size: int, m: int, slack: int) -> float:
     """A t with ``m <= count(values >= t)``, close to m (at most m + slack when ties allow), by bisection.
@@ -197,18 +215,7 @@ def _threshold(values: np.ndarray, size: int, m: int, slack: int) -> float:
     if _count_at_least(values, size, hi) >= m:  # ties at the top
         return hi
     # invariant: count(>= lo) >= m > count(>= hi)
-    for _ in range(40):
-        mid = lo + (hi - lo) * 0.5
-        if mid <= lo or mid >= hi:
-            break
-        count = _count_at_least(values, size, mid)
-        if count >= m:
-            lo = mid
-            if count <= m + slack:
-                break
-        else:
-            hi = mid
-    return lo
+    return _bisect(values, size, m, slack, lo, hi)
 
 
 @nb.njit(cache=True)
@@ -241,18 +248,7 @@ def _threshold_from(values: np.ndarray, size: int, m: int, slack: int, guess: fl
         step *= 2.0
     else:
         return _threshold(values, size, m, slack)
-    for _ in range(64):
-        mid = lo + (hi - lo) * 0.5
-        if mid <= lo or mid >= hi:
-            break
-        count = _count_at_least(values, size, mid)
-        if count >= m:
-            lo = mid
-            if count <= m + slack:
-                break
-        else:
-            hi = mid
-    return lo
+    return _bisect(values, size, m, slack, lo, hi)
 
 
 @nb.njit(cache=True, inline="always")
