@@ -263,6 +263,22 @@ Scratch = tuple  # maxes, lower/upper half-group maxes, hot half-groups (2), can
 #                 bucket counts, sorted candidates (pos, val), the last threshold in deviations above the mean
 
 
+@nb.njit(cache=True, inline="always")
+def _gather_hot(row: np.ndarray, groups: int, first_stripe: int, end_stripe: int, hot: np.ndarray, n_hot: int,
+                threshold: float, pos: np.ndarray, val: np.ndarray, size: int) -> int:
+    """Appends the entries >= ``threshold`` of the ``hot`` groups in stripes [first, end) (branch-free: every
+    entry is written, the count only advances for a candidate); returns the new count."""
+    for s in range(first_stripe, end_stripe):
+        base = s * groups
+        for i in range(n_hot):
+            j = base + hot[i]
+            v = row[j]
+            pos[size] = j
+            val[size] = v
+            size += v >= threshold
+    return size
+
+
 @nb.njit(cache=True)
 def _top_into(row: np.ndarray, m: int, scratch: Scratch, res_pos: np.ndarray, res_val: np.ndarray) -> int:
     """The ``m`` best finite entries of ``row`` (length a multiple of STRIPES) into ``res_pos[:k]``/``res_val[:k]``,
@@ -310,23 +326,8 @@ def _top_into(row: np.ndarray, m: int, scratch: Scratch, res_pos: np.ndarray, re
         n_lo += max_lo[g] >= threshold
         hot_hi[n_hi] = g
         n_hi += max_hi[g] >= threshold
-    size = 0
-    for s in range(half):
-        base = s * groups
-        for i in range(n_lo):
-            j = base + hot_lo[i]
-            v = row[j]
-            pos[size] = j
-            val[size] = v
-            size += v >= threshold
-    for s in range(half, STRIPES):
-        base = s * groups
-        for i in range(n_hi):
-            j = base + hot_hi[i]
-            v = row[j]
-            pos[size] = j
-            val[size] = v
-            size += v >= threshold
+    size = _gather_hot(row, groups, 0, half, hot_lo, n_lo, threshold, pos, val, 0)
+    size = _gather_hot(row, groups, half, STRIPES, hot_hi, n_hi, threshold, pos, val, size)
     k = min(m, size)
     for i in range(size):
         top = max(top, val[i])
