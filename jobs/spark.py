@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+from typing import Any
 
 import pyarrow as pa
 from pyspark import SparkConf
@@ -84,18 +85,20 @@ def check_schema(df: DataFrame, schema: pa.Schema, name: str = "table") -> None:
         raise ValueError(f"{name} does not match its schema: " + "; ".join(details))
 
 
+def _hadoop_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
+    """(FileSystem, Path) of ``path`` through the session's Hadoop configuration (any lake URI)."""
+    hpath = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path)
+    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
+
+
 def path_exists(spark: SparkSession, path: str) -> bool:
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    fs, hpath = _hadoop_path(spark, path)
     return bool(fs.exists(hpath))
 
 
 def delete_path(spark: SparkSession, path: str) -> None:
     """Remove a file or folder (recursively) through the session's Hadoop FileSystem; nothing if absent."""
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    fs, hpath = _hadoop_path(spark, path)
     if fs.exists(hpath):
         fs.delete(hpath, True)
 
