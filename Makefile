@@ -37,6 +37,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m jobs.class_archive
 	@touch $@
 
 run: install ## generate demo logs and run the nightly DAG for RUN_DATE end to end, then show the results

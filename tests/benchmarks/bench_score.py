@@ -86,11 +86,13 @@ def floor_matmul(user_emb: np.ndarray, item_emb: np.ndarray) -> float:
 
 # Parquet as a reader expects it (user_id, rank, item_id, score: string, int32, string, float), written cheaply:
 # both id columns are handed over dictionary-encoded (indices built by numpy, no per-row strings), which Parquet
-# stores as its own dictionary pages; rank and score are plain (a dictionary of 10M distinct floats only falls
-# back); one row group per block; snappy; statistics on every column but item_id (random per row group, they
-# would prune nothing and cost as much as the rest of the encoding). Read back, the columns are plain strings.
+# stores as its own dictionary pages; rank is plain; score is byte-stream-split (floats compress only once their
+# bytes are grouped: 55 vs 61 MiB per 10M rows, and faster); one row group per block; snappy. No min/max
+# statistics: each row group is a block of users in index order holding ranks 1..100 and items from the whole
+# catalogue, so no column's range could skip a row group, and computing them was a third of the encoding time.
 PARQUET_OPTIONS = {"compression": "snappy", "use_dictionary": ["user_id", "item_id"],
-                   "write_statistics": ["user_id", "rank", "score"], "store_schema": False}
+                   "column_encoding": {"score": "BYTE_STREAM_SPLIT"}, "write_statistics": False,
+                   "store_schema": False}
 
 
 def arrow_rows(top, user_ids: pa.Array, item_ids: pa.Array) -> pa.RecordBatch:  # type: ignore[no-untyped-def]
