@@ -157,8 +157,10 @@ def recflow_nightly() -> None:
             name=f"recflow-{stage}",
             driver_memory=os.environ.get("RECFLOW_SPARK_DRIVER_MEMORY", "4g"),
             conf={"spark.log.level": os.environ.get("RECFLOW_SPARK_LOG_LEVEL", "WARN"),  # task logs: job output
-                  # the worker's class archive, when it has one: ~10 s less JVM start-up (jobs/class_archive.py)
-                  "spark.driver.extraJavaOptions": "{{ recflow_driver_java_options() }}"},
+                  # the class archive of this Airflow worker's venv, when it has one: ~10 s less per JVM
+                  # (jobs/class_archive.py); a JVM where it is missing or does not fit starts as before
+                  "spark.driver.extraJavaOptions": "{{ recflow_driver_java_options() }}",
+                  "spark.executor.extraJavaOptions": "{{ recflow_driver_java_options() }}"},
             # so the jobs' run manifests name the Airflow run that produced them
             env_vars={"AIRFLOW_CTX_DAG_ID": "{{ dag.dag_id }}", "AIRFLOW_CTX_DAG_RUN_ID": "{{ run_id }}",
                       "AIRFLOW_CTX_TASK_ID": "{{ task.task_id }}",

@@ -114,7 +114,8 @@ def _submit(stage: str, settings: Any, cluster: dict[str, Any], py_files: str) -
         conn_id="spark_default", application_args=settings.to_cli(), py_files=py_files,
         name=f"recflow-{stage}-cluster-test", spark_binary=str(BIN / "spark-submit"),
         total_executor_cores=1, executor_memory="1g", driver_memory="1g",
-        conf={"spark.log.level": "WARN", "spark.driver.extraJavaOptions": driver_java_options()})
+        conf={"spark.log.level": "WARN", "spark.driver.extraJavaOptions": driver_java_options(),
+              "spark.executor.extraJavaOptions": driver_java_options()})
     assert hook._connection["master"] == cluster["master"], "the connection must select the cluster"
     started = time.monotonic()
     hook.submit(str(REPO / "jobs" / f"{stage}.py"))
