@@ -6,6 +6,7 @@ PYTHON_BASE ?= python3.11
 VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.recflow-installed
+CLASS_ARCHIVE_STAMP := $(VENV)/.recflow-class-archive
 RUN_DATE ?= 2026-01-14
 PYTEST_ARGS ?=
 
@@ -31,12 +32,16 @@ java: ## install OpenJDK 17 if no java is on PATH (Debian)
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless) \
 	  || { echo "could not install Java 17: install openjdk-17-jre-headless and retry" >&2; exit 1; }; }
 
-install: java $(STAMP) ## create .venv and install recflow with its pinned dependencies
+install: java $(STAMP) $(CLASS_ARCHIVE_STAMP) ## create .venv and install recflow with its pinned dependencies
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+# Spark's class archive (jobs/class_archive.py): once per venv, also for a venv installed before it existed
+$(CLASS_ARCHIVE_STAMP): $(STAMP)
 	$(PY) -m jobs.class_archive
 	@touch $@
 
