@@ -53,11 +53,19 @@ spark.stop()
 """
 
 
+def _java() -> str | None:
+    """The java binary Spark's launcher runs (spark-class: ``$JAVA_HOME/bin/java`` when set, else ``java``)."""
+    if os.environ.get("JAVA_HOME"):
+        java = os.path.join(os.environ["JAVA_HOME"], "bin", "java")
+        return java if os.path.isfile(java) else None
+    return shutil.which("java")
+
+
 def _fingerprint() -> dict[str, str]:
     """What the archive is only valid for: this JDK (its binary, by path and change time) and Spark's jars."""
     import pyspark
 
-    java = os.path.realpath(shutil.which("java") or "")
+    java = os.path.realpath(_java() or "")
     jars = Path(pyspark.__file__).parent / "jars"
     return {"java": java, "java_changed": str(os.stat(java).st_mtime_ns) if os.path.isfile(java) else "",
             "pyspark": pyspark.__version__, "jars": str(jars),
@@ -80,8 +88,8 @@ def build(force: bool = False) -> bool:
     """(Re)build the archive unless it is current; True if one is usable afterwards."""
     if not force and archive_is_current():
         return True
-    if shutil.which("java") is None:
-        print("class archive: no java on PATH, skipped (Spark JVMs start without it)")
+    if _java() is None:
+        print("class archive: no java (JAVA_HOME or PATH), skipped (Spark JVMs start without it)")
         return False
     ARCHIVE.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
