@@ -2,11 +2,11 @@
 
 Every stage is its own spark-submit, and each JVM spent ~15 s loading and verifying Spark's classes before its
 first result (9 s to a session, 6 s more for the first job), whatever the data size. An AppCDS archive (JDK 13+:
-``-XX:ArchiveClassesAtExit`` once, ``-XX:SharedArchiveFile`` after) maps them in ready-made: ~6 s less per JVM
+``-XX:ArchiveClassesAtExit`` once, ``-XX:SharedArchiveFile`` after) maps them in ready-made: 4–13 s less per JVM
 (measured in README, "Spark start-up").
 
 ``make install`` builds it once per venv (``python -m jobs.class_archive``). It belongs to one JDK and one Spark
-classpath: ``driver_java_options()`` offers it only while the stamp beside it matches both, and the JVM itself
+classpath: ``spark_jvm_options()`` offers it only while the stamp beside it matches both, and the JVM itself
 falls back to loading classes normally if it does not fit (``-Xshare:auto``, its warning silenced), so a stale
 or missing archive costs start-up time, never a failure.
 
@@ -79,8 +79,9 @@ def archive_is_current() -> bool:
         return False
 
 
-def driver_java_options() -> str:
-    """JVM options for a Spark driver: the archive when it fits this JDK and Spark, else nothing."""
+def spark_jvm_options() -> str:
+    """JVM options for a Spark driver or executor started from this venv: the archive when it fits this JDK and
+    Spark, else nothing (where the file is absent, e.g. a cluster's executor hosts, the JVM ignores it)."""
     return f"-XX:SharedArchiveFile={ARCHIVE} {_QUIET}" if archive_is_current() else ""
 
 

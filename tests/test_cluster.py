@@ -108,14 +108,15 @@ def _submit(stage: str, settings: Any, cluster: dict[str, Any], py_files: str) -
     """spark-submit ``jobs/<stage>.py`` through the provider's hook, exactly as the DAG's operator does."""
     from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
-    from jobs.class_archive import driver_java_options
+    from jobs.class_archive import spark_jvm_options
 
+    jvm_options = spark_jvm_options()
     hook = SparkSubmitHook(
         conn_id="spark_default", application_args=settings.to_cli(), py_files=py_files,
         name=f"recflow-{stage}-cluster-test", spark_binary=str(BIN / "spark-submit"),
         total_executor_cores=1, executor_memory="1g", driver_memory="1g",
-        conf={"spark.log.level": "WARN", "spark.driver.extraJavaOptions": driver_java_options(),
-              "spark.executor.extraJavaOptions": driver_java_options()})
+        conf={"spark.log.level": "WARN", "spark.driver.extraJavaOptions": jvm_options,
+              "spark.executor.extraJavaOptions": jvm_options})
     assert hook._connection["master"] == cluster["master"], "the connection must select the cluster"
     started = time.monotonic()
     hook.submit(str(REPO / "jobs" / f"{stage}.py"))
