@@ -9,6 +9,9 @@ STAMP := $(VENV)/.recflow-installed
 CLASS_ARCHIVE_STAMP := $(VENV)/.recflow-class-archive
 RUN_DATE ?= 2026-01-14
 PYTEST_ARGS ?=
+# make test runs the suite on this many pytest-xdist workers (0: in one process); tests/conftest.py hands them
+# whole modules, so that module fixtures and the tiny DAG run are built once per run
+TEST_WORKERS ?= 2
 
 export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
@@ -34,13 +37,19 @@ java: ## install OpenJDK 17 if no java is on PATH (Debian)
 
 install: java $(STAMP) $(CLASS_ARCHIVE_STAMP) ## create .venv and install recflow with its pinned dependencies
 
+# pyspark goes in first, so that Spark's class archive (jobs/class_archive.py: ~1 min, mostly one core) is built
+# while pip installs the rest on the other core
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q "$$(grep -Eo 'pyspark==[0-9.]+' setup.cfg)"
+	@$(PY) -m jobs.class_archive > $(VENV)/class-archive.log 2>&1 & archive=$$!; \
+	  echo "$(PY) -m pip install -q -e '.[dev]'  (class archive building beside it)"; \
+	  $(PY) -m pip install -q -e '.[dev]'; installed=$$?; \
+	  wait $$archive; cat $(VENV)/class-archive.log; exit $$installed
 	@touch $@
 
-# Spark's class archive (jobs/class_archive.py): once per venv, also for a venv installed before it existed
+# Spark's class archive: nothing left to do after the step above, unless the venv was installed before it existed
 $(CLASS_ARCHIVE_STAMP): $(STAMP)
 	$(PY) -m jobs.class_archive
 	@touch $@
@@ -49,7 +58,7 @@ run: install ## generate demo logs and run the nightly DAG for RUN_DATE end to e
 	$(PY) -m jobs.run_demo --date $(RUN_DATE)
 
 test: install ## run the test suite (real Spark, Airflow, Great Expectations, TensorFlow)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-quick: install ## the fast unit tests only
 	$(PY) -m pytest -m 'not slow and not airflow' $(PYTEST_ARGS)

@@ -31,6 +31,19 @@ DAGS = Path(__file__).resolve().parents[1] / "dags"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
 os.environ.setdefault("AIRFLOW_CONN_SPARK_DEFAULT", json.dumps({"conn_type": "spark", "host": "local[2]"}))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # an xdist worker's __main__ has neither __spec__ nor __file__, which pyspark.sql.connect takes for a doctest
+    # run and sys.exit()s on import (Great Expectations imports it). Import it once as a plain process would;
+    # where it cannot be imported (no zstandard here), later imports fail with ImportError, as they do there.
+    _main = sys.modules["__main__"]
+    _main.__file__ = __file__
+    try:
+        import pyspark.sql.connect  # noqa: F401
+    except ImportError:
+        sys.modules["pyspark.sql.connect"] = None  # type: ignore[assignment]
+    finally:
+        del _main.__file__
+
 SHARED_DATA = Path(os.environ.get("RECFLOW_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
@@ -125,3 +138,37 @@ def tiny_run(dagbag: Any, airflow_db: str, tmp_path_factory: pytest.TempPathFact
     lake_root = str(tmp_path_factory.mktemp("e2e") / "lake")
     dag_run = run_nightly(dagbag, lake_root, TINY_RUN_DATE, generate_demo_data=True)
     return {"dag_run": dag_run, "lake_root": lake_root, "run_date": TINY_RUN_DATE}
+
+
+# ---- parallel runs (make test: pytest -n 2 --no-loadscope-reorder) ----------------------------------------------
+# pytest-xdist hands each worker whole units of work: one per test module, so a module's fixtures are built once,
+# and one for the modules sharing the session's tiny DAG run, so that run happens once. The two longest units
+# (about 3 minutes each) are collected first, so that each worker starts with one and the rest fill in behind.
+# (xdist's own loadgroup marks do not take with pytest 9, which no longer reads ``item._nodeid``.)
+TINY_RUN_UNIT = "tiny_run"
+TINY_RUN_MODULES = ("tests/test_dags.py", "tests/test_e2e_defect.py", "tests/test_privacy.py")
+LONGEST_UNITS = (TINY_RUN_UNIT, "tests/test_cluster.py")
+
+
+def unit_of_work(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0]
+    return TINY_RUN_UNIT if module in TINY_RUN_MODULES else module
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: inert without it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByUnitOfWork(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of_work(nodeid)
+
+    return ByUnitOfWork(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    users = {item.nodeid.split("::", 1)[0] for item in items if "tiny_run" in getattr(item, "fixturenames", ())}
+    assert users <= set(TINY_RUN_MODULES), f"add {sorted(users - set(TINY_RUN_MODULES))} to TINY_RUN_MODULES"
+    first = {unit: rank for rank, unit in enumerate(LONGEST_UNITS)}
+    order = {item.nodeid: index for index, item in enumerate(items)}
+    items.sort(key=lambda item: (first.get(unit_of_work(item.nodeid), len(first)), order[item.nodeid]))
