@@ -37,12 +37,12 @@ java: ## install OpenJDK 17 if no java is on PATH (Debian)
 
 install: java $(STAMP) $(CLASS_ARCHIVE_STAMP) ## create .venv and install recflow with its pinned dependencies
 
-# pyspark goes in first, so that Spark's class archive (jobs/class_archive.py: ~1 min, mostly one core) is built
-# while pip installs the rest on the other core
+# pyspark (with the pandas and pyarrow its archive workload uses) goes in first, so that Spark's class archive
+# (jobs/class_archive.py: ~1 min, mostly one core) is built while pip installs the rest on the other core
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$$(grep -Eo 'pyspark==[0-9.]+' setup.cfg)"
+	$(PY) -m pip install -q $$(grep -Eo '^ +(pyspark|pyarrow|pandas)[=<>!~][^ #]*' setup.cfg | tr -d ' ')
 	@$(PY) -m jobs.class_archive > $(VENV)/class-archive.log 2>&1 & archive=$$!; \
 	  echo "$(PY) -m pip install -q -e '.[dev]'  (class archive building beside it)"; \
 	  $(PY) -m pip install -q -e '.[dev]'; installed=$$?; \
