@@ -150,8 +150,12 @@ TINY_RUN_MODULES = ("tests/test_dags.py", "tests/test_e2e_defect.py", "tests/tes
 LONGEST_UNITS = (TINY_RUN_UNIT, "tests/test_cluster.py")
 
 
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
 def unit_of_work(nodeid: str) -> str:
-    module = nodeid.split("::", 1)[0]
+    module = module_of(nodeid)
     return TINY_RUN_UNIT if module in TINY_RUN_MODULES else module
 
 
@@ -167,7 +171,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    users = {item.nodeid.split("::", 1)[0] for item in items if "tiny_run" in getattr(item, "fixturenames", ())}
+    users = {module_of(item.nodeid) for item in items if "tiny_run" in getattr(item, "fixturenames", ())}
     assert users <= set(TINY_RUN_MODULES), f"add {sorted(users - set(TINY_RUN_MODULES))} to TINY_RUN_MODULES"
     first = {unit: rank for rank, unit in enumerate(LONGEST_UNITS)}
     order = {item.nodeid: index for index, item in enumerate(items)}
