@@ -23,6 +23,7 @@ import tensorflow as tf
 from models import data as D
 from models import features as F
 from models import metrics
+from models.allocator import retain_freed_memory
 from models.scoring import save
 from models.two_tower import ItemTower, TwoTowerModel, TwoTowerParams, TwoTowerScoring, UserTower, ease_matrix
 from schemas import lake
@@ -227,6 +228,7 @@ def fit_two_tower(data: D.TrainingData, settings: Settings | None = None, params
     """Trains the two-tower model on in-memory data; returns the export module and a training summary.
     ``progress``: log every ~10% of an epoch's steps (:class:`TrainingProgress`; the pipeline turns it on)."""
     params = params or TwoTowerParams.from_settings(settings or Settings.load())
+    retain_freed_memory()
     keras.utils.set_random_seed(params.seed)
     strategy, device = training_strategy()
     started = time.perf_counter()

@@ -54,3 +54,30 @@ def test_a_tail_with_two_non_zeros_in_a_row_is_not_an_indicator() -> None:
     assert indicator_tail(items)[1] is None
     users = np.random.default_rng(3).standard_normal((3, 84), np.float32)
     np.testing.assert_allclose(CatalogueProduct(items)(users), _dense(users, items), rtol=1e-5, atol=1e-5)
+
+
+def test_multi_hot_matmul_sums_each_rows_distinct_items() -> None:
+    import tensorflow as tf
+
+    from models.scoring import multi_hot, multi_hot_matmul
+
+    matrix = np.random.default_rng(2).standard_normal((6, 4)).astype(np.float32)
+    # padding (0), a duplicate, an id outside the vocabulary (9), and an all-padding last row
+    ids = tf.constant([[3, 1, 3, 0], [5, 9, 2, 0], [0, 0, 0, 0]], tf.int32)
+    got = multi_hot_matmul(ids, tf.constant(matrix)).numpy()
+    assert got.shape == (3, 4)
+    np.testing.assert_allclose(got[0], matrix[1] + matrix[3], rtol=1e-6)
+    np.testing.assert_allclose(got[1], matrix[2] + matrix[5], rtol=1e-6)
+    np.testing.assert_array_equal(got[2], 0.0)
+    np.testing.assert_allclose(got, multi_hot(ids, 6).numpy() @ matrix, rtol=1e-5, atol=1e-6)
+
+
+def test_freed_memory_is_retained_on_glibc() -> None:
+    import platform
+
+    from models.allocator import retain_freed_memory
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt tuning applies to glibc only")
+    assert retain_freed_memory() is True
+    assert retain_freed_memory() is True  # once per process; later calls report the same
