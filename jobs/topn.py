@@ -29,6 +29,7 @@ import numba as nb
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from models.allocator import retain_freed_memory
 from models.dot_scores import indicator_tail
 
 STRIPES = 16
@@ -65,6 +66,7 @@ class TopNScorer:
 
     def __init__(self, item_embeddings: np.ndarray, item_categories: np.ndarray | None = None,
                  step_rows: int | None = None, threads: int | None = None) -> None:
+        retain_freed_memory()  # every block allocates its result arrays again: reuse the heap, no fresh pages
         items = np.asarray(item_embeddings, dtype=np.float32)
         if items.ndim != 2:
             raise ValueError(f"item_embeddings must be [N, d], got shape {items.shape}")
