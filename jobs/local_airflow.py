@@ -67,6 +67,10 @@ def airflow_env(repo: Path = REPO_ROOT) -> dict[str, str]:
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    from models.allocator import allocator_env
+
+    for name, value in allocator_env().items():  # TensorFlow tasks reuse freed memory (models/allocator.py)
+        env.setdefault(name, value)
     if venv_bin not in env.get("PATH", "").split(os.pathsep):  # spark-submit and airflow of this venv
         env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
     env["RECFLOW_PSEUDONYM_KEY"] = env.get("RECFLOW_PSEUDONYM_KEY") or ensure_pseudonym_key(repo)

@@ -25,6 +25,14 @@ TOP_PAD = 64 << 20  # each heap extension asks for 64 MiB more, so growth is not
 _applied: bool | None = None
 
 
+def allocator_env() -> dict[str, str]:
+    """The same settings as glibc environment variables, for a whole process from its start: the Airflow process
+    that runs tasks in-process (``airflow dags test``), where threads and arenas exist before a task can call
+    :func:`retain_freed_memory`."""
+    return {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD),
+            "MALLOC_TOP_PAD_": str(TOP_PAD)}
+
+
 def retain_freed_memory() -> bool:
     """Applies the settings above once per process (glibc only); returns whether they are in effect."""
     global _applied
