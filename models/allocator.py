@@ -3,7 +3,7 @@
 glibc hands blocks above its mmap threshold back to the kernel on ``free``, and trims the heap top above 128 KiB.
 TensorFlow allocates and frees the same large tensors at every training step, so each step page-faults in freshly
 zeroed pages. Measured on the demo lake (2 cores): half of the training's CPU time was in the kernel (page faults,
-page clearing, unmapping) and ``fit`` took 107 s; with the settings below it took 47 s (README, "Training speed").
+page clearing, unmapping) and ``fit`` took 107 s; with the settings below it took 47 s (README, "The nightly run").
 
 The price: the process keeps its peak heap until it exits instead of returning it between steps.
 """

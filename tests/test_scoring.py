@@ -81,3 +81,12 @@ def test_freed_memory_is_retained_on_glibc() -> None:
         pytest.skip("mallopt tuning applies to glibc only")
     assert retain_freed_memory() is True
     assert retain_freed_memory() is True  # once per process; later calls report the same
+
+
+def test_local_airflow_processes_start_with_the_allocator_settings() -> None:
+    from jobs.local_airflow import airflow_env
+    from models.allocator import MMAP_THRESHOLD, allocator_env
+
+    env = airflow_env()
+    assert allocator_env().items() <= env.items()
+    assert env["MALLOC_MMAP_THRESHOLD_"] == str(MMAP_THRESHOLD)
