@@ -82,22 +82,14 @@ class CorruptInputFile(RuntimeError):
 
 
 # ---- extract ---------------------------------------------------------------------------------------------------
-def _days(reader: Any, root: str, name: str, dates: Sequence[str]) -> tuple[Any, list[str]]:
-    """(reader, paths) for one scan of the ``dates`` partitions of a raw table, ``dt`` found from the folders:
-    one read of all days rather than a union of one read per day, which Spark plans and schedules per day."""
-    return reader.option("basePath", lake.table(root, name)), [lake.partition(root, name, ds) for ds in dates]
-
-
 def extract_events(spark: SparkSession, root: str, dates: Sequence[str]) -> DataFrame:
     """Raw event lines as text: ``dt`` (the folder's day), ``source_file``, ``value`` (the line)."""
-    reader, paths = _days(spark.read, root, lake.RAW_EVENTS, dates)
-    return reader.text(paths).select(F.col("dt").cast("string").alias("dt"),
-                                      F.col("_metadata.file_path").alias("source_file"), F.col("value"))
+    lines = _read_days(spark.read, "text", root, lake.RAW_EVENTS, dates)
+    return lines.select("dt", F.col("_metadata.file_path").alias("source_file"), F.col("value"))
 
 
 def extract_items(spark: SparkSession, root: str, dates: Sequence[str]) -> DataFrame:
-    reader, paths = _days(spark.read.schema(to_spark(RAW_ITEM)), root, lake.RAW_ITEMS, dates)
-    return reader.json(paths).withColumn("dt", F.col("dt").cast("string"))
+    return _read_days(spark.read.schema(to_spark(RAW_ITEM)), "json", root, lake.RAW_ITEMS, dates)
 
 
 def extract_users(spark: SparkSession, root: str, dates: Sequence[str]) -> DataFrame:
@@ -106,8 +98,7 @@ def extract_users(spark: SparkSession, root: str, dates: Sequence[str]) -> DataF
                            T.StructField("region", T.StringType())])
     if not dates:
         return spark.createDataFrame([], schema.add("dt", T.StringType()))
-    reader, paths = _days(spark.read.schema(schema), root, lake.RAW_USERS, dates)
-    return reader.json(paths).withColumn("dt", F.col("dt").cast("string"))
+    return _read_days(spark.read.schema(schema), "json", root, lake.RAW_USERS, dates)
 
 
 # ---- transforms: events ------------------------------------------------------------------------------------------
@@ -365,9 +356,11 @@ def _profile_counts(raw: DataFrame, key: str) -> dict[str, tuple[int, int]]:
     return {row["dt"]: (int(row["raw"]), int(row["clean"])) for row in rows}
 
 
-def _read_days(spark: SparkSession, root: str, name: str, dates: Sequence[str]) -> DataFrame:
-    days = spark.read.option("basePath", lake.table(root, name)).parquet(
-        *[lake.partition(root, name, ds) for ds in dates])
+def _read_days(reader: Any, fmt: str, root: str, name: str, dates: Sequence[str]) -> DataFrame:
+    """The ``dates`` partitions of a table in one scan, ``dt`` (the folder's day) as text: one read of all days,
+    not a union of one read per day, which Spark would plan and schedule per day."""
+    days = reader.format(fmt).option("basePath", lake.table(root, name)).load(
+        [lake.partition(root, name, ds) for ds in dates])
     return days.withColumn("dt", F.col("dt").cast("string"))  # partition discovery infers a date
 
 
@@ -458,8 +451,8 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
             drift[(ds, name)] = drift.get((ds, name), 0) + rows
 
     # counts of the events that landed, read back from the written tables
-    written_clean = _counts_by(_read_days(spark, root, lake.CLEAN_EVENTS, dates), "dt")
-    written_quarantine = _counts_by(_read_days(spark, root, lake.QUARANTINE_EVENTS, dates), "dt", "reason")
+    written_clean = _counts_by(_read_days(spark.read, "parquet", root, lake.CLEAN_EVENTS, dates), "dt")
+    written_quarantine = _counts_by(_read_days(spark.read, "parquet", root, lake.QUARANTINE_EVENTS, dates), "dt", "reason")
 
     finished_at = manifests.utc_now()
     out: dict[str, dict[str, Any]] = {}

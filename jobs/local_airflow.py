@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from models.allocator import allocator_env
 from schemas.settings import REPO_ROOT
 
 LOCAL_SPARK_CONN = json.dumps({"conn_type": "spark", "host": "local[*]"})
@@ -67,8 +68,6 @@ def airflow_env(repo: Path = REPO_ROOT) -> dict[str, str]:
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("PYTHONUNBUFFERED", "1")
-    from models.allocator import allocator_env
-
     for name, value in allocator_env().items():  # TensorFlow tasks reuse freed memory (models/allocator.py)
         env.setdefault(name, value)
     if venv_bin not in env.get("PATH", "").split(os.pathsep):  # spark-submit and airflow of this venv

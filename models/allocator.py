@@ -22,6 +22,11 @@ MMAP_THRESHOLD = 32 << 20  # glibc's maximum: blocks up to 32 MiB come from the 
 TRIM_THRESHOLD = 1 << 30  # the heap top is returned to the kernel only above 1 GiB free
 TOP_PAD = 64 << 20  # each heap extension asks for 64 MiB more, so growth is not one page-fault burst per step
 
+# (mallopt parameter, the same setting's glibc environment variable, value)
+_SETTINGS = ((_M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD),
+             (_M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", TRIM_THRESHOLD),
+             (_M_TOP_PAD, "MALLOC_TOP_PAD_", TOP_PAD))
+
 _applied: bool | None = None
 
 
@@ -29,8 +34,7 @@ def allocator_env() -> dict[str, str]:
     """The same settings as glibc environment variables, for a whole process from its start: the Airflow process
     that runs tasks in-process (``airflow dags test``), where threads and arenas exist before a task can call
     :func:`retain_freed_memory`."""
-    return {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD),
-            "MALLOC_TOP_PAD_": str(TOP_PAD)}
+    return {name: str(value) for _, name, value in _SETTINGS}
 
 
 def retain_freed_memory() -> bool:
@@ -44,7 +48,6 @@ def retain_freed_memory() -> bool:
         except (OSError, AttributeError):
             mallopt = None
         if mallopt is not None:  # not glibc (musl, macOS): nothing to tune
-            _applied = all(mallopt(param, value) == 1 for param, value in (
-                (_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_TOP_PAD, TOP_PAD)))
+            _applied = all(mallopt(param, value) == 1 for param, _, value in _SETTINGS)
         log.debug("retain freed memory: %s", _applied)
     return _applied

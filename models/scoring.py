@@ -62,8 +62,8 @@ def multi_hot(ids: tf.Tensor, size: int) -> tf.Tensor:
 def multi_hot_matmul(ids: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
     """multi_hot(ids) @ matrix as a sum of each row's few matrix rows, not a [B, N] x [N, M] product.
 
-    A fused gather + segment sum: 5x faster than ``tf.sparse.sparse_dense_matmul`` on the same multi-hot rows
-    (4096 users x 41 items on average into a 5001 x 5001 matrix: 0.38 s against 1.9 s on 2 cores)."""
+    A fused gather + segment sum: 4x faster than ``tf.sparse.sparse_dense_matmul`` on the same multi-hot rows
+    (4096 users x 41 items on average into a 5001 x 5001 matrix: 0.43 s against 1.9 s on 2 cores)."""
     hot = multi_hot_sparse(ids, int(matrix.shape[0]))
     return tf.sparse.segment_sum(matrix, hot.indices[:, 1], hot.indices[:, 0],
                                  num_segments=tf.shape(ids, out_type=tf.int64)[0])
