@@ -281,6 +281,21 @@ def _gather_hot(row: np.ndarray, groups: int, first_stripe: int, end_stripe: int
     return size
 
 
+@nb.njit(cache=True, fastmath={"reassoc", "contract"})
+def _mean_spread(values: np.ndarray, size: int) -> tuple[float, float]:
+    """Mean and standard deviation of ``values[:size]``, summed in any order (vectorised: a strict left-to-right
+    float sum is a chain of dependent adds, as slow as the rest of the selection). They only place the first
+    threshold guess, so rounding cannot change a result."""
+    total = np.float32(0.0)
+    squares = np.float32(0.0)
+    for g in range(size):
+        v = values[g]
+        total += v
+        squares += v * v
+    mean = total / size
+    return mean, math.sqrt(max(squares / size - mean * mean, 0.0))
+
+
 @nb.njit(cache=True)
 def _top_into(row: np.ndarray, m: int, scratch: Scratch, res_pos: np.ndarray, res_val: np.ndarray) -> int:
     """The ``m`` best finite entries of ``row`` (length a multiple of STRIPES) into ``res_pos[:k]``/``res_val[:k]``,
@@ -303,14 +318,7 @@ def _top_into(row: np.ndarray, m: int, scratch: Scratch, res_pos: np.ndarray, re
         max_hi[g] = hi
         maxes[g] = lo if lo > hi else hi
     # the threshold: the previous row's, in units of this row's group maxima (mean, deviation), then corrected
-    total = 0.0
-    squares = 0.0
-    for g in range(groups):
-        v = maxes[g]
-        total += v
-        squares += v * v
-    mean = total / groups
-    spread = math.sqrt(max(squares / groups - mean * mean, 0.0))
+    mean, spread = _mean_spread(maxes, groups)
     if groups >= m and spread > 0 and math.isfinite(mean) and math.isfinite(spread):
         threshold = _threshold_from(maxes, groups, m, SLACK, mean + state[0] * spread, 0.1 * spread)
         state[0] = (threshold - mean) / spread
