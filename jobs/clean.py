@@ -397,9 +397,6 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
     # Parquet timestamps as UTC-adjusted micros (what the contract's timestamp("us", "UTC") means), not INT96
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-    # the parsed lines are cached once and scanned a few times: an uncompressed cache fills ~25% faster, and beyond
-    # memory it spills to disk either way (MEMORY_AND_DISK)
-    spark.conf.set("spark.sql.inMemoryColumnarStorage.compressed", "false")
     key = resolve_key(settings)  # before any work: no key, no run
     root = settings.lake_root
     plan = plan_dates(spark, settings)

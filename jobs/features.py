@@ -21,6 +21,7 @@ from __future__ import annotations
 import calendar
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,6 +31,9 @@ from pyspark.sql import functions as F
 
 from jobs.spark import (
     check_schema,
+    delete_path,
+    hadoop_path,
+    in_parallel,
     path_exists,
     read_partition,
     read_partitions,
@@ -353,15 +357,9 @@ OUTPUT_SCHEMAS = {
 
 
 # ---- lake access ------------------------------------------------------------------------------------------
-def _fs_and_path(spark: SparkSession, path: str) -> tuple[object, object]:
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
-
-
 def newest_modification(spark: SparkSession, path: str) -> int:
     """Newest modification time (ms) of the data files in a partition folder; 0 when it does not exist."""
-    fs, hpath = _fs_and_path(spark, path)
+    fs, hpath = hadoop_path(spark, path)
     if not fs.exists(hpath):
         return 0
     files = fs.listFiles(hpath, True)
@@ -374,15 +372,9 @@ def newest_modification(spark: SparkSession, path: str) -> int:
     return newest
 
 
-def delete_path(spark: SparkSession, path: str) -> None:
-    fs, hpath = _fs_and_path(spark, path)
-    if fs.exists(hpath):
-        fs.delete(hpath, True)
-
-
 def latest_partition_before(spark: SparkSession, root: str, name: str, date: dt.date) -> dt.date | None:
     """The newest ``dt=`` partition of a table strictly before ``date`` (None if the table has none)."""
-    fs, hpath = _fs_and_path(spark, lake.table(root, name))
+    fs, hpath = hadoop_path(spark, lake.table(root, name))
     if not fs.exists(hpath):
         return None
     found: list[dt.date] = []
@@ -502,12 +494,15 @@ def load(outputs: dict[str, DataFrame], settings: Settings) -> None:
     """Write every table's dt=D. A table that is empty this run (e.g. no events on D) still gets a valid, empty
     partition, and never keeps rows of an earlier run of D (dynamic overwrite alone would leave those)."""
     spark = next(iter(outputs.values())).sparkSession
-    for name, df in outputs.items():
+
+    def write(name: str, df: DataFrame) -> None:
         path = lake.partition(settings.lake_root, name, settings.run_date)
         delete_path(spark, path)
         write_partition(df, settings.lake_root, name, settings.run_date, OUTPUT_SCHEMAS[name])
         if not path_exists(spark, path):
             df.select(*OUTPUT_SCHEMAS[name].names).limit(0).write.mode("overwrite").parquet(path)
+
+    in_parallel([functools.partial(write, name, df) for name, df in outputs.items()])
 
 
 def run(spark: SparkSession, settings: Settings) -> dict[str, object]:

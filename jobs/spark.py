@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -16,6 +18,8 @@ from jobs.class_archive import spark_jvm_options
 from schemas import lake
 from schemas.settings import Settings
 from schemas.spark import to_spark
+
+CONCURRENT_JOBS = 4  # Spark jobs submitted at once by in_parallel
 
 
 def spark_session(settings: Settings, app: str) -> SparkSession:
@@ -88,20 +92,20 @@ def check_schema(df: DataFrame, schema: pa.Schema, name: str = "table") -> None:
         raise ValueError(f"{name} does not match its schema: " + "; ".join(details))
 
 
-def _hadoop_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
+def hadoop_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
     """(FileSystem, Path) of ``path`` through the session's Hadoop configuration (any lake URI)."""
     hpath = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path)
     return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
 
 
 def path_exists(spark: SparkSession, path: str) -> bool:
-    fs, hpath = _hadoop_path(spark, path)
+    fs, hpath = hadoop_path(spark, path)
     return bool(fs.exists(hpath))
 
 
 def delete_path(spark: SparkSession, path: str) -> None:
     """Remove a file or folder (recursively) through the session's Hadoop FileSystem; nothing if absent."""
-    fs, hpath = _hadoop_path(spark, path)
+    fs, hpath = hadoop_path(spark, path)
     if fs.exists(hpath):
         fs.delete(hpath, True)
 
@@ -128,3 +132,15 @@ def write_empty_partition(spark: SparkSession, root: str, name: str, date: dt.da
     delete_path(spark, folder)
     manifest.write_bytes(f"{folder}/part-00000-empty.parquet", empty_parquet(schema), spark)
     manifest.write_bytes(f"{folder}/_SUCCESS", b"", spark)
+
+
+def in_parallel(actions: Sequence[Callable[[], Any]], threads: int = CONCURRENT_JOBS) -> list[Any]:
+    """Runs independent Spark actions (writes of different tables, counts) from a few driver threads; returns
+    their results in order and re-raises the first error. Small jobs spend most of their time in the driver
+    (planning, scheduling, the commit), so submitted together their tasks fill the cores the others leave idle.
+    They must not write the same table (each write has its own staging folder per table)."""
+    if len(actions) <= 1 or threads <= 1:
+        return [action() for action in actions]
+    with ThreadPoolExecutor(min(threads, len(actions)), thread_name_prefix="spark-action") as pool:
+        futures = [pool.submit(action) for action in actions]
+        return [future.result() for future in futures]

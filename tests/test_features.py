@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import features
-from jobs.spark import check_schema, write_partition
+from jobs.spark import check_schema, in_parallel, write_partition
 from schemas import lake
 from schemas.clean import CLEAN_EVENT, CLEAN_ITEM, CLEAN_USER
 from schemas.raw import EVENT_STRENGTH
@@ -338,3 +338,18 @@ def test_a_day_without_events_gives_empty_but_valid_tables(spark: Any, tmp_lake:
     assert rows[lake.ITEM_FEATURES] == len(CATALOGUE)
     table = pq.read_table(lake.partition(tmp_lake, lake.VALIDATION, D1))
     assert table.num_rows == 0 and set(features.OUTPUT_SCHEMAS[lake.VALIDATION].names) <= set(table.column_names)
+
+
+def test_in_parallel_returns_results_in_order_and_reraises(spark: Any) -> None:
+    """Concurrent Spark actions from driver threads (the feature tables' writes): every result, in the order the
+    actions were given, and a failing action's error reaches the caller after the others have finished."""
+    frames = [spark.range(n) for n in (5, 50, 500)]
+    assert in_parallel([frame.count for frame in frames]) == [5, 50, 500]
+    done: list[int] = []
+
+    def fails() -> None:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        in_parallel([fails, lambda: done.append(spark.range(7).count())])
+    assert done == [7]
