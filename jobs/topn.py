@@ -284,8 +284,8 @@ def _gather_hot(row: np.ndarray, groups: int, first_stripe: int, end_stripe: int
 @nb.njit(cache=True, fastmath={"reassoc", "contract"})
 def _mean_spread(values: np.ndarray, size: int) -> tuple[float, float]:
     """Mean and standard deviation of ``values[:size]``, summed in any order (vectorised: a strict left-to-right
-    float sum is a chain of dependent adds, as slow as the rest of the selection). They only place the first
-    threshold guess, so rounding cannot change a result."""
+    float sum is a chain of dependent adds, ~0.5 of the 4.3 us a 20k-item row's selection took). They only place
+    the first threshold guess, so rounding cannot change a result."""
     total = np.float32(0.0)
     squares = np.float32(0.0)
     for g in range(size):
