@@ -49,14 +49,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs import manifest as manifests
 from jobs.pseudonymise import pseudonym_column, resolve_key
-from jobs.spark import check_schema, path_exists, spark_session, write_empty_partition
+from jobs.spark import check_schema, delete_path, path_exists, spark_session, write_empty_partition
 from schemas import lake
 from schemas.clean import CLEAN_EVENT, CLEAN_ITEM, CLEAN_USER, QUARANTINE_EVENT, QUARANTINE_REASONS
 from schemas.raw import RAW_EVENT, RAW_ITEM, REQUIRED_EVENT_FIELDS, SCENARIO_EVENT_TYPES
@@ -171,8 +170,9 @@ def flag_row_problems(parsed: DataFrame, settings: Settings) -> DataFrame:
 
 
 def row_ids(flagged: DataFrame) -> DataFrame:
-    """Adds ``_row``, a per-line id, unique within the run. :func:`run` caches the frame right after, so every
-    consumer sees the same ids (they only break ties between byte-identical lines, so any fixed choice is fine)."""
+    """Adds ``_row``, a per-line id, unique within the run. :func:`run` stages the frame as Parquet right after,
+    so every consumer sees the same ids (they only break ties between byte-identical lines: any fixed choice is
+    fine)."""
     return flagged.withColumn("_row", F.monotonically_increasing_id())
 
 
@@ -242,7 +242,7 @@ def flag_unknown_items(df: DataFrame, items: DataFrame) -> DataFrame:
 
 
 def flag_events(raw: DataFrame, settings: Settings) -> DataFrame:
-    """raw lines -> one row per line, parsed once, with the row-local verdict and ``_row`` (cache this)."""
+    """raw lines -> one row per line, parsed once, with the row-local verdict and ``_row`` (stage this)."""
     flagged = flag_row_problems(parse_events(raw), settings)
     keep = ["dt", "source_file", "value", "extra_keys", "reason", "detail", "event_ts", "price_value",
             "event_id", "user_id", "session_id", "event_type", "item_id"]
@@ -404,23 +404,26 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
     dates = plan["cleaned"]
     user_dates = [ds for ds in dates if path_exists(spark, lake.raw_users(root, ds))]
 
-    # the parsed lines are cached once (MEMORY_AND_DISK: beyond memory they spill, they are not recomputed) and
-    # every later step reads that cache: one read and one JSON parse of the raw files per run
-    flagged = flag_events(extract_events(spark, root, dates), settings).persist(StorageLevel.MEMORY_AND_DISK)
+    # the parsed lines are written once to a run-private Parquet staging table and every later step reads the
+    # columns it needs from there: one read and one JSON parse of the raw files per run, and memory that does not
+    # grow with the day's size (an in-memory cache of them ran out of a 2 GiB heap at 16M events)
+    lines_path = lake.table(root, f"{lake.STAGING}/{STAGE}_lines/{run_id}")
     raw_items = extract_items(spark, root, dates).persist()
     raw_users = extract_users(spark, root, user_dates).persist()
     items = clean_items(raw_items, settings).persist()
-    cached = [flagged, raw_items, raw_users, items]
+    cached = [raw_items, raw_users, items]
     try:
         with _naming_bad_files():
-            # the first pass reads every raw file (a truncated one fails here, before any write) and fills the
-            # cache. raw_events per day is counted in it: one row per line read, before any filter or join (the
-            # frame is the text lines plus row-local columns), so it stays independent of the routing below
+            # the first pass reads every raw file (a truncated one fails here, before any table is written)
+            flag_events(extract_events(spark, root, dates), settings).write.parquet(lines_path)
+            flagged = spark.read.parquet(lines_path)
+            # raw_events per day: one row per line read, before any filter or join (the staged lines are the text
+            # lines plus row-local columns), so it stays independent of the routing below
             line_counts = _counts_by(flagged, "dt", "extra_keys")
             item_counts = _profile_counts(raw_items, "item_id")
             user_counts = _profile_counts(raw_users, "user_id")
-            # duplicates and bots: narrow aggregates over the cache, each materialised once (small as a rule),
-            # then broadcast back onto the cached lines: no shuffle or sort of whole rows
+            # duplicates and bots: narrow aggregates over the staged lines' id columns, each materialised once
+            # (small as a rule), then broadcast back onto the lines: no shuffle or sort of whole rows
             repeated = repeated_event_ids(flagged).persist()
             cached.append(repeated)
             duplicates = find_duplicates(flagged, _small(repeated, repeated.count())).persist()
@@ -446,6 +449,7 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
     finally:
         for frame in cached:
             frame.unpersist()
+        delete_path(spark, lines_path)
     raw_counts: dict[tuple[str, ...], int] = {}
     drift: dict[tuple[str, str], int] = {}
     for (ds, extra_keys), rows in line_counts.items():

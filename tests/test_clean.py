@@ -102,6 +102,12 @@ BAD: list[tuple[str, bytes]] = [
 ]
 
 
+def staged_lines(root: str) -> list[Path]:
+    """What runs left of their staged parsed lines (nothing, when each run cleans up after itself)."""
+    folder = Path(lake.table(root, f"{lake.STAGING}/clean_lines"))
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
 TABLES = (lake.CLEAN_EVENTS, lake.QUARANTINE_EVENTS, lake.CLEAN_ITEMS, lake.CLEAN_USERS)
 
 
@@ -169,6 +175,7 @@ def test_rerun_gives_identical_tables_and_replaces_the_day(spark: Any, dirty_run
     assert {name: read(root, name) for name in TABLES} == dirty_run["tables"]
     assert second["counts"] == dirty_run["manifest"]["counts"]
     assert second["run_id"] != dirty_run["manifest"]["run_id"]
+    assert staged_lines(root) == []  # each run removes its staged parsed lines
     assert [r["run_id"] for r in manifests.read_runs(root).to_pylist()] == [second["run_id"]]
 
     # the producer re-delivers the day without its bad rows: the old quarantine rows must go, not linger
@@ -191,6 +198,7 @@ def test_truncated_gzip_fails_naming_the_file_and_writes_nothing(spark: Any, tmp
         clean.run(spark, settings_for(tmp_lake))
     assert not Path(lake.partition(tmp_lake, lake.CLEAN_EVENTS, D)).exists()
     assert not Path(lake.run_manifest(tmp_lake, "clean", D)).exists()
+    assert staged_lines(tmp_lake) == []
 
 
 def test_empty_partition_gives_an_empty_valid_run(spark: Any, tmp_lake: str) -> None:
