@@ -37,6 +37,9 @@ Decisions (the why lives here, the rules in the code below):
   partitions); a missing folder for D (events or items) raises :class:`MissingPartition` naming the path; window
   days without raw events are skipped and listed in D's manifest. ``raw/users`` is optional (profiles are not
   always exported): without it clean/users for the day is empty and the manifest says so.
+* Memory: the raw files are read and parsed once, into a run-private Parquet table ``staging/clean_lines/<run_id>``
+  that every later pass reads column-pruned; the run removes it at its end, failed or not (a killed process leaves
+  it behind: it is safe to delete). So a day's size is bounded by disk, not by the executors' memory.
 * Idempotent: data columns hold nothing run-time dependent and tie-breaks are total orders, so two runs of a date
   give identical tables; run ids and timestamps go to the manifest only.
 """
