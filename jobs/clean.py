@@ -197,11 +197,10 @@ def repeated_event_ids(flagged: DataFrame) -> DataFrame:
 
 def find_duplicates(flagged: DataFrame, repeated: DataFrame) -> DataFrame:
     """``_row`` of every later copy of a repeated (dt, event_id) among valid rows: the first by event_time, then
-    source file, then line is kept. Only the rows of repeated ids are ranked: no full-row shuffle or sort."""
-    valid = flagged.where(F.col("reason").isNull()).select("dt", "event_id", "event_ts", "source_file", "value",
-                                                           "_row")
+    source file, then position in the file (``_row`` grows along each file) is kept. Only the rows of repeated ids are ranked: no full-row shuffle or sort."""
+    valid = flagged.where(F.col("reason").isNull()).select("dt", "event_id", "event_ts", "source_file", "_row")
     copies = valid.join(repeated, ["dt", "event_id"], "left_semi")
-    order = Window.partitionBy("dt", "event_id").orderBy("event_ts", "source_file", "value", "_row")
+    order = Window.partitionBy("dt", "event_id").orderBy("event_ts", "source_file", "_row")
     return copies.withColumn("_copy", F.row_number().over(order)).where(F.col("_copy") > 1).select("_row")
 
 
@@ -245,11 +244,29 @@ def flag_unknown_items(df: DataFrame, items: DataFrame) -> DataFrame:
 
 
 def flag_events(raw: DataFrame, settings: Settings) -> DataFrame:
-    """raw lines -> one row per line, parsed once, with the row-local verdict and ``_row`` (stage this)."""
+    """raw lines -> one row per line, parsed once, with the row-local verdict and ``_row`` (stage this).
+
+    The line itself (``value``) is kept only where the row rules already quarantine it; every line keeps
+    ``_line_hash``, so that a line quarantined later (duplicate, bot, unknown item) is read again from its raw file
+    by :func:`recover_lines` and checked against it. Most lines are clean and never need their text again.
+    """
     flagged = flag_row_problems(parse_events(raw), settings)
-    keep = ["dt", "source_file", "value", "extra_keys", "reason", "detail", "event_ts", "price_value",
+    keep = ["dt", "source_file", F.when(F.col("reason").isNotNull(), F.col("value")).alias("value"),
+            F.xxhash64("value").alias("_line_hash"), "extra_keys", "reason", "detail", "event_ts", "price_value",
             "event_id", "user_id", "session_id", "event_type", "item_id"]
     return row_ids(flagged.select(*keep))
+
+
+def recover_lines(raw: DataFrame, wanted: DataFrame) -> DataFrame:
+    """(_row, _line): the raw lines of the ``wanted`` rows (``_row``, ``_line_hash``; broadcast by the caller when
+    small), from a second scan of the same raw files. ``_row`` is the same on that scan (same files, same splits,
+    same per-split position); a line whose hash differs means the files changed during the run, which fails it."""
+    lines = row_ids(raw).join(wanted, "_row", "inner")
+    changed = F.xxhash64("value") != F.col("_line_hash")
+    return lines.select("_row", F.when(changed, F.raise_error(F.concat(
+        F.lit("raw file changed during the clean run: "), F.col("source_file"),
+        F.lit(" (a line read twice differs); nothing was published for its day, rerun it")))).otherwise(
+        F.col("value")).alias("_line"))
 
 
 def route_events(flagged: DataFrame, duplicates: DataFrame, bots: DataFrame, items: DataFrame,
@@ -264,8 +281,8 @@ def route_events(flagged: DataFrame, duplicates: DataFrame, bots: DataFrame, ite
     clean = F.col("reason").isNull()
     quarantined = F.col("reason").isNotNull()
     return routed.select(
-        "dt", "reason", "detail",
-        F.when(quarantined, F.make_valid_utf8("value")).alias("raw_line"),
+        "dt", "reason", "detail", "_row", "_line_hash",
+        F.when(quarantined, F.col("value")).alias("value"),  # null where it was not staged (see flag_events)
         F.when(quarantined, F.col("source_file")).alias("source_file"),
         F.when(clean, F.col("event_id")).alias("event_id"),
         F.when(clean, F.col("event_ts")).alias("event_time"),
@@ -281,8 +298,19 @@ def clean_events(routed: DataFrame) -> DataFrame:
     return routed.where(F.col("reason").isNull()).select("dt", *CLEAN_EVENT.names)
 
 
-def quarantine_events(routed: DataFrame) -> DataFrame:
-    return routed.where(F.col("reason").isNotNull()).select("dt", *QUARANTINE_EVENT.names)
+def quarantined_rows(routed: DataFrame) -> DataFrame:
+    """The quarantine's rows with ``_row``, ``_line_hash`` and ``value`` (null where the line was not staged)."""
+    return routed.where(F.col("reason").isNotNull()).select("dt", "reason", "detail", "source_file", "value", "_row",
+                                                             "_line_hash")
+
+
+def quarantine_events(quarantined: DataFrame, recovered: DataFrame) -> DataFrame:
+    """:func:`quarantined_rows` with their raw lines: staged, or read again (``recovered``: _row, _line)."""
+    joined = quarantined.join(recovered, "_row", "left")
+    vanished = F.raise_error(F.concat(F.lit("raw file changed during the clean run: a line of "), F.col("source_file"),
+                                      F.lit(" is gone; nothing was published for its day, rerun it")))
+    raw_line = F.make_valid_utf8(F.coalesce(F.col("value"), F.col("_line"), vanished))
+    return joined.withColumn("raw_line", raw_line).select("dt", *QUARANTINE_EVENT.names)
 
 
 # ---- transforms: items and users ---------------------------------------------------------------------------------
@@ -438,13 +466,22 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
             duplicates = _small(duplicates.select("_row", F.lit(True).alias("_dup")), n_duplicates)
             bots = _small(bots.select("dt", "user_id", "_worst_minute"), n_bots)
         routed = route_events(flagged, duplicates, bots, items.select("dt", "item_id"), settings, key)
-        routed_counts = _counts_by(routed, "dt", "reason")
-        clean_days = {ds for (ds, reason) in routed_counts if reason is None}
-        quarantine_days = {ds for (ds, reason) in routed_counts if reason is not None}
+        # the quarantined rows (a small share as a rule) are materialised once: their counts say which days have
+        # clean and quarantined rows, and the lines quarantined after the row rules are read again from raw
+        quarantined = quarantined_rows(routed).persist()
+        cached.append(quarantined)
+        lines_per_day = {ds: 0 for ds in dates}
+        for (ds, _), rows in line_counts.items():
+            lines_per_day[ds] += rows
+        quarantined_per_day = {ds: rows for (ds,), rows in _counts_by(quarantined, "dt").items()}
+        clean_days = {ds for ds in dates if lines_per_day[ds] > quarantined_per_day.get(ds, 0)}
+        unstaged = quarantined.where(F.col("value").isNull()).select("_row", "_line_hash").persist()
+        cached.append(unstaged)
+        recovered = recover_lines(extract_events(spark, root, dates), _small(unstaged, unstaged.count()))
         write_days(clean_events(routed), root, lake.CLEAN_EVENTS, CLEAN_EVENT, dates, clean_days,
                    sort_by=("event_time", "event_id"))
-        write_days(quarantine_events(routed), root, lake.QUARANTINE_EVENTS, QUARANTINE_EVENT, dates,
-                   quarantine_days, sort_by=("reason", "source_file", "raw_line"))
+        write_days(quarantine_events(quarantined, recovered), root, lake.QUARANTINE_EVENTS, QUARANTINE_EVENT, dates,
+                   set(quarantined_per_day), sort_by=("reason", "source_file", "raw_line"))
         write_days(items, root, lake.CLEAN_ITEMS, CLEAN_ITEM, dates,
                    {ds for ds, (_, n) in item_counts.items() if n}, sort_by=("item_id",))
         write_days(clean_users(raw_users, key), root, lake.CLEAN_USERS, CLEAN_USER, dates,
