@@ -19,9 +19,9 @@ Decisions (the why lives here, the rules in the code below):
 * Late or early events (event_time not on the folder's day, in UTC) are *quarantined* as ``timestamp_out_of_day``,
   not moved to their own day: a day's rerun then depends only on that day's folder, and rerunning D never rewrites
   another day's partition. The quarantined line can be replayed into its day's folder if it matters.
-* Duplicate event ids (within a day, among otherwise valid rows): the first by (event_time, source file, line) is
-  kept and every later copy is *quarantined* as ``duplicate_event_id``, so nothing is silently lost and
-  ``duplicates_dropped`` in the reconciliation is always 0.
+* Duplicate event ids (within a day, among otherwise valid rows): the first by (event_time, source file, position in
+  the file) is kept and every later copy is *quarantined* as ``duplicate_event_id``, so nothing is silently lost
+  and ``duplicates_dropped`` in the reconciliation is always 0.
 * Bot users: a user with more than ``settings.bot_events_per_minute`` valid, deduplicated events in any one minute
   of the day has all that day's remaining events quarantined as ``bot_user``.
 * Unknown items: item_id not in that day's catalogue (``raw/items/dt=D``).
@@ -37,9 +37,12 @@ Decisions (the why lives here, the rules in the code below):
   partitions); a missing folder for D (events or items) raises :class:`MissingPartition` naming the path; window
   days without raw events are skipped and listed in D's manifest. ``raw/users`` is optional (profiles are not
   always exported): without it clean/users for the day is empty and the manifest says so.
-* Memory: the raw files are read and parsed once, into a run-private Parquet table ``staging/clean_lines/<run_id>``
-  that every later pass reads column-pruned; the run removes it at its end, failed or not (a killed process leaves
-  it behind: it is safe to delete). So a day's size is bounded by disk, not by the executors' memory.
+* Memory: the raw files are parsed once, into a run-private Parquet table ``staging/clean_lines/<run_id>`` that
+  every later pass reads column-pruned; the run removes it at its end, failed or not (a killed process leaves it
+  behind: it is safe to delete). So a day's size is bounded by disk, not by the executors' memory. The table keeps
+  the raw line only where the row rules quarantine it, and a hash of every line: the few lines quarantined later
+  (duplicate, bot, unknown item) are read again from the raw files and checked against their hash, so raw files
+  that change during the run fail it instead of putting a different line in the quarantine.
 * Idempotent: data columns hold nothing run-time dependent and tie-breaks are total orders, so two runs of a date
   give identical tables; run ids and timestamps go to the manifest only.
 """

@@ -282,3 +282,26 @@ def test_generated_corruptions_are_quarantined_with_their_reasons(spark: Any, tm
     assert counts["counts"]["quarantined_by_reason"] == {reason: injected[reason] for reason in QUARANTINE_REASONS}
     assert counts["counts"]["clean_events"] == summary["events"] + injected["extra_column"]
     assert counts["schema_drift"]["extra_keys"] == {"experiment": injected["extra_column"]}
+
+
+def test_lines_read_again_are_checked_against_their_hash(spark: Any) -> None:
+    from pyspark.sql import functions as F
+
+    from jobs import clean
+
+    raw = spark.createDataFrame([(D, "f.jsonl", '{"a": 1}'), (D, "f.jsonl", '{"b": 2}')],
+                                "dt string, source_file string, value string").coalesce(1)
+    ids = clean.row_ids(raw).select("_row", F.xxhash64("value").alias("_line_hash")).collect()
+    row, line_hash = ids[1]["_row"], ids[1]["_line_hash"]
+    wanted = spark.createDataFrame([(row, line_hash)], "_row long, _line_hash long")
+    assert [(r["_row"], r["_line"]) for r in clean.recover_lines(raw, wanted).collect()] == [(row, '{"b": 2}')]
+
+    changed = spark.createDataFrame([(row, line_hash + 1)], "_row long, _line_hash long")
+    with pytest.raises(Exception, match=r"raw file changed during the clean run: f\.jsonl"):
+        clean.recover_lines(raw, changed).collect()
+
+    quarantined = spark.createDataFrame([(D, "bot_user", "d", "f.jsonl", None, row + 1, 0)],
+                                        "dt string, reason string, detail string, source_file string, "
+                                        "value string, _row long, _line_hash long")
+    with pytest.raises(Exception, match=r"a line of f\.jsonl is gone"):
+        clean.quarantine_events(quarantined, clean.recover_lines(raw, wanted)).collect()
