@@ -200,7 +200,8 @@ def repeated_event_ids(flagged: DataFrame) -> DataFrame:
 
 def find_duplicates(flagged: DataFrame, repeated: DataFrame) -> DataFrame:
     """``_row`` of every later copy of a repeated (dt, event_id) among valid rows: the first by event_time, then
-    source file, then position in the file (``_row`` grows along each file) is kept. Only the rows of repeated ids are ranked: no full-row shuffle or sort."""
+    source file, then position in the file (``_row`` grows along each file) is kept. Only the rows of repeated ids
+    are ranked: no full-row shuffle or sort."""
     valid = flagged.where(F.col("reason").isNull()).select("dt", "event_id", "event_ts", "source_file", "_row")
     copies = valid.join(repeated, ["dt", "event_id"], "left_semi")
     order = Window.partitionBy("dt", "event_id").orderBy("event_ts", "source_file", "_row")
@@ -254,9 +255,10 @@ def flag_events(raw: DataFrame, settings: Settings) -> DataFrame:
     by :func:`recover_lines` and checked against it. Most lines are clean and never need their text again.
     """
     flagged = flag_row_problems(parse_events(raw), settings)
-    keep = ["dt", "source_file", F.when(F.col("reason").isNotNull(), F.col("value")).alias("value"),
-            F.xxhash64("value").alias("_line_hash"), "extra_keys", "reason", "detail", "event_ts", "price_value",
-            "event_id", "user_id", "session_id", "event_type", "item_id"]
+    keep: list[Column | str] = [
+        "dt", "source_file", F.when(F.col("reason").isNotNull(), F.col("value")).alias("value"),
+        F.xxhash64("value").alias("_line_hash"), "extra_keys", "reason", "detail", "event_ts", "price_value",
+        "event_id", "user_id", "session_id", "event_type", "item_id"]
     return row_ids(flagged.select(*keep))
 
 
@@ -266,10 +268,14 @@ def recover_lines(raw: DataFrame, wanted: DataFrame) -> DataFrame:
     same per-split position); a line whose hash differs means the files changed during the run, which fails it."""
     lines = row_ids(raw).join(wanted, "_row", "inner")
     changed = F.xxhash64("value") != F.col("_line_hash")
-    return lines.select("_row", F.when(changed, F.raise_error(F.concat(
-        F.lit("raw file changed during the clean run: "), F.col("source_file"),
-        F.lit(" (a line read twice differs); nothing was published for its day, rerun it")))).otherwise(
+    return lines.select("_row", F.when(changed, _raw_changed("", " (a line read twice differs)")).otherwise(
         F.col("value")).alias("_line"))
+
+
+def _raw_changed(before: str, after: str) -> Column:
+    """Fails the query: a raw file of ``source_file`` changed between the two reads of :func:`run`."""
+    return F.raise_error(F.concat(F.lit(f"raw file changed during the clean run: {before}"), F.col("source_file"),
+                                  F.lit(f"{after}; nothing was published for its day, rerun it")))
 
 
 def route_events(flagged: DataFrame, duplicates: DataFrame, bots: DataFrame, items: DataFrame,
@@ -310,8 +316,7 @@ def quarantined_rows(routed: DataFrame) -> DataFrame:
 def quarantine_events(quarantined: DataFrame, recovered: DataFrame) -> DataFrame:
     """:func:`quarantined_rows` with their raw lines: staged, or read again (``recovered``: _row, _line)."""
     joined = quarantined.join(recovered, "_row", "left")
-    vanished = F.raise_error(F.concat(F.lit("raw file changed during the clean run: a line of "), F.col("source_file"),
-                                      F.lit(" is gone; nothing was published for its day, rerun it")))
+    vanished = _raw_changed("a line of ", " is gone")
     raw_line = F.make_valid_utf8(F.coalesce(F.col("value"), F.col("_line"), vanished))
     return joined.withColumn("raw_line", raw_line).select("dt", *QUARANTINE_EVENT.names)
 
@@ -454,6 +459,12 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
             # raw_events per day: one row per line read, before any filter or join (the staged lines are the text
             # lines plus row-local columns), so it stays independent of the routing below
             line_counts = _counts_by(flagged, "dt", "extra_keys")
+            raw_counts: dict[str, int] = {ds: 0 for ds in dates}
+            drift: dict[tuple[str, str], int] = {}
+            for (ds, extra_keys), rows in line_counts.items():
+                raw_counts[ds] += rows
+                for name in extra_keys or ():
+                    drift[(ds, name)] = drift.get((ds, name), 0) + rows
             item_counts = _profile_counts(raw_items, "item_id")
             user_counts = _profile_counts(raw_users, "user_id")
             # duplicates and bots: narrow aggregates over the staged lines' id columns, each materialised once
@@ -473,11 +484,8 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
         # clean and quarantined rows, and the lines quarantined after the row rules are read again from raw
         quarantined = quarantined_rows(routed).persist()
         cached.append(quarantined)
-        lines_per_day = {ds: 0 for ds in dates}
-        for (ds, _), rows in line_counts.items():
-            lines_per_day[ds] += rows
         quarantined_per_day = {ds: rows for (ds,), rows in _counts_by(quarantined, "dt").items()}
-        clean_days = {ds for ds in dates if lines_per_day[ds] > quarantined_per_day.get(ds, 0)}
+        clean_days = {ds for ds in dates if raw_counts[ds] > quarantined_per_day.get(ds, 0)}
         unstaged = quarantined.where(F.col("value").isNull()).select("_row", "_line_hash").persist()
         cached.append(unstaged)
         recovered = recover_lines(extract_events(spark, root, dates), _small(unstaged, unstaged.count()))
@@ -493,12 +501,6 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
         for frame in cached:
             frame.unpersist()
         delete_path(spark, lines_path)
-    raw_counts: dict[tuple[str, ...], int] = {}
-    drift: dict[tuple[str, str], int] = {}
-    for (ds, extra_keys), rows in line_counts.items():
-        raw_counts[(ds,)] = raw_counts.get((ds,), 0) + rows
-        for name in extra_keys or ():
-            drift[(ds, name)] = drift.get((ds, name), 0) + rows
 
     # counts of the events that landed, read back from the written tables
     written_clean = _counts_by(_read_days(spark.read, "parquet", root, lake.CLEAN_EVENTS, dates), "dt")
@@ -512,7 +514,7 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
         if unexpected:
             raise ValueError(f"quarantine for {ds} has undeclared reasons {sorted(unexpected)}")
         counts: dict[str, Any] = {
-            "raw_events": raw_counts.get((ds,), 0),
+            "raw_events": raw_counts[ds],
             "clean_events": written_clean.get((ds,), 0),
             "quarantined_events": sum(by_reason.values()),
             "quarantined_by_reason": by_reason,
