@@ -39,7 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 TOP_N = 100
 SEEN_PER_USER = 20
-BLOCK_USERS = 4096
+BLOCK_USERS = 2048
 
 
 def embeddings(users: int, items: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -53,35 +53,54 @@ def seen_lists(users: int, items: int, seed: int = 1) -> tuple[np.ndarray, np.nd
     return np.repeat(np.arange(users), SEEN_PER_USER), rng.integers(0, items, users * SEEN_PER_USER)
 
 
-def floor_matmul(user_emb: np.ndarray, item_emb: np.ndarray) -> float:
-    """(a) every score computed once, in the kernel's cache-sized steps, nothing else; the faster of two layouts:
-    one multi-threaded BLAS call per step, or the kernel's own (one thread per core, one BLAS thread each)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def floor_layouts(user_emb: np.ndarray, item_emb: np.ndarray) -> dict[str, float]:
+    """(a) every score computed once into float32, nothing else, in each layout worth trying; the floor is the
+    fastest. numpy/OpenBLAS in steps of the kernel's size and of twice and four times it, either one multi-threaded
+    BLAS call per step or one thread per core with one BLAS thread each (the kernel's layout); and TensorFlow's
+    float32 product (oneDNN), which is the faster of the two libraries on some CPUs."""
     from threadpoolctl import threadpool_limits
 
     from jobs.topn import TopNScorer
 
     scorer = TopNScorer(item_emb)
-    starts = range(0, len(user_emb), scorer.step_rows)
+    seconds: dict[str, float] = {}
+    for factor in (1, 2, 4):
+        step_rows = scorer.step_rows * factor
+        starts = range(0, len(user_emb), step_rows)
 
-    def steps(next_step: Iterator[int]) -> None:  # the next step as the thread gets free, like the kernel
-        buffer = np.empty((scorer.step_rows, scorer.padded_items), np.float32)
-        for step in next_step:
-            if step >= len(starts):
-                return
-            block = user_emb[starts[step]: starts[step] + scorer.step_rows]
-            np.matmul(block, scorer._items_t, out=buffer[: len(block)])
+        def steps(next_step: Iterator[int], step_rows: int = step_rows, starts: range = starts) -> None:
+            buffer = np.empty((step_rows, scorer.padded_items), np.float32)
+            for step in next_step:  # the next step as the thread gets free, like the kernel
+                if step >= len(starts):
+                    return
+                block = user_emb[starts[step]: starts[step] + step_rows]
+                np.matmul(block, scorer._items_t, out=buffer[: len(block)])
 
-    started = time.perf_counter()
-    steps(itertools.count())
-    blas_threads = time.perf_counter() - started
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(scorer.threads) as pool:
         started = time.perf_counter()
-        shared = itertools.count()
-        list(pool.map(lambda _: steps(shared), range(scorer.threads)))
-        own_threads = time.perf_counter() - started
-    return min(blas_threads, own_threads)
+        steps(itertools.count())
+        seconds[f"numpy, {step_rows}-row steps, multi-threaded BLAS"] = time.perf_counter() - started
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(scorer.threads) as pool:
+            started = time.perf_counter()
+            shared = itertools.count()
+            list(pool.map(lambda _: steps(shared), range(scorer.threads)))
+            seconds[f"numpy, {step_rows}-row steps, a thread per core"] = time.perf_counter() - started
+    import tensorflow as tf
+
+    items_t = tf.constant(scorer._items_t)
+    for step_rows in (scorer.step_rows, 4 * scorer.step_rows):
+        blocks = [tf.constant(user_emb[s: s + step_rows]) for s in range(0, len(user_emb), step_rows)]
+        tf.matmul(blocks[0], items_t).numpy()  # warm-up: oneDNN picks and builds its kernel
+        started = time.perf_counter()
+        for block in blocks:
+            result = tf.matmul(block, items_t)
+        result.numpy()  # eager ops run in order: the last one done means all are
+        seconds[f"tensorflow, {step_rows}-row steps"] = time.perf_counter() - started
+    return seconds
+
+
+def floor_matmul(user_emb: np.ndarray, item_emb: np.ndarray) -> float:
+    """(a): the fastest layout of :func:`floor_layouts`."""
+    return min(floor_layouts(user_emb, item_emb).values())
 
 
 # Parquet as a reader expects it (user_id, rank, item_id, score: string, int32, string, float), written cheaply:
@@ -114,22 +133,31 @@ def arrow_rows(top, user_ids: pa.Array, item_ids: pa.Array) -> pa.RecordBatch:  
 
 
 def kernel_path(user_emb: np.ndarray, item_emb: np.ndarray, out_dir: str | None) -> tuple[float, float]:
-    """(b) in process: blocks of users -> exact top 100 minus seen -> Arrow rows -> Parquet. (kernel s, total s)"""
+    """(b) in process, laid out like the Spark job: one worker per core (a task), each with a one-thread scorer,
+    taking the next block of users as it gets free: exact top 100 minus seen -> Arrow rows -> its own Parquet
+    file (a part file). Returns (seconds in the kernel, summed over workers / workers; total seconds)."""
     from jobs.topn import TopNScorer
 
     users, items = len(user_emb), len(item_emb)
     rows_ex, cols_ex = seen_lists(users, items)
     item_ids = pa.array([f"i{i}" for i in range(items)])
     user_ids = pa.array([f"u{u}" for u in range(users)])
-    scorer = TopNScorer(item_emb)
+    scorer = TopNScorer(item_emb, threads=1)  # read-only once built: the workers share it
     scorer.top_n(user_emb[:64], TOP_N)  # compile (numba caches it on disk after the first run)
-    kernel = 0.0
-    started = time.perf_counter()
-    writer: list[pq.ParquetWriter] = []
-    with ThreadPoolExecutor(1) as background:  # Parquet encoding of block k overlaps the scoring of block k + 1
-        pending = None
-        for start in range(0, users, BLOCK_USERS):
-            stop = min(start + BLOCK_USERS, users)
+    workers = len(os.sched_getaffinity(0))
+    # blocks as the job's batches, but at least four per worker, so that no worker waits long for the last one
+    block_users = max(1, min(BLOCK_USERS, -(-users // (4 * workers))))
+    starts = range(0, users, block_users)
+    next_block = itertools.count()  # shared: atomic under the GIL
+
+    def work(worker: int) -> float:
+        kernel = 0.0
+        writer = None
+        for block in next_block:
+            if block >= len(starts):
+                break
+            start = starts[block]
+            stop = min(start + block_users, users)
             lo, hi = np.searchsorted(rows_ex, [start, stop])
             t = time.perf_counter()
             top = scorer.top_n(user_emb[start:stop], TOP_N, rows_ex[lo:hi] - start, cols_ex[lo:hi])
@@ -137,16 +165,16 @@ def kernel_path(user_emb: np.ndarray, item_emb: np.ndarray, out_dir: str | None)
             if out_dir is None:
                 continue
             batch = arrow_rows(top, user_ids.slice(start, stop - start), item_ids)
-            if not writer:
-                writer.append(pq.ParquetWriter(f"{out_dir}/recommendations.parquet", batch.schema,
-                                               **PARQUET_OPTIONS))
-            if pending is not None:
-                pending.result()
-            pending = background.submit(writer[0].write_batch, batch)
-        if pending is not None:
-            pending.result()
-    if writer:
-        writer[0].close()
+            if writer is None:
+                writer = pq.ParquetWriter(f"{out_dir}/part-{worker:05d}.parquet", batch.schema, **PARQUET_OPTIONS)
+            writer.write_batch(batch)
+        if writer is not None:
+            writer.close()
+        return kernel
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        kernel = sum(pool.map(work, range(workers))) / workers
     return kernel, time.perf_counter() - started
 
 
@@ -277,11 +305,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as work:
         # interleaved rounds, the fastest of each kept: on a shared machine a round can land in a burst of load
         floor, kernel, parquet = [], [], []
+        layouts: dict[str, list[float]] = {}
         for _ in range(max(1, args.repeat)):
-            floor.append(floor_matmul(user_emb, item_emb))
+            for name, seconds in floor_layouts(user_emb, item_emb).items():
+                layouts.setdefault(name, []).append(seconds)
+            floor.append(min(layouts[name][-1] for name in layouts))
             kernel.append(kernel_path(user_emb, item_emb, None)[0])  # alone: no Parquet encoding beside it
             parquet.append(kernel_path(user_emb, item_emb, work)[1])
         results["a_matmul"] = min(floor)
+        results.update({f"a_layout: {name}": min(times) for name, times in layouts.items()})
         results["b_kernel_only"] = min(kernel)
         results["b_kernel_parquet"] = min(parquet)
         results["a_matmul_again"] = floor_matmul(user_emb, item_emb)  # the floor, measured on both sides of (b)
@@ -326,6 +358,10 @@ def report(results: dict[str, float], args: argparse.Namespace) -> None:
           f"{args.large_sample_users:,} measured users: (a) {results['large_a_matmul_extrapolated']:.0f} s, "
           f"(b) kernel + Parquet {results['large_b_kernel_parquet_extrapolated']:.0f} s "
           f"({results['large_b_kernel_parquet_extrapolated'] / results['large_a_matmul_extrapolated']:.2f}x)")
+    print("(a) by layout (fastest round each):")
+    for key, value in results.items():
+        if key.startswith("a_layout: "):
+            print(f"    {key[len('a_layout: '):]:54s} {value:9.2f} {value / floor:7.2f}x")
     for key, value in results.items():
         if key.startswith("peak_rss"):
             print(f"peak RSS minus input embeddings, {key.split('_')[3]} users: {value:.0f} MiB")
