@@ -82,7 +82,7 @@ def floor_layouts(user_emb: np.ndarray, item_emb: np.ndarray) -> dict[str, float
         with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(scorer.threads) as pool:
             started = time.perf_counter()
             shared = itertools.count()
-            list(pool.map(lambda _: steps(shared), range(scorer.threads)))
+            list(pool.map(lambda _, shared=shared: steps(shared), range(scorer.threads)))
             seconds[f"numpy, {step_rows}-row steps, a thread per core"] = time.perf_counter() - started
     import tensorflow as tf
 
