@@ -15,8 +15,11 @@
   ``segment_users + popularity / (max_popularity * (1 + 1e-6))``: the ordering key, non-increasing by rank.
 - Similar items: for every catalogue item, the ``similar_items_n`` available items with the highest cosine
   similarity of item embeddings, never the item itself.
-- Output: ``staging/<table>/dt=D/run=<run_id>/`` (Parquet and Spark's ``_SUCCESS``), checked against
-  ``schemas.outputs`` before writing. ``generated_at`` is the run's logical time (default: D+1 00:00 UTC, when
+- Output: ``staging/<table>/dt=D/run=<run_id>/`` (Parquet and ``_SUCCESS``), in the ``schemas.outputs`` contract.
+  Each scoring task writes its rows as one Parquet file (pyarrow) under ``_tasks/`` and returns only its name and
+  counts; cold-start rows go through Spark's writer into ``_spark/``; the driver then moves the files of the
+  successful attempts into place and writes ``_SUCCESS`` last (:func:`commit_task_files`), so a killed or failed run
+  leaves no folder that publish would take. ``generated_at`` is the run's logical time (default: D+1 00:00 UTC, when
   the recommendations for D+1 take effect), never the wall clock, so a rerun writes identical rows.
   ``run_id`` defaults to one derived from the date, so a rerun replaces its own staging copy.
 """
@@ -35,6 +38,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from schemas import lake
 from schemas.features import pad_ids
@@ -138,17 +142,104 @@ def _scorer(side: dict[str, Any], key: str, kind: str) -> Any:
     return _SCORERS[cache_key]
 
 
-# what the Python workers return: the ranked columns only. The run's constants (model_version, strategy,
-# generated_at) are added by Spark as literals instead of three more columns of every row through Arrow into the
-# JVM (bench_score's Spark job, 100k users x top 100: the scoring stage 16.3 -> 15.4 s)
-RANKED = pa.schema([RECOMMENDATION.field(i) for i in range(4)])
-SIMILAR_RANKED = pa.schema([SIMILAR_ITEM.field(i) for i in range(4)])
+# ---- user and item side (inside Spark partitions) ---------------------------------------------------------
+# Each task writes its rows as one Parquet file with pyarrow, under the staging folder's _tasks/, and returns only
+# (file, rows); the driver moves the files of the successful attempts into place (:func:`commit_task_files`).
+# Through Spark's writer every row went Python -> Arrow -> JVM rows -> Parquet: bench_score's Spark job at 100k users
+# x top 100 spent 9 s of JVM CPU and 2 s per task waiting on that path for 10M rows; pyarrow encodes them in 0.3 s.
+# per task: its file, rows, keys (users or source items) with at least one row, and the item positions it holds
+TASK_FILE = pa.schema([pa.field("file", pa.string(), nullable=False), pa.field("rows", pa.int64(), nullable=False),
+                       pa.field("keys", pa.int64(), nullable=False),
+                       pa.field("items", pa.list_(pa.int32()), nullable=False)])
+TASKS = "_tasks"
+SPARK_WRITTEN = "_spark"  # rows written by Spark itself (cold start), moved in by commit_task_files
+# Parquet as readers expect it (the contract's names and types), written cheaply: id and constant columns are
+# handed over dictionary-encoded (indices built by numpy, no per-row strings), which Parquet stores as its own
+# dictionary pages; score is byte-stream-split (floats compress only once their bytes are grouped); one row group
+# per block; snappy. No min/max statistics: a row group holds ranks 1..N and items from the whole catalogue, so
+# no column's range could skip one, and computing them was a third of the encoding time. No Arrow schema stored:
+# readers get plain strings.
+_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 
 
-# ---- user side (inside Spark partitions) ------------------------------------------------------------------
-def recommend_batch(batch: pa.RecordBatch, model: Any, scorer: Any, item_ids: pa.Array, position: np.ndarray,
-                    params: dict[str, Any]) -> pa.RecordBatch:
-    """One block of users (user_idx, user_id, history, seen, age_bucket_idx, region_idx) -> RANKED rows."""
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """The task writers' options for ``schema`` (dictionary pages for every column but rank and score)."""
+    return {"compression": "snappy", "use_dictionary": [n for n in schema.names if n not in ("rank", "score")],
+            "column_encoding": {"score": "BYTE_STREAM_SPLIT"}, "write_statistics": False, "store_schema": False}
+
+
+def _encoded(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with its string columns dictionary-encoded: what the task writers are handed."""
+    return pa.schema([f.with_type(_DICTIONARY) if f.type == pa.string() else f for f in schema],
+                     metadata=schema.metadata)
+
+
+def ranked_rows(top: Any, keys: pa.Array, item_ids: pa.Array, schema: pa.Schema,
+                constants: dict[str, Any]) -> pa.RecordBatch:
+    """A block's top-N -> rows of ``schema`` (RECOMMENDATION or SIMILAR_ITEM: key, rank, item, score, then the
+    run's ``constants``), best first per key, string columns dictionary-encoded. ``keys``: the block's rows' ids,
+    ``item_ids``: the candidate items by position."""
+    rows, n = top.positions.shape
+    if rows and bool((top.positions[:, -1] >= 0).all()):  # every list full (the usual case): no mask needed
+        row = np.repeat(np.arange(rows, dtype=np.int32), n)
+        rank = np.tile(np.arange(1, n + 1, dtype=np.int32), rows)
+        item, score = top.positions.ravel(), top.scores.ravel()
+    else:
+        mask = top.positions >= 0
+        row, col = np.nonzero(mask)  # row-major: each row's items in rank order (selected items come first)
+        row, rank = row.astype(np.int32), (col + 1).astype(np.int32)
+        item, score = top.positions[mask], top.scores[mask]
+    length = len(row)
+    zeros = pa.array(np.zeros(length, np.int32))
+    columns = [pa.DictionaryArray.from_arrays(pa.array(row), keys), pa.array(rank),
+               pa.DictionaryArray.from_arrays(pa.array(item.astype(np.int32)), item_ids),
+               pa.array(score.astype(np.float32, copy=False))]
+    for field in list(schema)[4:]:
+        value = constants[field.name]
+        if field.type == pa.string():
+            columns.append(pa.DictionaryArray.from_arrays(zeros, pa.array([value], pa.string())))
+        else:
+            columns.append(pc.take(pa.array([value], field.type), zeros))
+    return pa.RecordBatch.from_arrays(columns, schema=_encoded(schema))
+
+
+def _write_task_file(blocks: Iterator[tuple[Any, pa.RecordBatch]], task_dir: str, schema: pa.Schema,
+                     num_items: int) -> Iterator[pa.RecordBatch]:
+    """Writes the ``(top-N, rows)`` blocks to one Parquet file named by this task's partition and attempt;
+    yields its TASK_FILE row (what the manifest counts, so the staged table need not be read back)."""
+    import pyarrow.parquet as pq
+    from pyspark import TaskContext
+
+    from models.lake_io import filesystem
+
+    context = TaskContext.get()
+    name = f"part-{context.partitionId():05d}-{context.taskAttemptId()}.parquet" if context else "part-00000.parquet"
+    path = f"{task_dir}/{name}"
+    fs, inner = filesystem(path)
+    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    rows = keys = 0
+    present = np.zeros(num_items, bool)
+    writer = None
+    try:
+        for top, block in blocks:
+            if writer is None:
+                writer = pq.ParquetWriter(inner, _encoded(schema), filesystem=fs, **parquet_options(schema))
+            writer.write_batch(block)
+            rows += block.num_rows
+            keys += int((top.positions[:, 0] >= 0).sum())
+            present[top.positions[top.positions >= 0]] = True
+    finally:
+        if writer is not None:
+            writer.close()
+    if rows:
+        items = pa.array([np.flatnonzero(present).astype(np.int32)], pa.list_(pa.int32()))
+        yield pa.record_batch([pa.array([path]), pa.array([rows], pa.int64()), pa.array([keys], pa.int64()), items],
+                              schema=TASK_FILE)
+
+
+def recommend_batch(batch: pa.RecordBatch, model: Any, scorer: Any, position: np.ndarray,
+                    params: dict[str, Any]) -> Any:
+    """One block of users (user_idx, user_id, history, seen, age_bucket_idx, region_idx) -> its top-N."""
     seen = batch.column("seen")
     histories = batch.column("history").to_pylist()
     seen_lists = seen.to_pylist()
@@ -165,18 +256,7 @@ def recommend_batch(batch: pa.RecordBatch, model: Any, scorer: Any, item_ids: pa
     known = (seen_items >= 0) & (seen_items < len(position))
     seen_positions = np.full(len(seen_items), -1, np.int64)
     seen_positions[known] = position[seen_items[known]]
-    top = scorer.top_n(embeddings, params["top_n"], seen_rows, seen_positions, params["category_cap"])
-    return _ranked_rows(top, batch.column("user_id"), item_ids, RANKED)
-
-
-def _ranked_rows(top: Any, keys: pa.Array, item_ids: pa.Array, schema: pa.Schema) -> pa.RecordBatch:
-    """(key, rank, item, score) rows of a block's top-N, in ``schema``'s names."""
-    mask = top.positions >= 0
-    rows, cols = np.nonzero(mask)  # row-major: each row's items in rank order (selected items come first)
-    return pa.RecordBatch.from_arrays([
-        pc.take(keys, pa.array(rows)), pa.array((cols + 1).astype(np.int32)),
-        pc.take(item_ids, pa.array(top.positions[mask])), pa.array(top.scores[mask].astype(np.float32)),
-    ], schema=schema)
+    return scorer.top_n(embeddings, params["top_n"], seen_rows, seen_positions, params["category_cap"])
 
 
 def recommend_partition(batches: Iterator[pa.RecordBatch], side_broadcast: Any,
@@ -184,9 +264,15 @@ def recommend_partition(batches: Iterator[pa.RecordBatch], side_broadcast: Any,
     model = loaded_model(params["model_dir"], one_core=True)
     side = side_broadcast.value
     scorer, item_ids = _scorer(side, params["side_key"], "users")
-    for batch in batches:
-        if batch.num_rows:
-            yield recommend_batch(batch, model, scorer, item_ids, side["position"], params)
+    constants = {"model_version": params["model_version"], "strategy": MODEL, "generated_at": params["generated_at"]}
+
+    def blocks() -> Iterator[tuple[Any, pa.RecordBatch]]:
+        for batch in batches:
+            if batch.num_rows:
+                top = recommend_batch(batch, model, scorer, side["position"], params)
+                yield top, ranked_rows(top, batch.column("user_id"), item_ids, RECOMMENDATION, constants)
+
+    return _write_task_file(blocks(), params["recommendations_tasks"], RECOMMENDATION, len(item_ids))
 
 
 def similar_partition(batches: Iterator[pa.RecordBatch], side_broadcast: Any,
@@ -195,14 +281,38 @@ def similar_partition(batches: Iterator[pa.RecordBatch], side_broadcast: Any,
     side = side_broadcast.value
     scorer, item_ids = _scorer(side, params["side_key"], "items")
     sources = pa.array(side["source_ids"], pa.string())
-    for batch in batches:
-        numbers = batch.column("id").to_numpy().astype(np.int64)
-        if not len(numbers):
-            continue
-        self_positions = side["source_position"][numbers]
-        top = scorer.top_n(side["source_unit"][numbers], params["similar_items_n"],
-                           np.arange(len(numbers)), self_positions)
-        yield _ranked_rows(top, pc.take(sources, pa.array(numbers)), item_ids, SIMILAR_RANKED)
+    constants = {"model_version": params["model_version"], "generated_at": params["generated_at"]}
+
+    def blocks() -> Iterator[tuple[Any, pa.RecordBatch]]:
+        for batch in batches:
+            numbers = batch.column("id").to_numpy().astype(np.int64)
+            if len(numbers):
+                top = scorer.top_n(side["source_unit"][numbers], params["similar_items_n"],
+                                   np.arange(len(numbers)), side["source_position"][numbers])
+                yield top, ranked_rows(top, pc.take(sources, pa.array(numbers)), item_ids, SIMILAR_ITEM, constants)
+
+    return _write_task_file(blocks(), params["similar_items_tasks"], SIMILAR_ITEM, len(item_ids))
+
+
+def commit_task_files(written: list[Any], staging: str) -> None:
+    """Makes ``staging`` whole: moves in the task files the job returned (its successful attempts: failed or
+    speculative ones are left in ``_tasks/`` and deleted with it) and Spark's part files from ``_spark/``, then
+    writes ``_SUCCESS`` last. Until then readers skip both folders (``_`` prefix) and publish refuses the folder."""
+    from models.lake_io import filesystem
+
+    fs, inner = filesystem(staging)
+    sources = [filesystem(row["file"])[1] for row in sorted(written, key=lambda row: row["file"])]
+    spark_written = f"{inner}/{SPARK_WRITTEN}"
+    if fs.get_file_info(spark_written).type != pafs.FileType.NotFound:
+        sources += sorted(info.path for info in fs.get_file_info(pafs.FileSelector(spark_written))
+                          if info.base_name.startswith("part-"))
+    for number, source in enumerate(sources):
+        fs.move(source, f"{inner}/part-{number:05d}.parquet")
+    for folder in (TASKS, SPARK_WRITTEN):
+        if fs.get_file_info(f"{inner}/{folder}").type != pafs.FileType.NotFound:
+            fs.delete_dir(f"{inner}/{folder}")
+    with fs.open_output_stream(f"{inner}/_SUCCESS"):
+        pass
 
 
 # ---- the job ------------------------------------------------------------------------------------------------
@@ -250,6 +360,7 @@ def run(settings: Settings, spark: Any = None, model_dir: str | None = None, mod
     from pyspark.sql import functions as F
 
     from jobs.spark import check_schema, read_partition, spark_session
+    from models.lake_io import filesystem
     from schemas.features import ITEM_FEATURE, USER_FEATURE, USER_HISTORY
     from schemas.spark import to_spark
 
@@ -291,27 +402,33 @@ def run(settings: Settings, spark: Any = None, model_dir: str | None = None, mod
     )
     # by reference to the importable module (not __main__ under spark-submit), so the worker caches persist
     this = importlib.import_module("jobs.score")
-    run_constants = [F.lit(model_version).alias("model_version"),
-                     F.lit(generated_at).cast("timestamp").alias("generated_at")]
-    recommended = model_input.mapInArrow(
-        lambda batches: this.recommend_partition(batches, side_broadcast, params), to_spark(RANKED)
-    ).select(*RANKED.names, F.lit(MODEL).alias("strategy"), *run_constants)
+    staging = {name: lake.staging(root, name, date, run_id) for name in (lake.RECOMMENDATIONS, lake.SIMILAR_ITEMS)}
+    for path in staging.values():  # a rerun of the same run id starts from an empty staging folder
+        fs, inner = filesystem(path)
+        if fs.get_file_info(inner).type != pafs.FileType.NotFound:
+            fs.delete_dir(inner)
+    params["recommendations_tasks"] = f"{staging[lake.RECOMMENDATIONS]}/{TASKS}"
+    params["similar_items_tasks"] = f"{staging[lake.SIMILAR_ITEMS]}/{TASKS}"
+    # cold-start rows come from Spark SQL and go through Spark's writer, into _spark/ until the commit
     cold = cold_start(histories, users, items_df, settings).select(
-        *RANKED.names, F.lit(COLD_START).alias("strategy"), *run_constants)
-    recommendations = recommended.unionByName(
-        cold.select(*[F.col(f.name).cast(to_spark(RECOMMENDATION)[f.name].dataType) for f in RECOMMENDATION]))
+        *[F.col(name) for name in ("user_id", "rank", "item_id", "score")],
+        F.lit(model_version).alias("model_version"), F.lit(COLD_START).alias("strategy"),
+        F.lit(generated_at).cast("timestamp").alias("generated_at"))
+    cold = cold.select(*[F.col(f.name).cast(to_spark(RECOMMENDATION)[f.name].dataType) for f in RECOMMENDATION])
+    check_schema(cold, RECOMMENDATION, lake.RECOMMENDATIONS)
+    cold.write.parquet(f"{staging[lake.RECOMMENDATIONS]}/{SPARK_WRITTEN}")
+    cold_counts = spark.read.schema(to_spark(RECOMMENDATION)).parquet(
+        f"{staging[lake.RECOMMENDATIONS]}/{SPARK_WRITTEN}").agg(
+        F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users"),
+        F.collect_set("item_id").alias("items")).first()
+    recommended = model_input.mapInArrow(
+        lambda batches: this.recommend_partition(batches, side_broadcast, params), to_spark(TASK_FILE)).collect()
+    commit_task_files(recommended, staging[lake.RECOMMENDATIONS])
     sources = len(side["source_ids"])
     similar = spark.range(0, sources, numPartitions=max(1, min(parallelism, sources))).mapInArrow(
-        lambda batches: this.similar_partition(batches, side_broadcast, params), to_spark(SIMILAR_RANKED)
-    ).select(*SIMILAR_RANKED.names, *run_constants)
-
-    paths = {}
-    for name, frame, schema in ((lake.RECOMMENDATIONS, recommendations, RECOMMENDATION),
-                                (lake.SIMILAR_ITEMS, similar, SIMILAR_ITEM)):
-        check_schema(frame, schema, name)
-        path = lake.staging(root, name, date, run_id)
-        frame.select(*schema.names).write.mode("overwrite").parquet(path)
-        paths[name] = path
+        lambda batches: this.similar_partition(batches, side_broadcast, params), to_spark(TASK_FILE)).collect()
+    commit_task_files(similar, staging[lake.SIMILAR_ITEMS])
+    paths = staging
     side_broadcast.unpersist()
     print(json.dumps({"stage": "score", "date": date.isoformat(), "run_id": run_id, "model_dir": model_dir,
                       "model_version": model_version, "candidate_items": int(len(side["item_ids"])),
@@ -320,14 +437,16 @@ def run(settings: Settings, spark: Any = None, model_dir: str | None = None, mod
     # the stage's run manifest runs/score/dt=D: users in, staged rows out, users and items recommended
     from jobs import manifest as manifests
 
-    staged = spark.read.parquet(paths[lake.RECOMMENDATIONS]).agg(
-        F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users"),
-        F.countDistinct("item_id").alias("items")).first()
-    similar_rows = spark.read.parquet(paths[lake.SIMILAR_ITEMS]).count()
+    # counted from what the tasks and Spark wrote, not by reading the staged tables back (10M rows per 100k users);
+    # model and cold-start users are disjoint (with or without a history row)
+    rows = sum(int(row["rows"]) for row in recommended) + int(cold_counts["rows"])
+    similar_rows = sum(int(row["rows"]) for row in similar)
+    model_items = {side["item_ids"][p] for row in recommended for p in row["items"]}
     manifests.record_stage(root, "score", date, {
-        "rows_in": users.count(), "rows_out": int(staged["rows"]) + similar_rows, "users": int(staged["users"]),
-        "items": int(staged["items"]), "recommendations_rows": int(staged["rows"]), "similar_items_rows": similar_rows,
-        "candidate_items": int(len(side["item_ids"])),
+        "rows_in": users.count(), "rows_out": rows + similar_rows,
+        "users": sum(int(row["keys"]) for row in recommended) + int(cold_counts["users"]),
+        "items": len(model_items | set(cold_counts["items"])),
+        "recommendations_rows": rows, "similar_items_rows": similar_rows, "candidate_items": int(len(side["item_ids"])),
     }, time.perf_counter() - started, spark, model_version=model_version, staging=paths)
     return paths
 

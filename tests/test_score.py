@@ -312,3 +312,34 @@ def test_category_cap_and_rerun_identity(spark, scored, tmp_path) -> None:  # ty
         first, second = read(paths[name]), read(again[name])
         keys = [(c, "ascending") for c in first.column_names]
         assert first.sort_by(keys).equals(second.sort_by(keys))
+
+
+def test_task_files_commit_keeps_only_returned_attempts_and_marks_success_last(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from jobs import publish, score
+
+    staging = tmp_path / "staging" / "recommendations" / "dt=2026-01-14" / "run=r1"
+    at = dt.datetime(2026, 1, 15, tzinfo=dt.UTC)
+
+    def part(path: Path, users: list[str], strategy: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({
+            "user_id": users, "rank": [1] * len(users), "item_id": ["i1"] * len(users), "score": [0.5] * len(users),
+            "model_version": ["v1"] * len(users), "strategy": [strategy] * len(users),
+            "generated_at": [at] * len(users)}, schema=RECOMMENDATION), path)
+
+    part(staging / score.TASKS / "part-00000-7.parquet", ["ua", "ub"], "model")  # the attempt that succeeded
+    part(staging / score.TASKS / "part-00000-3.parquet", ["ua"], "model")  # a failed attempt's partial file
+    part(staging / score.TASKS / "part-00001-8.parquet", ["uc"], "model")
+    part(staging / score.SPARK_WRITTEN / "part-00000-abc.snappy.parquet", ["ud"], "cold_start")
+    (staging / score.SPARK_WRITTEN / "_SUCCESS").touch()
+    # before the commit: readers skip the _ folders and publish refuses the folder (no _SUCCESS of its own)
+    assert pq.read_table(staging).num_rows == 0
+    with pytest.raises(publish.StagingError, match="_SUCCESS"):
+        publish.verify(str(staging), RECOMMENDATION)
+    returned = [{"file": str(staging / score.TASKS / name)} for name in ("part-00001-8.parquet", "part-00000-7.parquet")]
+    score.commit_task_files(returned, str(staging))
+    assert sorted(p.name for p in staging.iterdir()) == ["_SUCCESS", "part-00000.parquet", "part-00001.parquet",
+                                                         "part-00002.parquet"]
+    table = pq.read_table(staging)
+    assert sorted(table["user_id"].to_pylist()) == ["ua", "ub", "uc", "ud"]  # the failed attempt's "ua" is gone
+    assert publish.verify(str(staging), RECOMMENDATION)["rows"] == 4

@@ -91,20 +91,25 @@ def test_all_equal_scores_come_in_position_order() -> None:
     assert (top.scores == 2.0).all()
 
 
-def test_bench_rows_read_back_as_plain_columns(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from tests.benchmarks.bench_score import PARQUET_OPTIONS, arrow_rows
+def test_task_rows_read_back_as_the_contract(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    from jobs.score import _encoded, parquet_options, ranked_rows
+    from schemas.outputs import RECOMMENDATION
 
     rng = np.random.default_rng(9)
     item_emb = rng.standard_normal((50, 4), dtype=np.float32)
     user_emb = rng.standard_normal((6, 4), dtype=np.float32)
     top = TopNScorer(item_emb).top_n(user_emb, 10, np.array([2] * 45), np.arange(45))  # user 2: 5 items left
-    batch = arrow_rows(top, pa.array([f"u{u}" for u in range(6)]), pa.array([f"i{i}" for i in range(50)]))
-    with pq.ParquetWriter(tmp_path / "r.parquet", batch.schema, **PARQUET_OPTIONS) as writer:
-        writer.write_batch(batch)
+    at = dt.datetime(2026, 1, 15, tzinfo=dt.UTC)
+    constants = {"model_version": "v7", "strategy": "model", "generated_at": at}
+    batch = ranked_rows(top, pa.array([f"u{u}" for u in range(6)]), pa.array([f"i{i}" for i in range(50)]),
+                        RECOMMENDATION, constants)
+    with pq.ParquetWriter(tmp_path / "r.parquet", _encoded(RECOMMENDATION), **parquet_options(RECOMMENDATION)) as w:
+        w.write_batch(batch)
     table = pq.read_table(tmp_path / "r.parquet")
-    assert table.schema == pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
-                                      ("score", pa.float32())])
-    expected = [(f"u{r}", k + 1, f"i{top.positions[r, k]}", float(top.scores[r, k]))
+    assert table.schema.remove_metadata() == RECOMMENDATION.remove_metadata()  # plain strings, not dictionaries
+    expected = [(f"u{r}", k + 1, f"i{top.positions[r, k]}", float(top.scores[r, k]), "v7", "model", at)
                 for r in range(6) for k in range(10) if top.positions[r, k] >= 0]
     assert len(expected) == 55
     assert list(zip(*[table.column(c).to_pylist() for c in table.column_names], strict=True)) == expected

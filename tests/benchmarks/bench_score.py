@@ -15,6 +15,7 @@ memory (max RSS of a child process) of the kernel path against the number of use
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import itertools
 import json
 import os
@@ -103,45 +104,20 @@ def floor_matmul(user_emb: np.ndarray, item_emb: np.ndarray) -> float:
     return min(floor_layouts(user_emb, item_emb).values())
 
 
-# Parquet as a reader expects it (user_id, rank, item_id, score: string, int32, string, float), written cheaply:
-# both id columns are handed over dictionary-encoded (indices built by numpy, no per-row strings), which Parquet
-# stores as its own dictionary pages; rank is plain; score is byte-stream-split (floats compress only once their
-# bytes are grouped: 55 vs 61 MiB per 10M rows, and faster); one row group per block; snappy. No min/max
-# statistics: each row group is a block of users in index order holding ranks 1..100 and items from the whole
-# catalogue, so no column's range could skip a row group, and computing them was a third of the encoding time.
-PARQUET_OPTIONS = {"compression": "snappy", "use_dictionary": ["user_id", "item_id"],
-                   "column_encoding": {"score": "BYTE_STREAM_SPLIT"}, "write_statistics": False,
-                   "store_schema": False}
-
-
-def arrow_rows(top, user_ids: pa.Array, item_ids: pa.Array) -> pa.RecordBatch:  # type: ignore[no-untyped-def]
-    """A block's top-N result -> (user_id, rank, item_id, score) rows, best first per user; ``user_ids`` are the
-    block's users, ``item_ids`` the candidate items by position."""
-    rows, n = top.positions.shape
-    if bool((top.positions[:, -1] >= 0).all()):  # every list full (the usual case): no mask needed
-        row = np.repeat(np.arange(rows, dtype=np.int32), n)
-        rank = np.tile(np.arange(1, n + 1, dtype=np.int32), rows)
-        item, score = top.positions.ravel(), top.scores.ravel()
-    else:
-        mask = top.positions >= 0
-        row, col = np.nonzero(mask)
-        row, rank = row.astype(np.int32), (col + 1).astype(np.int32)
-        item, score = top.positions[mask], top.scores[mask]
-    return pa.record_batch({
-        "user_id": pa.DictionaryArray.from_arrays(pa.array(row), user_ids), "rank": pa.array(rank),
-        "item_id": pa.DictionaryArray.from_arrays(pa.array(item), item_ids), "score": pa.array(score)})
-
-
 def kernel_path(user_emb: np.ndarray, item_emb: np.ndarray, out_dir: str | None) -> tuple[float, float]:
     """(b) in process, laid out like the Spark job: one worker per core (a task), each with a one-thread scorer,
-    taking the next block of users as it gets free: exact top 100 minus seen -> Arrow rows -> its own Parquet
-    file (a part file). Returns (seconds in the kernel, summed over workers / workers; total seconds)."""
+    taking the next block of users as it gets free: exact top 100 minus seen -> the job's rows (all columns of the
+    contract, ``jobs.score.ranked_rows``) -> its own Parquet file, written as the job's tasks write theirs.
+    Returns (seconds in the kernel, summed over workers / workers; total seconds)."""
+    from jobs.score import MODEL, _encoded, parquet_options, ranked_rows
     from jobs.topn import TopNScorer
+    from schemas.outputs import RECOMMENDATION
 
     users, items = len(user_emb), len(item_emb)
     rows_ex, cols_ex = seen_lists(users, items)
     item_ids = pa.array([f"i{i}" for i in range(items)])
     user_ids = pa.array([f"u{u}" for u in range(users)])
+    constants = {"model_version": "bench", "strategy": MODEL, "generated_at": dt.datetime(2026, 1, 15, tzinfo=dt.UTC)}
     scorer = TopNScorer(item_emb, threads=1)  # read-only once built: the workers share it
     scorer.top_n(user_emb[:64], TOP_N)  # compile (numba caches it on disk after the first run)
     workers = len(os.sched_getaffinity(0))
@@ -164,9 +140,10 @@ def kernel_path(user_emb: np.ndarray, item_emb: np.ndarray, out_dir: str | None)
             kernel += time.perf_counter() - t
             if out_dir is None:
                 continue
-            batch = arrow_rows(top, user_ids.slice(start, stop - start), item_ids)
+            batch = ranked_rows(top, user_ids.slice(start, stop - start), item_ids, RECOMMENDATION, constants)
             if writer is None:
-                writer = pq.ParquetWriter(f"{out_dir}/part-{worker:05d}.parquet", batch.schema, **PARQUET_OPTIONS)
+                writer = pq.ParquetWriter(f"{out_dir}/part-{worker:05d}.parquet", _encoded(RECOMMENDATION),
+                                          **parquet_options(RECOMMENDATION))
             writer.write_batch(batch)
         if writer is not None:
             writer.close()
