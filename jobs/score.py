@@ -416,11 +416,11 @@ def run(settings: Settings, spark: Any = None, model_dir: str | None = None, mod
         F.lit(generated_at).cast("timestamp").alias("generated_at"))
     cold = cold.select(*[F.col(f.name).cast(to_spark(RECOMMENDATION)[f.name].dataType) for f in RECOMMENDATION])
     check_schema(cold, RECOMMENDATION, lake.RECOMMENDATIONS)
+    cold = cold.persist()  # written, then counted (Spark skips a _ folder given as a path, so it is not read back)
     cold.write.parquet(f"{staging[lake.RECOMMENDATIONS]}/{SPARK_WRITTEN}")
-    cold_counts = spark.read.schema(to_spark(RECOMMENDATION)).parquet(
-        f"{staging[lake.RECOMMENDATIONS]}/{SPARK_WRITTEN}").agg(
-        F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users"),
-        F.collect_set("item_id").alias("items")).first()
+    cold_counts = cold.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users"),
+                           F.collect_set("item_id").alias("items")).first()
+    cold.unpersist()
     recommended = model_input.mapInArrow(
         lambda batches: this.recommend_partition(batches, side_broadcast, params), to_spark(TASK_FILE)).collect()
     commit_task_files(recommended, staging[lake.RECOMMENDATIONS])
