@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import time
@@ -174,6 +175,13 @@ def _encoded(schema: pa.Schema) -> pa.Schema:
                      metadata=schema.metadata)
 
 
+@functools.lru_cache(maxsize=4)
+def _full_block(rows: int, n: int) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """(row, rank, zeros) of a block whose ``rows`` lists are all full: the same for every such block, built once."""
+    return (pa.array(np.repeat(np.arange(rows, dtype=np.int32), n)),
+            pa.array(np.tile(np.arange(1, n + 1, dtype=np.int32), rows)), pa.array(np.zeros(rows * n, np.int32)))
+
+
 def ranked_rows(top: Any, keys: pa.Array, item_ids: pa.Array, schema: pa.Schema,
                 constants: dict[str, Any]) -> pa.RecordBatch:
     """A block's top-N -> rows of ``schema`` (RECOMMENDATION or SIMILAR_ITEM: key, rank, item, score, then the
@@ -181,25 +189,27 @@ def ranked_rows(top: Any, keys: pa.Array, item_ids: pa.Array, schema: pa.Schema,
     ``item_ids``: the candidate items by position."""
     rows, n = top.positions.shape
     if rows and bool((top.positions[:, -1] >= 0).all()):  # every list full (the usual case): no mask needed
-        row = np.repeat(np.arange(rows, dtype=np.int32), n)
-        rank = np.tile(np.arange(1, n + 1, dtype=np.int32), rows)
+        row, rank, zeros = _full_block(rows, n)
         item, score = top.positions.ravel(), top.scores.ravel()
     else:
         mask = top.positions >= 0
-        row, col = np.nonzero(mask)  # row-major: each row's items in rank order (selected items come first)
-        row, rank = row.astype(np.int32), (col + 1).astype(np.int32)
+        where_row, col = np.nonzero(mask)  # row-major: each row's items in rank order (selected items come first)
+        row, rank = pa.array(where_row.astype(np.int32)), pa.array((col + 1).astype(np.int32))
+        zeros = pa.array(np.zeros(len(where_row), np.int32))
         item, score = top.positions[mask], top.scores[mask]
-    length = len(row)
-    zeros = pa.array(np.zeros(length, np.int32))
-    columns = [pa.DictionaryArray.from_arrays(pa.array(row), keys), pa.array(rank),
-               pa.DictionaryArray.from_arrays(pa.array(item.astype(np.int32)), item_ids),
+    # indices in range by construction (rows of the block, candidate positions, 0): no bounds pass over them
+    columns = [pa.DictionaryArray.from_arrays(row, keys, safe=False), rank,
+               pa.DictionaryArray.from_arrays(pa.array(item.astype(np.int32, copy=False)), item_ids, safe=False),
                pa.array(score.astype(np.float32, copy=False))]
     for field in list(schema)[4:]:
-        value = constants[field.name]
+        value = pa.array([constants[field.name]], field.type)
         if field.type == pa.string():
-            columns.append(pa.DictionaryArray.from_arrays(zeros, pa.array([value], pa.string())))
+            columns.append(pa.DictionaryArray.from_arrays(zeros, value, safe=False))
+        elif pa.types.is_timestamp(field.type):  # one value repeated, from a numpy fill instead of a take
+            filled = np.full(len(zeros), value.cast(pa.int64())[0].as_py(), np.int64)
+            columns.append(pa.Array.from_buffers(field.type, len(zeros), [None, pa.py_buffer(filled)]))
         else:
-            columns.append(pc.take(pa.array([value], field.type), zeros))
+            raise TypeError(f"no constant column of type {field.type} ({field.name})")
     return pa.RecordBatch.from_arrays(columns, schema=_encoded(schema))
 
 
