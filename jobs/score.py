@@ -34,6 +34,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -65,16 +66,16 @@ def default_generated_at(date: dt.date) -> dt.datetime:
 
 
 def read_production_pointer(root: str) -> dict[str, Any]:
-    import tensorflow as tf
+    # pyarrow, not tf.io: TensorFlow is imported later, beside the Spark session's start
+    from models.lake_io import read_json
 
     path = lake.production_pointer(root)
-    if not tf.io.gfile.exists(path):
+    pointer = read_json(path)
+    if pointer is None:
         raise FileNotFoundError(f"no production model: {path} is missing (run the gate, or pass --model-dir)")
-    with tf.io.gfile.GFile(path) as fh:
-        pointer: dict[str, Any] = json.load(fh)
     if "path" not in pointer:  # the registry's pointer: {"name", "version", "path", ...}
         raise ValueError(f"{path} names no model path: {pointer}")
-    return pointer
+    return dict(pointer)
 
 
 def loaded_model(model_dir: str, one_core: bool = False) -> Any:
@@ -370,18 +371,21 @@ def run(settings: Settings, spark: Any = None, model_dir: str | None = None, mod
 
     from pyspark.sql import functions as F
 
-    from jobs.spark import check_schema, read_partition, spark_session
+    from jobs.spark import check_schema, in_parallel, read_partition, spark_session
     from models.lake_io import filesystem
     from schemas.features import ITEM_FEATURE, USER_FEATURE, USER_HISTORY
     from schemas.spark import to_spark
 
     started = time.perf_counter()
     root, date = settings.lake_root, settings.run_date
-    spark = spark or spark_session(settings, "score")
     if model_dir is None:
         pointer = read_production_pointer(root)
         model_dir, model_version = pointer["path"], model_version or pointer.get("version")
-    model = loaded_model(model_dir)
+    # TensorFlow's import and the model's load (~5 s) run while the Spark session starts
+    with ThreadPoolExecutor(1, thread_name_prefix="model-load") as loader:
+        loading = loader.submit(loaded_model, model_dir)
+        spark = spark or spark_session(settings, "score")
+        model = loading.result()
     model_version = str(model_version or model.metadata.get("version") or model_dir.rstrip("/").rsplit("/", 1)[-1])
     run_id = run_id or default_run_id(date)
     generated_at = generated_at or default_generated_at(date)
@@ -427,17 +431,27 @@ def run(settings: Settings, spark: Any = None, model_dir: str | None = None, mod
         F.lit(generated_at).cast("timestamp").alias("generated_at"))
     cold = cold.select(*[F.col(f.name).cast(to_spark(RECOMMENDATION)[f.name].dataType) for f in RECOMMENDATION])
     check_schema(cold, RECOMMENDATION, lake.RECOMMENDATIONS)
-    cold = cold.persist()  # written, then counted (Spark skips a _ folder given as a path, so it is not read back)
-    cold.write.parquet(f"{staging[lake.RECOMMENDATIONS]}/{SPARK_WRITTEN}")
-    cold_counts = cold.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users"),
-                           F.collect_set("item_id").alias("items")).first()
-    cold.unpersist()
-    recommended = model_input.mapInArrow(
-        lambda batches: this.recommend_partition(batches, side_broadcast, params), to_spark(TASK_FILE)).collect()
-    commit_task_files(recommended, staging[lake.RECOMMENDATIONS])
+
+    def write_cold() -> Any:  # written, then counted (Spark skips a _ folder given as a path: not read back)
+        persisted = cold.persist()
+        persisted.write.parquet(f"{staging[lake.RECOMMENDATIONS]}/{SPARK_WRITTEN}")
+        counts = persisted.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users"),
+                               F.collect_set("item_id").alias("items")).first()
+        persisted.unpersist()
+        return counts
+
     sources = len(side["source_ids"])
-    similar = spark.range(0, sources, numPartitions=max(1, min(parallelism, sources))).mapInArrow(
-        lambda batches: this.similar_partition(batches, side_broadcast, params), to_spark(TASK_FILE)).collect()
+    # three independent jobs from driver threads: cold start is many small, driver-bound jobs, which start while
+    # the scoring tasks hold the cores (with the model loading beside the session's start: `python -m jobs.score`
+    # on the demo lake, 20k users, 35.8 -> 30.3 s)
+    cold_counts, recommended, similar = in_parallel([
+        write_cold,
+        lambda: model_input.mapInArrow(
+            lambda batches: this.recommend_partition(batches, side_broadcast, params), to_spark(TASK_FILE)).collect(),
+        lambda: spark.range(0, sources, numPartitions=max(1, min(parallelism, sources))).mapInArrow(
+            lambda batches: this.similar_partition(batches, side_broadcast, params), to_spark(TASK_FILE)).collect(),
+    ])
+    commit_task_files(recommended, staging[lake.RECOMMENDATIONS])
     commit_task_files(similar, staging[lake.SIMILAR_ITEMS])
     paths = staging
     side_broadcast.unpersist()
