@@ -165,16 +165,25 @@ SPARK_WRITTEN = "_spark"  # rows written by Spark itself (cold start), moved in 
 _DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 
 
-def parquet_options(schema: pa.Schema) -> dict[str, Any]:
-    """The task writers' options for ``schema`` (dictionary pages for every column but rank and score)."""
-    return {"compression": "snappy", "use_dictionary": [n for n in schema.names if n not in ("rank", "score")],
-            "column_encoding": {"score": "BYTE_STREAM_SPLIT"}, "write_statistics": False, "store_schema": False}
-
-
 def _encoded(schema: pa.Schema) -> pa.Schema:
     """``schema`` with its string columns dictionary-encoded: what the task writers are handed."""
     return pa.schema([f.with_type(_DICTIONARY) if f.type == pa.string() else f for f in schema],
                      metadata=schema.metadata)
+
+
+def task_writer(path: str, schema: pa.Schema) -> Any:
+    """A Parquet writer at ``path`` (a lake path or URI; its folder is created) for :func:`ranked_rows` batches of
+    ``schema``, with the options above (dictionary pages for every column but rank and score)."""
+    import pyarrow.parquet as pq
+
+    from models.lake_io import filesystem
+
+    fs, inner = filesystem(path)
+    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    return pq.ParquetWriter(inner, _encoded(schema), filesystem=fs, compression="snappy",
+                            use_dictionary=[n for n in schema.names if n not in ("rank", "score")],
+                            column_encoding={"score": "BYTE_STREAM_SPLIT"}, write_statistics=False,
+                            store_schema=False)
 
 
 @functools.lru_cache(maxsize=4)
@@ -219,23 +228,18 @@ def _write_task_file(blocks: Iterator[tuple[Any, pa.RecordBatch]], task_dir: str
                      num_items: int) -> Iterator[pa.RecordBatch]:
     """Writes the ``(top-N, rows)`` blocks to one Parquet file named by this task's partition and attempt;
     yields its TASK_FILE row (what the manifest counts, so the staged table need not be read back)."""
-    import pyarrow.parquet as pq
     from pyspark import TaskContext
-
-    from models.lake_io import filesystem
 
     context = TaskContext.get()
     name = f"part-{context.partitionId():05d}-{context.taskAttemptId()}.parquet" if context else "part-00000.parquet"
     path = f"{task_dir}/{name}"
-    fs, inner = filesystem(path)
-    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
     rows = keys = 0
     present = np.zeros(num_items, bool)
     writer = None
     try:
         for top, block in blocks:
             if writer is None:
-                writer = pq.ParquetWriter(inner, _encoded(schema), filesystem=fs, **parquet_options(schema))
+                writer = task_writer(path, schema)
             writer.write_batch(block)
             rows += block.num_rows
             keys += int((top.positions[:, 0] >= 0).sum())
@@ -371,8 +375,7 @@ def run(settings: Settings, spark: Any = None, model_dir: str | None = None, mod
 
     from pyspark.sql import functions as F
 
-    from jobs.spark import check_schema, in_parallel, read_partition, spark_session
-    from models.lake_io import filesystem
+    from jobs.spark import check_schema, delete_path, in_parallel, read_partition, spark_session
     from schemas.features import ITEM_FEATURE, USER_FEATURE, USER_HISTORY
     from schemas.spark import to_spark
 
@@ -417,13 +420,11 @@ def run(settings: Settings, spark: Any = None, model_dir: str | None = None, mod
     )
     # by reference to the importable module (not __main__ under spark-submit), so the worker caches persist
     this = importlib.import_module("jobs.score")
-    staging = {name: lake.staging(root, name, date, run_id) for name in (lake.RECOMMENDATIONS, lake.SIMILAR_ITEMS)}
-    for path in staging.values():  # a rerun of the same run id starts from an empty staging folder
-        fs, inner = filesystem(path)
-        if fs.get_file_info(inner).type != pafs.FileType.NotFound:
-            fs.delete_dir(inner)
-    params["recommendations_tasks"] = f"{staging[lake.RECOMMENDATIONS]}/{TASKS}"
-    params["similar_items_tasks"] = f"{staging[lake.SIMILAR_ITEMS]}/{TASKS}"
+    paths = {name: lake.staging(root, name, date, run_id) for name in (lake.RECOMMENDATIONS, lake.SIMILAR_ITEMS)}
+    for path in paths.values():  # a rerun of the same run id starts from an empty staging folder
+        delete_path(spark, path)
+    params["recommendations_tasks"] = f"{paths[lake.RECOMMENDATIONS]}/{TASKS}"
+    params["similar_items_tasks"] = f"{paths[lake.SIMILAR_ITEMS]}/{TASKS}"
     # cold-start rows come from Spark SQL and go through Spark's writer, into _spark/ until the commit
     cold = cold_start(histories, users, items_df, settings).select(
         *[F.col(name) for name in ("user_id", "rank", "item_id", "score")],
@@ -434,7 +435,7 @@ def run(settings: Settings, spark: Any = None, model_dir: str | None = None, mod
 
     def write_cold() -> Any:  # written, then counted (Spark skips a _ folder given as a path: not read back)
         persisted = cold.persist()
-        persisted.write.parquet(f"{staging[lake.RECOMMENDATIONS]}/{SPARK_WRITTEN}")
+        persisted.write.parquet(f"{paths[lake.RECOMMENDATIONS]}/{SPARK_WRITTEN}")
         counts = persisted.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users"),
                                F.collect_set("item_id").alias("items")).first()
         persisted.unpersist()
@@ -451,9 +452,8 @@ def run(settings: Settings, spark: Any = None, model_dir: str | None = None, mod
         lambda: spark.range(0, sources, numPartitions=max(1, min(parallelism, sources))).mapInArrow(
             lambda batches: this.similar_partition(batches, side_broadcast, params), to_spark(TASK_FILE)).collect(),
     ])
-    commit_task_files(recommended, staging[lake.RECOMMENDATIONS])
-    commit_task_files(similar, staging[lake.SIMILAR_ITEMS])
-    paths = staging
+    commit_task_files(recommended, paths[lake.RECOMMENDATIONS])
+    commit_task_files(similar, paths[lake.SIMILAR_ITEMS])
     side_broadcast.unpersist()
     print(json.dumps({"stage": "score", "date": date.isoformat(), "run_id": run_id, "model_dir": model_dir,
                       "model_version": model_version, "candidate_items": int(len(side["item_ids"])),

@@ -94,7 +94,7 @@ def test_all_equal_scores_come_in_position_order() -> None:
 def test_task_rows_read_back_as_the_contract(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import datetime as dt
 
-    from jobs.score import _encoded, parquet_options, ranked_rows
+    from jobs.score import ranked_rows, task_writer
     from schemas.outputs import RECOMMENDATION
 
     rng = np.random.default_rng(9)
@@ -105,8 +105,8 @@ def test_task_rows_read_back_as_the_contract(tmp_path) -> None:  # type: ignore[
     constants = {"model_version": "v7", "strategy": "model", "generated_at": at}
     batch = ranked_rows(top, pa.array([f"u{u}" for u in range(6)]), pa.array([f"i{i}" for i in range(50)]),
                         RECOMMENDATION, constants)
-    with pq.ParquetWriter(tmp_path / "r.parquet", _encoded(RECOMMENDATION), **parquet_options(RECOMMENDATION)) as w:
-        w.write_batch(batch)
+    with task_writer(str(tmp_path / "r.parquet"), RECOMMENDATION) as writer:
+        writer.write_batch(batch)
     table = pq.read_table(tmp_path / "r.parquet")
     assert table.schema.remove_metadata() == RECOMMENDATION.remove_metadata()  # plain strings, not dictionaries
     expected = [(f"u{r}", k + 1, f"i{top.positions[r, k]}", float(top.scores[r, k]), "v7", "model", at)

@@ -109,7 +109,7 @@ def kernel_path(user_emb: np.ndarray, item_emb: np.ndarray, out_dir: str | None)
     taking the next block of users as it gets free: exact top 100 minus seen -> the job's rows (all columns of the
     contract, ``jobs.score.ranked_rows``) -> its own Parquet file, written as the job's tasks write theirs.
     Returns (seconds in the kernel, summed over workers / workers; total seconds)."""
-    from jobs.score import MODEL, _encoded, parquet_options, ranked_rows
+    from jobs.score import MODEL, ranked_rows, task_writer
     from jobs.topn import TopNScorer
     from schemas.outputs import RECOMMENDATION
 
@@ -142,8 +142,7 @@ def kernel_path(user_emb: np.ndarray, item_emb: np.ndarray, out_dir: str | None)
                 continue
             batch = ranked_rows(top, user_ids.slice(start, stop - start), item_ids, RECOMMENDATION, constants)
             if writer is None:
-                writer = pq.ParquetWriter(f"{out_dir}/part-{worker:05d}.parquet", _encoded(RECOMMENDATION),
-                                          **parquet_options(RECOMMENDATION))
+                writer = task_writer(f"{out_dir}/part-{worker:05d}.parquet", RECOMMENDATION)
             writer.write_batch(batch)
         if writer is not None:
             writer.close()
