@@ -40,7 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 TOP_N = 100
 SEEN_PER_USER = 20
-BLOCK_USERS = 2048
+BLOCK_USERS = 4096  # the job's default score_block_users
 
 
 def embeddings(users: int, items: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
