@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba as nb
 import numpy as np
-from numba.extending import overload
 from threadpoolctl import ThreadpoolController
 
 from models.allocator import retain_freed_memory
@@ -63,36 +62,22 @@ class TopNScorer:
 
     ``item_embeddings``: float32 [N, d], one row per candidate item (unavailable items are left out by the caller,
     which is cheaper than masking them). ``item_categories``: int [N] >= 0, needed only for the category cap.
-    ``product``: the screening product, ``"bfloat16"``, ``"float32"`` or ``"auto"`` (bfloat16 where the CPU
-    multiplies it in hardware, see :func:`screening_product`); the result is the same either way.
     """
 
     def __init__(self, item_embeddings: np.ndarray, item_categories: np.ndarray | None = None,
-                 step_rows: int | None = None, threads: int | None = None, product: str = "auto") -> None:
+                 step_rows: int | None = None, threads: int | None = None) -> None:
         retain_freed_memory()  # every block allocates its result arrays again: reuse the heap, no fresh pages
         items = np.asarray(item_embeddings, dtype=np.float32)
         if items.ndim != 2:
             raise ValueError(f"item_embeddings must be [N, d], got shape {items.shape}")
         self.num_items, self.dim = items.shape
         # an indicator tail (a deep+wide model's one-hot item part) is added by a gather, not multiplied
-        self.head_dim, tail_cols, tail_coef = indicator_tail(items)
-        self._tail_cols = np.zeros(0, np.int64) if tail_cols is None else tail_cols.astype(np.int64)
-        self._tail_coef = np.zeros(0, np.float32) if tail_coef is None else tail_coef
-        self.product = screening_product(product, has_tail=tail_cols is not None)
+        self.head_dim, self._tail_cols, self._tail_coef = indicator_tail(items)
         # pad to a multiple of STRIPES with zero vectors; their scores are overwritten with -inf per step
         self.padded_items = max(1, math.ceil(self.num_items / STRIPES)) * STRIPES
         padded = np.zeros((self.padded_items, self.head_dim), np.float32)
         padded[: self.num_items] = items[:, : self.head_dim]
-        self._items = padded  # [N_pad, d]: rows for the exact rescoring of candidates
         self._items_t = np.ascontiguousarray(padded.T)  # [d, N_pad]: the BLAS-friendly layout for U @ I^T
-        norms = np.sqrt(np.square(items, dtype=np.float64).sum(axis=1))
-        self._max_item_norm = float(np.nanmax(norms)) if self.num_items else 0.0
-        self._error = product_error(self.product, self.dim)
-        if self.product == BFLOAT16:
-            import ml_dtypes
-            import tensorflow as tf
-
-            self._items_bf16 = tf.constant(padded.astype(ml_dtypes.bfloat16))
         if item_categories is None:
             self.item_categories = np.zeros(self.num_items, np.int32)
         else:
@@ -124,9 +109,6 @@ class TopNScorer:
         indptr, cols = _exclusions_csr(exclude_rows, exclude_cols, rows, self.num_items)
         cap = max(0, int(category_cap))
         pool = min(self.num_items, max(n, pool_factor * n)) if cap else n
-        # twice the screening product's error bound per user: |error| <= error * |u| * max |v| (Cauchy-Schwarz)
-        margins = 2.0 * self._error * np.sqrt(np.square(users, dtype=np.float64).sum(axis=1)) * self._max_item_norm
-        margins[~np.isfinite(margins)] = np.inf  # inf/NaN embeddings: every finite entry is a candidate
         # the threads take the next step as they get free (a shared counter: atomic under the GIL), so a thread that
         # gets less CPU (the Parquet writer or another process beside it) does fewer steps instead of being waited for
         starts = range(0, rows, self.step_rows)
@@ -140,12 +122,14 @@ class TopNScorer:
                     return
                 start = starts[step]
                 stop = min(start + self.step_rows, rows)
-                step_scores, minus_inf = self._screening_scores(users[start:stop], buffer[: stop - start])
+                step_scores = buffer[: stop - start]
+                np.matmul(users[start:stop, : self.head_dim], self._items_t, out=step_scores)
+                if self._tail_cols is not None:
+                    step_scores[:, : self.num_items] += users[start:stop, self._tail_cols] * self._tail_coef
                 step_indptr = indptr[start: stop + 1] - indptr[start]
                 step_cols = cols[indptr[start]: indptr[stop]]
-                _select_rows(step_scores, minus_inf, users[start:stop], self._items, self._tail_cols,
-                             self._tail_coef, margins[start:stop], self.num_items, n, step_indptr, step_cols,
-                             self.item_categories, cap, pool, positions[start:stop], scores[start:stop])
+                _select_rows(step_scores, self.num_items, n, step_indptr, step_cols, self.item_categories, cap,
+                             pool, positions[start:stop], scores[start:stop])
 
         with _blas_controller().limit(limits=1, user_api="blas"):
             if threads == 1:
@@ -154,63 +138,6 @@ class TopNScorer:
                 with ThreadPoolExecutor(threads) as executor:
                     list(executor.map(score_steps, range(threads)))  # list(): re-raises a thread's error
         return TopN(positions, scores)
-
-    def _screening_scores(self, users: np.ndarray, buffer: np.ndarray) -> tuple[np.ndarray, np.generic]:
-        """One step's screening product [rows, N_pad] (bfloat16 as its uint16 bits, or float32 into ``buffer``)
-        and the value that stands for -inf in it."""
-        if self.product == BFLOAT16:
-            import ml_dtypes
-            import tensorflow as tf
-
-            head = users[:, : self.head_dim].astype(ml_dtypes.bfloat16)  # rounded to nearest (even)
-            product = tf.linalg.matmul(head, self._items_bf16, transpose_b=True).numpy()
-            return product.view(np.uint16), BF16_MINUS_INF
-        np.matmul(users[:, : self.head_dim], self._items_t, out=buffer)
-        if self._tail_cols.shape[0]:
-            buffer[:, : self.num_items] += users[:, self._tail_cols] * self._tail_coef
-        return buffer, NEG_INF
-
-
-FLOAT32 = "float32"
-BFLOAT16 = "bfloat16"
-BF16_MINUS_INF = np.uint16(0xFF80)
-PRODUCT_ENV = "RECFLOW_SCREENING_PRODUCT"  # operators can pin the product: float32 / bfloat16 / auto
-
-
-def screening_product(product: str = "auto", has_tail: bool = False) -> str:
-    """Which product screens the candidates. ``auto`` (or the environment's ``RECFLOW_SCREENING_PRODUCT``):
-    bfloat16 on a CPU that multiplies it in hardware (AMX, through TensorFlow's oneDNN: about twice the float32
-    BLAS product per core, and half the bytes for the selection to read), float32 elsewhere. A deep+wide model's
-    indicator tail (added by a gather) keeps float32."""
-    if product == "auto":
-        product = os.environ.get(PRODUCT_ENV, "auto")
-    if product not in ("auto", FLOAT32, BFLOAT16):
-        raise ValueError(f"screening product must be auto, float32 or bfloat16, got {product!r}")
-    if product == "auto":
-        product = BFLOAT16 if _cpu_has("amx_bf16") else FLOAT32
-    return FLOAT32 if has_tail else product
-
-
-def _cpu_has(flag: str) -> bool:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return any(line.startswith("flags") and flag in line.split() for line in cpuinfo)
-    except OSError:
-        return False
-
-
-def product_error(product: str, dim: int) -> float:
-    """E with |screening score - exact score| <= E * sum_k |u_k v_k| <= E * |u| * |v| for every pair.
-
-    float32: the product's accumulation of d terms (any order: gamma_d = d u / (1 - d u), u = 2^-24) plus the
-    indicator tail's product and add. bfloat16: both inputs rounded to nearest (2^-8 each; their products are
-    exact in float32), a float32 accumulation, and the output's rounding to bfloat16, bounded by 2^-7 in case
-    the library truncates. Plus 2^-23 because the exact score is rounded to float32 too (a rounded score may tie
-    one just above it); 1% on top covers the second-order terms."""
-    unit = 2.0**-24
-    accumulation = (dim + 2) * unit / (1 - (dim + 2) * unit)
-    relative = accumulation if product == FLOAT32 else 2 * 2.0**-8 + 2.0**-16 + accumulation + 2.0**-7
-    return 1.01 * relative + 2 * unit
 
 
 _CONTROLLER: list[ThreadpoolController] = []
@@ -326,46 +253,6 @@ def _threshold_from(values: np.ndarray, size: int, m: int, slack: int, guess: fl
     return _bisect(values, size, m, slack, lo, hi)
 
 
-def _value(entry: np.generic) -> float:
-    """A screening score as float32: float32 as is, bfloat16 (its bits as uint16) widened (numba only)."""
-    raise NotImplementedError("compiled by numba only")
-
-
-@overload(_value, inline="always")
-def _value_overload(entry):  # type: ignore[no-untyped-def]
-    if entry == nb.types.uint16:
-        return lambda entry: np.uint32(np.uint32(entry) << np.uint32(16)).view(np.float32)
-    return lambda entry: entry
-
-
-@nb.njit(cache=True, inline="always")
-def _exact_score(user: np.ndarray, items: np.ndarray, j: int, tail_cols: np.ndarray, tail_coef: np.ndarray) -> float:
-    """``user . item_j`` summed in float64 (the float32 products are exact there) in one fixed order, rounded to
-    float32: the same on every CPU and BLAS, and at least as close to the true score as a float32 product. Eight
-    accumulators: independent lanes LLVM turns into one vector, without reassociating anything."""
-    item = items[j]
-    head = item.shape[0]
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-    k = 0
-    while k + 8 <= head:
-        a0 += np.float64(user[k]) * item[k]
-        a1 += np.float64(user[k + 1]) * item[k + 1]
-        a2 += np.float64(user[k + 2]) * item[k + 2]
-        a3 += np.float64(user[k + 3]) * item[k + 3]
-        a4 += np.float64(user[k + 4]) * item[k + 4]
-        a5 += np.float64(user[k + 5]) * item[k + 5]
-        a6 += np.float64(user[k + 6]) * item[k + 6]
-        a7 += np.float64(user[k + 7]) * item[k + 7]
-        k += 8
-    total = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-    while k < head:
-        total += np.float64(user[k]) * item[k]
-        k += 1
-    if tail_cols.shape[0]:
-        total += np.float64(user[tail_cols[j]]) * tail_coef[j]
-    return np.float32(total)
-
-
 @nb.njit(cache=True, inline="always")
 def _desc_key(value: float, position: int) -> np.uint64:
     """A uint64 whose ascending order is score descending, then position ascending (a stable full sort's order)."""
@@ -387,7 +274,7 @@ def _gather_hot(row: np.ndarray, groups: int, first_stripe: int, end_stripe: int
         base = s * groups
         for i in range(n_hot):
             j = base + hot[i]
-            v = _value(row[j])
+            v = row[j]
             pos[size] = j
             val[size] = v
             size += v >= threshold
@@ -410,14 +297,10 @@ def _mean_spread(values: np.ndarray, size: int) -> tuple[float, float]:
 
 
 @nb.njit(cache=True)
-def _top_into(row: np.ndarray, m: int, scratch: Scratch, res_pos: np.ndarray, res_val: np.ndarray,
-              user: np.ndarray, items: np.ndarray, tail_cols: np.ndarray, tail_coef: np.ndarray,
-              margin: float) -> int:
-    """The ``m`` best items of one user into ``res_pos[:k]``/``res_val[:k]`` by exact score (:func:`_exact_score`),
+def _top_into(row: np.ndarray, m: int, scratch: Scratch, res_pos: np.ndarray, res_val: np.ndarray) -> int:
+    """The ``m`` best finite entries of ``row`` (length a multiple of STRIPES) into ``res_pos[:k]``/``res_val[:k]``,
     best first, equal scores by position (a stable full sort's order); returns k (< m only when the row has fewer
-    finite entries). ``row`` (length a multiple of STRIPES) holds the screening product, off the exact score by
-    at most ``margin / 2`` (-inf: excluded); only its entries within ``margin`` of its m-th best are rescored. NaN
-    scores are never selected."""
+    finite entries). NaN scores are never selected."""
     maxes, max_lo, max_hi, hot_lo, hot_hi, pos, val, keys, buckets, sorted_pos, sorted_val, state = scratch
     groups = row.shape[0] // STRIPES
     half = STRIPES // 2
@@ -425,11 +308,11 @@ def _top_into(row: np.ndarray, m: int, scratch: Scratch, res_pos: np.ndarray, re
     for g in range(groups):  # selects from registers (LLVM emits vmaxps): no masked stores
         lo = NEG_INF
         for s in range(half):
-            v = _value(row[s * groups + g])
+            v = row[s * groups + g]
             lo = v if v > lo else lo
         hi = NEG_INF
         for s in range(half, STRIPES):
-            v = _value(row[s * groups + g])
+            v = row[s * groups + g]
             hi = v if v > hi else hi
         max_lo[g] = lo
         max_hi[g] = hi
@@ -441,12 +324,8 @@ def _top_into(row: np.ndarray, m: int, scratch: Scratch, res_pos: np.ndarray, re
         state[0] = (threshold - mean) / spread
     else:  # -inf groups (padding, exclusions) or too few groups: plain bisection
         threshold = _threshold(maxes, groups, m, SLACK)
-    if threshold > -np.inf:  # at least m screening scores >= threshold: every item of the exact top m is >= it - margin
-        lowered = np.float32(threshold - margin)
-        if lowered > threshold - margin:  # rounded up to float32
-            lowered = np.nextafter(lowered, NEG_INF)
-        threshold = lowered
-    if not threshold > -np.inf:
+    finite_cut = threshold > -np.inf
+    if not finite_cut:
         threshold = -np.finfo(np.float32).max  # every finite entry (not -inf, not NaN)
     # half-groups holding an entry >= threshold (branch-free appends), then their entries stripe by stripe: the
     # candidates come out in position order
@@ -459,28 +338,18 @@ def _top_into(row: np.ndarray, m: int, scratch: Scratch, res_pos: np.ndarray, re
         n_hi += max_hi[g] >= threshold
     size = _gather_hot(row, groups, 0, half, hot_lo, n_lo, threshold, pos, val, 0)
     size = _gather_hot(row, groups, half, STRIPES, hot_hi, n_hi, threshold, pos, val, size)
-    rescored = 0  # the candidates' exact scores, in position order still; NaN and -inf dropped
-    for i in range(size):
-        j = pos[i]
-        v = _exact_score(user, items, j, tail_cols, tail_coef)
-        pos[rescored] = j
-        val[rescored] = v
-        rescored += v > NEG_INF
-    size = rescored
     k = min(m, size)
-    low = np.float32(np.inf)
     for i in range(size):
         top = max(top, val[i])
-        low = min(low, val[i])
-    span = top - low
-    if size <= BUCKET_SORT_MAX and span < np.inf:
+    span = top - threshold
+    if finite_cut and size <= BUCKET_SORT_MAX and span < np.inf:
         # counting sort into buckets by score (bucket monotone in the score, so equal scores share one; stable),
         # then a stable insertion sort, which only reorders within buckets: score descending, ties by position
         last = buckets.shape[0] - 2
         scale = (last + 0.5) / span if span > 0 else 0.0
         buckets[:] = 0
         for i in range(size):
-            b = last - min(last, np.int64((val[i] - low) * scale))
+            b = last - min(last, np.int64((val[i] - threshold) * scale))
             keys[i] = b
             buckets[b + 1] += 1
         for b in range(last + 1):
@@ -513,17 +382,13 @@ def _top_into(row: np.ndarray, m: int, scratch: Scratch, res_pos: np.ndarray, re
     for i in range(k):
         j = np.int32(ordered[i] & np.uint64(0xFFFFFFFF))
         res_pos[i] = j
-        res_val[i] = _exact_score(user, items, j, tail_cols, tail_coef)
+        res_val[i] = row[j]
     return k
 
 
 @nb.njit(nogil=True, cache=True)
-def _select_rows(scores: np.ndarray, minus_inf: np.generic, users: np.ndarray, items: np.ndarray,
-                 tail_cols: np.ndarray, tail_coef: np.ndarray, margins: np.ndarray, num_items: int, n: int,
-                 indptr: np.ndarray, cols: np.ndarray, categories: np.ndarray, cap: int, pool: int,
-                 out_pos: np.ndarray, out_val: np.ndarray) -> None:
-    """Top ``n`` per row of a step; ``scores`` is the screening product (float32, or bfloat16 bits as uint16,
-    whose -inf is ``minus_inf``), ``margins[r]`` twice its error bound for row r (see ``product_error``)."""
+def _select_rows(scores: np.ndarray, num_items: int, n: int, indptr: np.ndarray, cols: np.ndarray,
+                 categories: np.ndarray, cap: int, pool: int, out_pos: np.ndarray, out_val: np.ndarray) -> None:
     rows, padded = scores.shape
     num_categories = categories.max() + 1 if cap > 0 else 1
     groups = padded // STRIPES
@@ -538,12 +403,11 @@ def _select_rows(scores: np.ndarray, minus_inf: np.generic, users: np.ndarray, i
     for r in range(rows):
         row = scores[r]
         for j in range(num_items, padded):
-            row[j] = minus_inf
+            row[j] = -np.inf
         for e in range(indptr[r], indptr[r + 1]):
-            row[cols[e]] = minus_inf
-        exact = (users[r], items, tail_cols, tail_coef, margins[r])
+            row[cols[e]] = -np.inf
         if cap <= 0:
-            k = _top_into(row, n, scratch, out_pos[r], out_val[r], *exact)
+            k = _top_into(row, n, scratch, out_pos[r], out_val[r])
             for t in range(k, n):
                 out_pos[r, t] = -1
                 out_val[r, t] = -np.inf
@@ -553,7 +417,7 @@ def _select_rows(scores: np.ndarray, minus_inf: np.generic, users: np.ndarray, i
             if m > pool_pos.shape[0]:
                 pool_pos = np.empty(m, np.int32)
                 pool_val = np.empty(m, np.float32)
-            k = _top_into(row, m, scratch, pool_pos, pool_val, *exact)
+            k = _top_into(row, m, scratch, pool_pos, pool_val)
             taken[:] = 0
             filled = 0
             for t in range(k):
