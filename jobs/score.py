@@ -173,7 +173,7 @@ def _encoded(schema: pa.Schema) -> pa.Schema:
 
 def task_writer(path: str, schema: pa.Schema) -> Any:
     """A Parquet writer at ``path`` (a lake path or URI; its folder is created) for :func:`ranked_rows` batches of
-    ``schema``, with the options above (dictionary pages for every column but rank and score)."""
+    ``schema``: ids and constants dictionary-encoded, dictionary pages for every column but rank and score."""
     import pyarrow.parquet as pq
 
     from models.lake_io import filesystem

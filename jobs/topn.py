@@ -36,8 +36,10 @@ STRIPES = 16
 # A step's score matrix should stay in the last-level cache (32 MiB on the reference machine, shared by 2 cores),
 # so selection reads it from cache instead of RAM; measured by tests/benchmarks/bench_score.py. Each scoring
 # thread owns one step buffer: its product runs on one BLAS thread, then its kernel selects (GIL released).
+# Large catalogues take the minimum instead: OpenBLAS re-packs the item matrix on every call, so at 100k items
+# a 20-row step cost 648 us per row against 201 us at 416 rows (one thread).
 STEP_BYTES = 8 * 1024 * 1024
-MIN_STEP_ROWS = 96  # fewer rows make OpenBLAS re-pack the item matrix per few rows: 648 vs 201 us/row at 20 vs 416 rows, 100k items
+MIN_STEP_ROWS = 96
 NEG_INF = np.float32(-np.inf)
 SLACK = 16  # the threshold keeps between m and m + SLACK stripe groups (when ties allow)
 BUCKETS = 256  # candidates up to BUCKET_SORT_MAX are ordered by a bucket sort on the score, more by a key sort
