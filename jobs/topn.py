@@ -1,20 +1,25 @@
 """Exact top-N over dot-product scores, with exclusions and an optional per-category cap, fast on the CPU.
 
 Selection, not arithmetic, is what costs: a full ``tf.math.top_k`` or ``np.argpartition`` over every item of
-every user costs 2-10x the matrix product. Here scores come from one BLAS call per cache-sized step of users, and
-each row is then selected by a compiled (numba) kernel in three cheap passes, all exact:
+every user costs 2-10x the matrix product. Here each thread scores a step of users one chunk of items at a time
+(one BLAS call each, into one buffer that stays in the core's L2 cache) and screens each chunk while it is there,
+all exact:
 
-1. Stripe maxima: the row is cut into ``STRIPES`` contiguous stripes of ``G`` items; ``maxes[g]`` is the maximum
-   of items ``g, g + G, g + 2G, ...`` (vectorised as selects from registers; kept for both halves of each group).
-2. A threshold ``t`` with between ``m`` and ``m + SLACK`` groups whose maximum is >= ``t``, searched by
-   branch-free counting from the previous row's threshold (in deviations of the group maxima): 1-3 counts.
-   Then at least ``m`` items are >= ``t``, so the row's top ``m`` are all >= ``t``: only the half-groups with a
-   maximum >= ``t`` are scanned, stripe by stripe, so the ~m candidates come out in position order.
-3. The candidates are bucket-sorted by score and finished by a stable insertion sort: score descending, equal
-   scores by position, exactly the order of a full stable sort (``np.argsort(-row, kind="stable")``).
-Exclusions (items the user already interacted with) are set to -inf in the row before selection. The category cap
-(at most ``cap`` items of one category per list) is applied greedily in score order to the top ``pool`` items;
-a row whose pool runs out before its list is full is redone over all items, so the result stays exact.
+1. Each row's screening threshold: its scores' mean + z * their deviation over the catalogue (exact from the
+   items' mean and covariance, without a pass over the scores), z being where the recent rows' m-th best score
+   stood, less a margin.
+2. Screening: each chunk's row is compared with the threshold 16 entries at a time (one vector compare into a bit
+   mask); the entries >= it are appended to the row's candidates, in position order.
+3. A row with at least m candidates has its top m among them (m entries are >= the threshold, so the top m are):
+   they are bucket-sorted by score and finished by a stable insertion sort: score descending, equal scores by
+   position, exactly the order of a full stable sort (``np.argsort(-row, kind="stable")``). A row with fewer (the
+   threshold was too high: under 1% of rows) or too many (far too low) is scored again whole and selected by
+   stripe maxima (``_top_into``): the row is cut into ``STRIPES`` stripes of ``G`` items, group g's maximum is that
+   of items ``g, g + G, ...``, a threshold with between m and m + SLACK groups above it is searched by counting,
+   and only the half-groups above it are scanned.
+Exclusions (items the user already interacted with) are set to -inf first. The category cap (at most ``cap``
+items of one category per list) is applied greedily in score order to the top ``pool`` items; a row whose pool
+runs out before its list is full is redone over all items, so the result stays exact.
 """
 
 from __future__ import annotations
@@ -23,23 +28,34 @@ import dataclasses
 import itertools
 import math
 import os
+import statistics
 from concurrent.futures import ThreadPoolExecutor
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.cpython.unsafe.numbers import trailing_zeros
+from numba.extending import intrinsic
 from threadpoolctl import ThreadpoolController
 
 from models.allocator import retain_freed_memory
 from models.dot_scores import indicator_tail
 
 STRIPES = 16
-# A step's score matrix should stay in the last-level cache (32 MiB on the reference machine, shared by 2 cores),
-# so selection reads it from cache instead of RAM; measured by tests/benchmarks/bench_score.py. Each scoring
-# thread owns one step buffer: its product runs on one BLAS thread, then its kernel selects (GIL released).
-# Large catalogues take the minimum instead: OpenBLAS re-packs the item matrix on every call, so at 100k items
-# a 20-row step cost 648 us per row against 201 us at 416 rows (one thread).
-STEP_BYTES = 8 * 1024 * 1024
-MIN_STEP_ROWS = 96
+# Each scoring thread computes a step of STEP_ROWS users one chunk of items at a time, into one buffer of about
+# CHUNK_BYTES that stays in the core's own (L2) cache, and screens it there before the next chunk overwrites it: the
+# scores never go out to the shared cache or RAM, and the screening pass reads them from L2 (measured by
+# tests/benchmarks/bench_score.py). The product runs on one BLAS thread per scoring thread (GIL released, as is
+# the kernel). Steps of fewer rows would make OpenBLAS re-pack each chunk of items for too few users.
+STEP_ROWS = 208
+CHUNK_BYTES = 1024 * 1024
+# a row's screening threshold: its mean score + z * its score deviation, z = the running mean of the recent rows' z
+# of their m-th score less SCREEN_MARGIN times its mean absolute change (0.7% of rows scored again on
+# bench_score's embeddings; a smaller margin gives fewer candidates and more rows scored twice)
+SCREEN_MARGIN = 3.0
+SCREEN_LEARNING = 0.1  # weight of each settled row in those running means
+LANES = 16  # entries compared at once by _mask_at_least (one AVX-512 register)
 NEG_INF = np.float32(-np.inf)
 SLACK = 16  # the threshold keeps between m and m + SLACK stripe groups (when ties allow)
 BUCKETS = 256  # candidates up to BUCKET_SORT_MAX are ordered by a bucket sort on the score, more by a key sort
@@ -52,6 +68,7 @@ class TopN:
 
     positions: np.ndarray  # int32 [B, n]
     scores: np.ndarray  # float32 [B, n]
+    rescored: int = 0  # rows the screening did not settle, scored again whole (see the module's docstring)
 
     @property
     def counts(self) -> np.ndarray:
@@ -75,18 +92,33 @@ class TopNScorer:
         self.num_items, self.dim = items.shape
         # an indicator tail (a deep+wide model's one-hot item part) is added by a gather, not multiplied
         self.head_dim, self._tail_cols, self._tail_coef = indicator_tail(items)
-        # pad to a multiple of STRIPES with zero vectors; their scores are overwritten with -inf per step
-        self.padded_items = max(1, math.ceil(self.num_items / STRIPES)) * STRIPES
+        self.step_rows = step_rows or STEP_ROWS
+        # the items in chunks of equal width (a multiple of STRIPES and LANES, both 16; zero vectors pad the last
+        # one, their scores are set to -inf): a step's scores for one chunk stay in the core's cache while screened
+        widest = max(STRIPES, CHUNK_BYTES // (4 * self.step_rows) // STRIPES * STRIPES)
+        chunks = max(1, math.ceil(self.num_items / widest))
+        self.chunk_width = math.ceil(max(1, self.num_items) / chunks / STRIPES) * STRIPES
+        self.padded_items = chunks * self.chunk_width
         padded = np.zeros((self.padded_items, self.head_dim), np.float32)
         padded[: self.num_items] = items[:, : self.head_dim]
-        self._items_t = np.ascontiguousarray(padded.T)  # [d, N_pad]: the BLAS-friendly layout for U @ I^T
+        # [mean | covariance] of the items' head, float32 [d, 1 + d]: a row's scores' mean and variance over the
+        # catalogue are u . mean and u . Cov . u, exact without a pass over the scores (the tail is left out: the
+        # threshold only has to be placed well, not exactly)
+        head = items[:, : self.head_dim].astype(np.float64)
+        mean = head.mean(axis=0) if self.num_items else np.zeros(self.head_dim)
+        cov = np.cov(head, rowvar=False, bias=True).reshape(self.head_dim, self.head_dim) if self.num_items > 1 \
+            else np.zeros((self.head_dim, self.head_dim))
+        self._item_moments = np.ascontiguousarray(np.hstack([mean[:, None], cov]), dtype=np.float32)
+        # [d, W] each: the BLAS-friendly layout for U @ I^T
+        self._chunks_t = [np.ascontiguousarray(padded[c: c + self.chunk_width].T)
+                          for c in range(0, self.padded_items, self.chunk_width)]
         if item_categories is None:
             self.item_categories = np.zeros(self.num_items, np.int32)
         else:
             self.item_categories = np.asarray(item_categories, dtype=np.int32)
             if self.item_categories.shape != (self.num_items,) or (self.item_categories < 0).any():
                 raise ValueError("item_categories must hold one non-negative int per item")
-        self.step_rows = step_rows or max(MIN_STEP_ROWS, STEP_BYTES // (4 * self.padded_items))
+        self.screen_margin = SCREEN_MARGIN
         # one thread per core by default; a Spark task owns one core, so jobs/score.py passes threads=1
         self.threads = max(1, threads or len(os.sched_getaffinity(0)))
 
@@ -116,22 +148,40 @@ class TopNScorer:
         starts = range(0, rows, self.step_rows)
         threads = max(1, min(self.threads, len(starts)))
         next_step = itertools.count()
+        rescored: list[int] = []  # per thread
+        capacity = 8 * pool + 1024
+        # the z of the m-th score if scores were normal: where the running mean starts
+        first_z = statistics.NormalDist().inv_cdf(max(1e-9, 1 - pool / self.num_items)) if pool < self.num_items else 0
 
-        def score_steps(_: int) -> None:  # on this thread's own step buffer
-            buffer = np.empty((min(self.step_rows, rows), self.padded_items), np.float32)
+        def score_steps(_: int) -> None:  # on this thread's own chunk buffer and screening state
+            step_rows = min(self.step_rows, rows)
+            chunk = np.empty((step_rows, self.chunk_width), np.float32)
+            screen = _new_screen(step_rows, capacity, first_z)
+            again = 0
             for step in next_step:
                 if step >= len(starts):
+                    rescored.append(again)
                     return
                 start = starts[step]
                 stop = min(start + self.step_rows, rows)
-                step_scores = buffer[: stop - start]
-                np.matmul(users[start:stop, : self.head_dim], self._items_t, out=step_scores)
-                if self._tail_cols is not None:
-                    step_scores[:, : self.num_items] += users[start:stop, self._tail_cols] * self._tail_coef
+                step_users = users[start:stop, : self.head_dim]
                 step_indptr = indptr[start: stop + 1] - indptr[start]
                 step_cols = cols[indptr[start]: indptr[stop]]
-                _select_rows(step_scores, self.num_items, n, step_indptr, step_cols, self.item_categories, cap,
-                             pool, positions[start:stop], scores[start:stop])
+                moments = step_users @ self._item_moments  # each row's mean score, and u . Cov (see _start_rows)
+                _start_rows(step_users, moments, self.screen_margin, screen)
+                for number, items_t in enumerate(self._chunks_t):
+                    offset = number * self.chunk_width
+                    chunk_scores = chunk[: stop - start]
+                    np.matmul(step_users, items_t, out=chunk_scores)
+                    self._add_tail(users[start:stop], chunk_scores, offset)
+                    _screen_chunk(chunk_scores, offset, self.num_items, step_indptr, step_cols, screen)
+                _finish_rows(screen, stop - start, n, pool, self.item_categories, cap, self.num_items,
+                             positions[start:stop], scores[start:stop])
+                redo = np.flatnonzero(screen[-1][: stop - start])
+                again += len(redo)
+                if len(redo):
+                    self._select_whole_rows(users[start + redo], redo, step_indptr, step_cols, n, cap, pool,
+                                            positions[start:stop], scores[start:stop])
 
         with _blas_controller().limit(limits=1, user_api="blas"):
             if threads == 1:
@@ -139,7 +189,48 @@ class TopNScorer:
             else:
                 with ThreadPoolExecutor(threads) as executor:
                     list(executor.map(score_steps, range(threads)))  # list(): re-raises a thread's error
-        return TopN(positions, scores)
+        return TopN(positions, scores, sum(rescored))
+
+    def _add_tail(self, users: np.ndarray, chunk_scores: np.ndarray, offset: int) -> None:
+        """Adds the indicator tail's part of the scores of the chunk at ``offset`` (a gather, see indicator_tail)."""
+        if self._tail_cols is None:
+            return
+        valid = max(0, min(self.chunk_width, self.num_items - offset))
+        tail = slice(offset, offset + valid)
+        chunk_scores[:, :valid] += users[:, self._tail_cols[tail]] * self._tail_coef[tail]
+
+    def _select_whole_rows(self, row_users: np.ndarray, rows: np.ndarray, indptr: np.ndarray, cols: np.ndarray,
+                           n: int, cap: int, pool: int, out_pos: np.ndarray, out_val: np.ndarray) -> None:
+        """The rows the screening could not settle (see _finish_rows), selected over their whole score rows."""
+        whole = np.empty((len(rows), self.padded_items), np.float32)
+        for number, items_t in enumerate(self._chunks_t):
+            offset = number * self.chunk_width
+            np.matmul(row_users[:, : self.head_dim], items_t, out=whole[:, offset: offset + self.chunk_width])
+            self._add_tail(row_users, whole[:, offset: offset + self.chunk_width], offset)
+        counts = indptr[rows + 1] - indptr[rows]
+        row_indptr = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(counts, out=row_indptr[1:])
+        row_cols = np.concatenate([cols[indptr[r]: indptr[r + 1]] for r in rows]) if counts.sum() else cols[:0]
+        row_pos = np.empty((len(rows), n), np.int32)
+        row_val = np.empty((len(rows), n), np.float32)
+        _select_rows(whole, self.num_items, n, row_indptr, row_cols, self.item_categories, cap, pool, row_pos,
+                     row_val)
+        out_pos[rows] = row_pos
+        out_val[rows] = row_val
+
+
+# A scoring thread's screening state for one step of rows, a plain tuple (numba unpacks it; a NamedTuple costs
+# 5 us more per call to type): the running mean of the settled rows' z of their m-th score and of its absolute
+# change [2]; per row, the screening threshold (float32), the mean score and score deviation over the catalogue,
+# the candidates (entries >= the threshold, in position order: positions, scores [R, capacity]) and their count
+# (-1 once the row overflows its capacity); rows left to _select_whole_rows.
+Screen = tuple
+
+
+def _new_screen(rows: int, capacity: int, first_z: float) -> Screen:
+    return (np.array([first_z, 0.1]), np.empty(rows, np.float32), np.empty(rows), np.empty(rows),
+            np.empty((rows, capacity), np.int32), np.empty((rows, capacity), np.float32), np.empty(rows, np.int64),
+            np.empty(rows, np.bool_))
 
 
 _CONTROLLER: list[ThreadpoolController] = []
@@ -299,6 +390,58 @@ def _mean_spread(values: np.ndarray, size: int) -> tuple[float, float]:
 
 
 @nb.njit(cache=True)
+def _order_candidates(pos: np.ndarray, val: np.ndarray, size: int, threshold: float, k: int, keys: np.ndarray,
+                      buckets: np.ndarray, sorted_pos: np.ndarray, sorted_val: np.ndarray, res_pos: np.ndarray,
+                      res_val: np.ndarray) -> None:
+    """The best ``k`` of the ``size`` candidates (in position order, all >= ``threshold``) into ``res_pos[:k]``/
+    ``res_val[:k]``: score descending, equal scores by position."""
+    top = NEG_INF
+    for i in range(size):
+        top = max(top, val[i])
+    span = top - threshold
+    if threshold > -np.inf and size <= BUCKET_SORT_MAX and span < np.inf:
+        # counting sort into buckets by score (bucket monotone in the score, so equal scores share one; stable),
+        # then a stable insertion sort, which only reorders within buckets: score descending, ties by position
+        last = buckets.shape[0] - 2
+        scale = (last + 0.5) / span if span > 0 else 0.0
+        buckets[:] = 0
+        for i in range(size):
+            b = last - min(last, np.int64((val[i] - threshold) * scale))
+            keys[i] = b
+            buckets[b + 1] += 1
+        for b in range(last + 1):
+            buckets[b + 1] += buckets[b]
+        for i in range(size):
+            b = keys[i]
+            slot = buckets[b]
+            buckets[b] = slot + 1
+            sorted_pos[slot] = pos[i]
+            sorted_val[slot] = val[i]
+        for i in range(1, size):
+            v = sorted_val[i]
+            if sorted_val[i - 1] >= v:
+                continue
+            j = sorted_pos[i]
+            t = i
+            while t > 0 and sorted_val[t - 1] < v:
+                sorted_val[t] = sorted_val[t - 1]
+                sorted_pos[t] = sorted_pos[t - 1]
+                t -= 1
+            sorted_val[t] = v
+            sorted_pos[t] = j
+        for i in range(k):
+            res_pos[i] = sorted_pos[i]
+            res_val[i] = sorted_val[i]
+        return
+    for i in range(size):
+        keys[i] = _desc_key(val[i], pos[i])
+    order = np.argsort(keys[:size])
+    for i in range(k):
+        res_pos[i] = pos[order[i]]
+        res_val[i] = val[order[i]]
+
+
+@nb.njit(cache=True)
 def _top_into(row: np.ndarray, m: int, scratch: Scratch, res_pos: np.ndarray, res_val: np.ndarray) -> int:
     """The ``m`` best finite entries of ``row`` (length a multiple of STRIPES) into ``res_pos[:k]``/``res_val[:k]``,
     best first, equal scores by position (a stable full sort's order); returns k (< m only when the row has fewer
@@ -306,7 +449,6 @@ def _top_into(row: np.ndarray, m: int, scratch: Scratch, res_pos: np.ndarray, re
     maxes, max_lo, max_hi, hot_lo, hot_hi, pos, val, keys, buckets, sorted_pos, sorted_val, state = scratch
     groups = row.shape[0] // STRIPES
     half = STRIPES // 2
-    top = NEG_INF
     for g in range(groups):  # selects from registers (LLVM emits vmaxps): no masked stores
         lo = NEG_INF
         for s in range(half):
@@ -341,56 +483,35 @@ def _top_into(row: np.ndarray, m: int, scratch: Scratch, res_pos: np.ndarray, re
     size = _gather_hot(row, groups, 0, half, hot_lo, n_lo, threshold, pos, val, 0)
     size = _gather_hot(row, groups, half, STRIPES, hot_hi, n_hi, threshold, pos, val, size)
     k = min(m, size)
-    for i in range(size):
-        top = max(top, val[i])
-    span = top - threshold
-    if finite_cut and size <= BUCKET_SORT_MAX and span < np.inf:
-        # counting sort into buckets by score (bucket monotone in the score, so equal scores share one; stable),
-        # then a stable insertion sort, which only reorders within buckets: score descending, ties by position
-        last = buckets.shape[0] - 2
-        scale = (last + 0.5) / span if span > 0 else 0.0
-        buckets[:] = 0
-        for i in range(size):
-            b = last - min(last, np.int64((val[i] - threshold) * scale))
-            keys[i] = b
-            buckets[b + 1] += 1
-        for b in range(last + 1):
-            buckets[b + 1] += buckets[b]
-        for i in range(size):
-            b = keys[i]
-            slot = buckets[b]
-            buckets[b] = slot + 1
-            sorted_pos[slot] = pos[i]
-            sorted_val[slot] = val[i]
-        for i in range(1, size):
-            v = sorted_val[i]
-            if sorted_val[i - 1] >= v:
-                continue
-            j = sorted_pos[i]
-            t = i
-            while t > 0 and sorted_val[t - 1] < v:
-                sorted_val[t] = sorted_val[t - 1]
-                sorted_pos[t] = sorted_pos[t - 1]
-                t -= 1
-            sorted_val[t] = v
-            sorted_pos[t] = j
-        for i in range(k):
-            res_pos[i] = sorted_pos[i]
-            res_val[i] = sorted_val[i]
-        return k
-    for i in range(size):
-        keys[i] = _desc_key(val[i], pos[i])
-    ordered = np.sort(keys[:size])
-    for i in range(k):
-        j = np.int32(ordered[i] & np.uint64(0xFFFFFFFF))
-        res_pos[i] = j
-        res_val[i] = row[j]
+    _order_candidates(pos, val, size, threshold if finite_cut else -np.inf, k, keys, buckets, sorted_pos, sorted_val,
+                      res_pos, res_val)
     return k
+
+
+@nb.njit(cache=True)
+def _fill_capped(pool_pos: np.ndarray, pool_val: np.ndarray, k: int, categories: np.ndarray, cap: int,
+                 taken: np.ndarray, out_pos: np.ndarray, out_val: np.ndarray) -> int:
+    """The category cap: the pool's items in score order, at most ``cap`` of a category, until ``out`` is full;
+    returns how many it holds."""
+    n = out_pos.shape[0]
+    taken[:] = 0
+    filled = 0
+    for t in range(k):
+        c = categories[pool_pos[t]]
+        if taken[c] < cap:
+            taken[c] += 1
+            out_pos[filled] = pool_pos[t]
+            out_val[filled] = pool_val[t]
+            filled += 1
+            if filled == n:
+                break
+    return filled
 
 
 @nb.njit(nogil=True, cache=True)
 def _select_rows(scores: np.ndarray, num_items: int, n: int, indptr: np.ndarray, cols: np.ndarray,
                  categories: np.ndarray, cap: int, pool: int, out_pos: np.ndarray, out_val: np.ndarray) -> None:
+    """Top-n of whole score rows (the rows the screening did not settle)."""
     rows, padded = scores.shape
     num_categories = categories.max() + 1 if cap > 0 else 1
     groups = padded // STRIPES
@@ -409,32 +530,142 @@ def _select_rows(scores: np.ndarray, num_items: int, n: int, indptr: np.ndarray,
         for e in range(indptr[r], indptr[r + 1]):
             row[cols[e]] = -np.inf
         if cap <= 0:
-            k = _top_into(row, n, scratch, out_pos[r], out_val[r])
-            for t in range(k, n):
-                out_pos[r, t] = -1
-                out_val[r, t] = -np.inf
+            filled = _top_into(row, n, scratch, out_pos[r], out_val[r])
+        else:
+            m = pool
+            while True:
+                if m > pool_pos.shape[0]:
+                    pool_pos = np.empty(m, np.int32)
+                    pool_val = np.empty(m, np.float32)
+                k = _top_into(row, m, scratch, pool_pos, pool_val)
+                filled = _fill_capped(pool_pos, pool_val, k, categories, cap, taken, out_pos[r], out_val[r])
+                # done when the list is full, or the pool already held every remaining item
+                if filled == n or k < m or m >= num_items:
+                    break
+                m = num_items
+        for t in range(filled, n):
+            out_pos[r, t] = -1
+            out_val[r, t] = -np.inf
+
+
+@intrinsic
+def _mask_at_least(typingctx, row_t, start_t, threshold_t):  # type: ignore[no-untyped-def]
+    """Bit k set where ``row[start + k] >= threshold``, k < LANES: one vector compare (LLVM gives vcmpps into a mask
+    register on AVX-512, two or four compares elsewhere), which numba's loops do not produce by themselves."""
+    signature = types.uint32(row_t, types.intp, types.float32)
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        row, start, threshold = args
+        array = context.make_array(sig.args[0])(context, builder, row)
+        vector = ir.VectorType(ir.FloatType(), LANES)
+        values = builder.load(builder.bitcast(builder.gep(array.data, [start]), vector.as_pointer()), align=4)
+        splat = ir.Constant(vector, ir.Undefined)
+        for lane in range(LANES):
+            splat = builder.insert_element(splat, threshold, ir.Constant(ir.IntType(32), lane))
+        at_least = builder.fcmp_ordered(">=", values, splat)  # ordered: NaN never is
+        return builder.zext(builder.bitcast(at_least, ir.IntType(LANES)), ir.IntType(32))
+
+    return signature, codegen
+
+
+@nb.njit(nogil=True, cache=True)
+def _start_rows(users: np.ndarray, moments: np.ndarray, margin: float, screen: Screen) -> None:
+    """Each row's screening threshold: its mean score + z * its score deviation, z the running mean of the settled
+    rows' z less ``margin`` times its mean change. ``moments``: ``users @ [mean | Cov]``."""
+    state, provisional, mean, spread, _, _, count, _ = screen
+    rows, dim = users.shape
+    z = state[0] - margin * state[1]
+    for r in range(rows):
+        variance = 0.0
+        for d in range(dim):
+            variance += moments[r, 1 + d] * users[r, d]
+        mean[r] = moments[r, 0]
+        spread[r] = math.sqrt(max(variance, 0.0))
+        provisional[r] = mean[r] + z * spread[r]
+        count[r] = 0
+
+
+@nb.njit(nogil=True, cache=True)
+def _screen_chunk(chunk: np.ndarray, offset: int, num_items: int, indptr: np.ndarray, cols: np.ndarray,
+                  screen: Screen) -> None:
+    """One chunk of a step's scores (items ``offset ..``), while it is in cache: excluded items and padding set to
+    -inf, then the entries >= the row's screening threshold appended to its candidates, in position order."""
+    _, provisional, _, _, cand_pos, cand_val, count, _ = screen
+    rows, width = chunk.shape
+    capacity = cand_pos.shape[1]
+    for r in range(rows):
+        size = count[r]
+        if size < 0:
             continue
-        m = pool
-        while True:
-            if m > pool_pos.shape[0]:
-                pool_pos = np.empty(m, np.int32)
-                pool_val = np.empty(m, np.float32)
-            k = _top_into(row, m, scratch, pool_pos, pool_val)
-            taken[:] = 0
-            filled = 0
-            for t in range(k):
-                c = categories[pool_pos[t]]
-                if taken[c] < cap:
-                    taken[c] += 1
-                    out_pos[r, filled] = pool_pos[t]
-                    out_val[r, filled] = pool_val[t]
-                    filled += 1
-                    if filled == n:
-                        break
-            # done when the list is full, or the pool already held every remaining item
-            if filled == n or k < m or m >= num_items:
+        row = chunk[r]
+        for j in range(max(0, num_items - offset), width):
+            row[j] = -np.inf
+        for e in range(indptr[r], indptr[r + 1]):
+            j = cols[e] - offset
+            if 0 <= j < width:
+                row[j] = -np.inf
+        threshold = provisional[r]
+        pos = cand_pos[r]
+        val = cand_val[r]
+        for block in range(0, width, LANES):
+            mask = _mask_at_least(row, block, threshold)
+            if mask:  # ~1 block in 10: a branch, each hit then costs a few cycles per candidate
+                if size + LANES > capacity:
+                    size = -1
+                    break
+                while mask:
+                    j = block + trailing_zeros(mask)
+                    pos[size] = offset + j
+                    val[size] = row[j]
+                    size += 1
+                    mask &= mask - np.uint32(1)
+        count[r] = size
+
+
+@nb.njit(nogil=True, cache=True)
+def _finish_rows(screen: Screen, rows: int, n: int, m: int, categories: np.ndarray, cap: int, num_items: int,
+                 out_pos: np.ndarray, out_val: np.ndarray) -> None:
+    """Each screened row's top-n from its candidates, exact: when it has at least m, the row's top m are all >= the
+    screening threshold, so all candidates. Rows with fewer (the threshold was too high), an overflow (far too low)
+    or a category-capped list left short are marked in ``redo`` for :meth:`TopNScorer._select_whole_rows`. Each row
+    also moves the running z the next step's thresholds are placed by."""
+    state, provisional, mean, spread, cand_pos, cand_val, count, redo = screen
+    capacity = cand_pos.shape[1]
+    keys = np.empty(capacity, np.uint64)
+    buckets = np.empty(BUCKETS + 1, np.int64)
+    sorted_pos = np.empty(min(capacity, BUCKET_SORT_MAX), np.int32)
+    sorted_val = np.empty(min(capacity, BUCKET_SORT_MAX), np.float32)
+    pool_pos = np.empty(m, np.int32)
+    pool_val = np.empty(m, np.float32)
+    taken = np.zeros(categories.max() + 1 if cap > 0 else 1, np.int32)
+    too_high = too_low = False
+    for r in range(rows):
+        redo[r] = True
+        size = count[r]
+        if size < m:
+            too_low |= size < 0
+            too_high |= size >= 0
+            continue
+        if cap <= 0:
+            _order_candidates(cand_pos[r], cand_val[r], size, provisional[r], n, keys, buckets, sorted_pos,
+                              sorted_val, out_pos[r], out_val[r])
+            cut = out_val[r, n - 1]
+            redo[r] = False
+        else:
+            _order_candidates(cand_pos[r], cand_val[r], size, provisional[r], m, keys, buckets, sorted_pos,
+                              sorted_val, pool_pos, pool_val)
+            cut = pool_val[m - 1]
+            filled = _fill_capped(pool_pos, pool_val, m, categories, cap, taken, out_pos[r], out_val[r])
+            if filled == n or m >= num_items:
                 for t in range(filled, n):
                     out_pos[r, t] = -1
                     out_val[r, t] = -np.inf
-                break
-            m = num_items
+                redo[r] = False
+        z = (cut - mean[r]) / spread[r] if spread[r] > 0 else np.nan
+        if math.isfinite(z):
+            state[1] += SCREEN_LEARNING * (abs(z - state[0]) - state[1])
+            state[0] += SCREEN_LEARNING * (z - state[0])
+    if too_high != too_low:  # a step with misses of one kind: the next one's thresholds move away from them
+        state[0] += (1.0 if too_low else -1.0) * max(state[1], 0.05)
+    if too_high or too_low:  # and spread wider, within reason
+        state[1] = min(1.5 * state[1], 1.0)

@@ -57,10 +57,29 @@ def test_top_n_equals_a_full_stable_sort_on_random_scores() -> None:
     top = TopNScorer(item_emb).top_n(user_emb, 100, ex_rows, ex_cols)
     scores = np.empty((300, 20000), np.float32)
     np.matmul(user_emb, np.ascontiguousarray(item_emb.T), out=scores)
-    # the kernel's product is one BLAS call per step as well; compare its own scores' order and the items
+    # the kernel's product is one BLAS call per chunk; compare its own scores' order and the items
     pos, _ = full_sort(scores, 100, mask)
     np.testing.assert_array_equal(top.positions, pos)
     np.testing.assert_allclose(top.scores, np.take_along_axis(scores, pos, axis=1), rtol=1e-6, atol=1e-6)
+    assert top.rescored < 0.05 * 300  # the screening settled (almost) every row: the fast path is what was checked
+
+
+@pytest.mark.parametrize("margin", [-3.0, 30.0])
+def test_rows_the_screening_misses_are_rescored_exactly(margin: float) -> None:
+    # a negative margin puts thresholds above most rows' 100th score (too few candidates), a huge one far below it
+    # (candidates overflow): both send rows to the whole-row selection, which must give the same answer
+    rng = np.random.default_rng(4)
+    item_emb = rng.standard_normal((6000, 8), dtype=np.float32)
+    user_emb = rng.standard_normal((120, 8), dtype=np.float32)
+    ex_rows, ex_cols, mask = exclusions(rng, 120, 6000, 10)
+    scorer = TopNScorer(item_emb, step_rows=16)
+    scorer.screen_margin = margin
+    top = scorer.top_n(user_emb, 100, ex_rows, ex_cols)
+    scores = np.empty((120, 6000), np.float32)
+    np.matmul(user_emb, np.ascontiguousarray(item_emb.T), out=scores)
+    pos, _ = full_sort(scores, 100, mask)
+    np.testing.assert_array_equal(top.positions, pos)
+    assert top.rescored > 30
 
 
 def test_signed_zeros_tie_and_nan_is_never_selected() -> None:

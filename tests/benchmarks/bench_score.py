@@ -54,27 +54,24 @@ def seen_lists(users: int, items: int, seed: int = 1) -> tuple[np.ndarray, np.nd
     return np.repeat(np.arange(users), SEEN_PER_USER), rng.integers(0, items, users * SEEN_PER_USER)
 
 
-CHUNK_BYTES = 1024 * 1024  # (a)'s chunked layout: a step's scores for one chunk of items stay in the core's L2
-
-
 def floor_layouts(user_emb: np.ndarray, item_emb: np.ndarray) -> dict[str, float]:
     """(a) every score computed once into float32, nothing else, in each layout worth trying; the floor is the
-    fastest. numpy/OpenBLAS in steps of the kernel's size and of twice and four times it, each step's scores either
-    whole (the kernel's layout) or one chunk of items at a time into one buffer of CHUNK_BYTES, overwritten chunk
-    after chunk (measured 0.74-0.84x of whole steps here: the scores never leave the core's cache); either one
-    multi-threaded BLAS call per product or one thread per core with one BLAS thread each (the kernel's layout); and
-    TensorFlow's float32 product (oneDNN), which is the faster of the two libraries on some CPUs."""
+    fastest. numpy/OpenBLAS in steps of half, once and twice the kernel's size, each step's scores either whole or
+    one chunk of items at a time into one buffer of CHUNK_BYTES, overwritten chunk after chunk (the kernel's
+    layout: the scores never leave the core's cache); either one multi-threaded BLAS call per product or one thread
+    per core with one BLAS thread each (the kernel's layout); and TensorFlow's float32 product (oneDNN), which is
+    the faster of the two libraries on some CPUs."""
     from threadpoolctl import threadpool_limits
 
-    from jobs.topn import TopNScorer
+    from jobs.topn import CHUNK_BYTES, TopNScorer
 
     scorer = TopNScorer(item_emb)
+    items_t = np.ascontiguousarray(item_emb.T)
     seconds: dict[str, float] = {}
-    for factor, chunked in itertools.product((1, 2, 4), (False, True)):
-        step_rows = scorer.step_rows * factor
-        width = max(16, CHUNK_BYTES // (4 * step_rows) // 16 * 16) if chunked else scorer.padded_items
-        chunks = [np.ascontiguousarray(scorer._items_t[:, c: c + width])
-                  for c in range(0, scorer.padded_items, width)]
+    for step_rows, chunked in itertools.product((scorer.step_rows // 2, scorer.step_rows, 2 * scorer.step_rows),
+                                                (False, True)):
+        width = max(16, CHUNK_BYTES // (4 * step_rows) // 16 * 16) if chunked else len(item_emb)
+        chunks = [np.ascontiguousarray(items_t[:, c: c + width]) for c in range(0, len(item_emb), width)]
         starts = range(0, len(user_emb), step_rows)
 
         def steps(next_step: Iterator[int], step_rows: int = step_rows, starts: range = starts,
@@ -84,9 +81,9 @@ def floor_layouts(user_emb: np.ndarray, item_emb: np.ndarray) -> dict[str, float
                 if step >= len(starts):
                     return
                 block = user_emb[starts[step]: starts[step] + step_rows]
-                for items_t in chunks:  # a narrower last chunk gets a contiguous view of the same buffer
-                    out = buffer[: len(block) * items_t.shape[1]].reshape(len(block), items_t.shape[1])
-                    np.matmul(block, items_t, out=out)
+                for chunk_t in chunks:  # a narrower last chunk gets a contiguous view of the same buffer
+                    out = buffer[: len(block) * chunk_t.shape[1]].reshape(len(block), chunk_t.shape[1])
+                    np.matmul(block, chunk_t, out=out)
 
         label = f"numpy, {step_rows}-row steps" + (f", {len(chunks)} chunks of items" if chunked else "")
         started = time.perf_counter()
@@ -99,8 +96,8 @@ def floor_layouts(user_emb: np.ndarray, item_emb: np.ndarray) -> dict[str, float
             seconds[f"{label}, a thread per core"] = time.perf_counter() - started
     import tensorflow as tf
 
-    items_t = tf.constant(scorer._items_t)
-    for step_rows in (scorer.step_rows, 4 * scorer.step_rows):
+    items_t = tf.constant(items_t)
+    for step_rows in (scorer.step_rows // 2, 2 * scorer.step_rows):
         blocks = [tf.constant(user_emb[s: s + step_rows]) for s in range(0, len(user_emb), step_rows)]
         tf.matmul(blocks[0], items_t).numpy()  # warm-up: oneDNN picks and builds its kernel
         started = time.perf_counter()
