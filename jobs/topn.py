@@ -193,7 +193,7 @@ class TopNScorer:
 
     def _add_tail(self, users: np.ndarray, chunk_scores: np.ndarray, offset: int) -> None:
         """Adds the indicator tail's part of the scores of the chunk at ``offset`` (a gather, see indicator_tail)."""
-        if self._tail_cols is None:
+        if self._tail_cols is None or self._tail_coef is None:
             return
         valid = max(0, min(self.chunk_width, self.num_items - offset))
         tail = slice(offset, offset + valid)
@@ -608,7 +608,7 @@ def _screen_chunk(chunk: np.ndarray, offset: int, num_items: int, indptr: np.nda
         pos = cand_pos[r]
         val = cand_val[r]
         for block in range(0, width, LANES):
-            mask = _mask_at_least(row, block, threshold)
+            mask: int = _mask_at_least(row, block, threshold)  # type: ignore[call-arg]  # typingctx is numba's
             if mask:  # ~1 block in 10: a branch, each hit then costs a few cycles per candidate
                 if size + LANES > capacity:
                     size = -1
