@@ -264,10 +264,13 @@ def als_path(user_emb: np.ndarray, item_emb: np.ndarray, work: str) -> float:
 
 
 def peak_memory_child(users: int, items: int, dim: int) -> float:
-    """Max RSS (MiB) of a fresh process running the kernel path over ``users`` users."""
+    """Peak RSS (MiB) of a fresh process running the kernel path over ``users`` users: its own memory's high-water
+    mark (VmHWM). Not ``getrusage``'s ru_maxrss: Linux carries that over from the parent across fork and exec, so
+    it reported this harness's own peak (2 GB after the Spark job and ALS) instead of the child's."""
     code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from tests.benchmarks.bench_score import *; "
             f"import tempfile; u, i = embeddings({users}, {items}, {dim}); d = tempfile.mkdtemp(); "
-            "kernel_path(u, i, d); import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "kernel_path(u, i, d); "
+            "print([line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')][0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     embedding_mib = users * dim * 4 / 2**20  # the inputs themselves (held in memory by this harness)
     return int(out.stdout.strip().splitlines()[-1]) / 1024 - embedding_mib
