@@ -169,12 +169,11 @@ class TopNScorer:
                 step_cols = cols[indptr[start]: indptr[stop]]
                 moments = step_users @ self._item_moments  # each row's mean score, and u . Cov (see _start_rows)
                 _start_rows(step_users, moments, self.screen_margin, screen)
-                for number, items_t in enumerate(self._chunks_t):
-                    offset = number * self.chunk_width
+                for number in range(len(self._chunks_t)):
                     chunk_scores = chunk[: stop - start]
-                    np.matmul(step_users, items_t, out=chunk_scores)
-                    self._add_tail(users[start:stop], chunk_scores, offset)
-                    _screen_chunk(chunk_scores, offset, self.num_items, step_indptr, step_cols, screen)
+                    self._score_chunk(users[start:stop], number, chunk_scores)
+                    _screen_chunk(chunk_scores, number * self.chunk_width, self.num_items, step_indptr, step_cols,
+                                  screen)
                 _finish_rows(screen, stop - start, n, pool, self.item_categories, cap, self.num_items,
                              positions[start:stop], scores[start:stop])
                 redo = np.flatnonzero(screen[-1][: stop - start])
@@ -191,22 +190,24 @@ class TopNScorer:
                     list(executor.map(score_steps, range(threads)))  # list(): re-raises a thread's error
         return TopN(positions, scores, sum(rescored))
 
-    def _add_tail(self, users: np.ndarray, chunk_scores: np.ndarray, offset: int) -> None:
-        """Adds the indicator tail's part of the scores of the chunk at ``offset`` (a gather, see indicator_tail)."""
+    def _score_chunk(self, users: np.ndarray, number: int, out: np.ndarray) -> None:
+        """``out`` [B, chunk_width] = the scores of ``users`` (whole embeddings) for chunk ``number`` of the items:
+        one BLAS call for the head, the indicator tail added by a gather (see indicator_tail)."""
+        np.matmul(users[:, : self.head_dim], self._chunks_t[number], out=out)
         if self._tail_cols is None or self._tail_coef is None:
             return
+        offset = number * self.chunk_width
         valid = max(0, min(self.chunk_width, self.num_items - offset))
         tail = slice(offset, offset + valid)
-        chunk_scores[:, :valid] += users[:, self._tail_cols[tail]] * self._tail_coef[tail]
+        out[:, :valid] += users[:, self._tail_cols[tail]] * self._tail_coef[tail]
 
     def _select_whole_rows(self, row_users: np.ndarray, rows: np.ndarray, indptr: np.ndarray, cols: np.ndarray,
                            n: int, cap: int, pool: int, out_pos: np.ndarray, out_val: np.ndarray) -> None:
         """The rows the screening could not settle (see _finish_rows), selected over their whole score rows."""
         whole = np.empty((len(rows), self.padded_items), np.float32)
-        for number, items_t in enumerate(self._chunks_t):
+        for number in range(len(self._chunks_t)):
             offset = number * self.chunk_width
-            np.matmul(row_users[:, : self.head_dim], items_t, out=whole[:, offset: offset + self.chunk_width])
-            self._add_tail(row_users, whole[:, offset: offset + self.chunk_width], offset)
+            self._score_chunk(row_users, number, whole[:, offset: offset + self.chunk_width])
         counts = indptr[rows + 1] - indptr[rows]
         row_indptr = np.zeros(len(rows) + 1, np.int64)
         np.cumsum(counts, out=row_indptr[1:])
