@@ -24,6 +24,7 @@ runs out before its list is full is redone over all items, so the result stays e
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import itertools
 import math
@@ -60,6 +61,7 @@ NEG_INF = np.float32(-np.inf)
 SLACK = 16  # the threshold keeps between m and m + SLACK stripe groups (when ties allow)
 BUCKETS = 256  # candidates up to BUCKET_SORT_MAX are ordered by a bucket sort on the score, more by a key sort
 BUCKET_SORT_MAX = 512
+REDO_BATCH = 64  # rows the screening missed are scored again in batches of about this many
 
 
 @dataclasses.dataclass
@@ -109,9 +111,13 @@ class TopNScorer:
         cov = np.cov(head, rowvar=False, bias=True).reshape(self.head_dim, self.head_dim) if self.num_items > 1 \
             else np.zeros((self.head_dim, self.head_dim))
         self._item_moments = np.ascontiguousarray(np.hstack([mean[:, None], cov]), dtype=np.float32)
-        # [d, W] each: the BLAS-friendly layout for U @ I^T
-        self._chunks_t = [np.ascontiguousarray(padded[c: c + self.chunk_width].T)
-                          for c in range(0, self.padded_items, self.chunk_width)]
+        # [chunks, d, W]: chunk c's items transposed, the BLAS-friendly layout for U @ I^T
+        self._chunks_t = np.ascontiguousarray(padded.reshape(chunks, self.chunk_width, self.head_dim).transpose(0, 2, 1))
+        if self._tail_cols is None or self._tail_coef is None:  # no tail: empty arrays, which the kernel skips
+            self._tail_cols, self._tail_coef = np.zeros(0, np.intp), np.zeros(0, np.float32)
+        self._sgemm = _sgemm_address()
+        # what the kernel reads of the items, one argument: chunks, [mean | covariance], the indicator tail
+        self._items = (self._chunks_t, self._item_moments, self._tail_cols, self._tail_coef)
         if item_categories is None:
             self.item_categories = np.zeros(self.num_items, np.int32)
         else:
@@ -153,34 +159,32 @@ class TopNScorer:
         # the z of the m-th score if scores were normal: where the running mean starts
         first_z = statistics.NormalDist().inv_cdf(max(1e-9, 1 - pool / self.num_items)) if pool < self.num_items else 0
 
-        def score_steps(_: int) -> None:  # on this thread's own chunk buffer and screening state
+        def score_steps(_: int) -> None:  # on this thread's own buffers and screening state
             step_rows = min(self.step_rows, rows)
             chunk = np.empty((step_rows, self.chunk_width), np.float32)
+            moments = np.empty((step_rows, 1 + self.head_dim), np.float32)
             screen = _new_screen(step_rows, capacity, first_z)
+            missed: list[np.ndarray] = []  # rows to score again, batched: one BLAS call for many rows costs less
             again = 0
             for step in next_step:
-                if step >= len(starts):
+                done = step >= len(starts)
+                if missed and (done or sum(map(len, missed)) >= REDO_BATCH):
+                    redo = np.concatenate(missed)
+                    missed.clear()
+                    again += len(redo)
+                    self._select_whole_rows(users[redo], redo, indptr, cols, n, cap, pool, positions, scores)
+                if done:
                     rescored.append(again)
                     return
                 start = starts[step]
                 stop = min(start + self.step_rows, rows)
-                step_users = users[start:stop, : self.head_dim]
                 step_indptr = indptr[start: stop + 1] - indptr[start]
                 step_cols = cols[indptr[start]: indptr[stop]]
-                moments = step_users @ self._item_moments  # each row's mean score, and u . Cov (see _start_rows)
-                _start_rows(step_users, moments, self.screen_margin, screen)
-                for number in range(len(self._chunks_t)):
-                    chunk_scores = chunk[: stop - start]
-                    self._score_chunk(users[start:stop], number, chunk_scores)
-                    _screen_chunk(chunk_scores, number * self.chunk_width, self.num_items, step_indptr, step_cols,
-                                  screen)
+                _score_step(self._sgemm, users[start:stop], self._items, self.head_dim, self.num_items,
+                            step_indptr, step_cols, self.screen_margin, screen, chunk, moments)
                 _finish_rows(screen, stop - start, n, pool, self.item_categories, cap, self.num_items,
                              positions[start:stop], scores[start:stop])
-                redo = np.flatnonzero(screen[-1][: stop - start])
-                again += len(redo)
-                if len(redo):
-                    self._select_whole_rows(users[start + redo], redo, step_indptr, step_cols, n, cap, pool,
-                                            positions[start:stop], scores[start:stop])
+                missed.append(start + np.flatnonzero(screen[-1][: stop - start]))
 
         with _blas_controller().limit(limits=1, user_api="blas"):
             if threads == 1:
@@ -190,24 +194,12 @@ class TopNScorer:
                     list(executor.map(score_steps, range(threads)))  # list(): re-raises a thread's error
         return TopN(positions, scores, sum(rescored))
 
-    def _score_chunk(self, users: np.ndarray, number: int, out: np.ndarray) -> None:
-        """``out`` [B, chunk_width] = the scores of ``users`` (whole embeddings) for chunk ``number`` of the items:
-        one BLAS call for the head, the indicator tail added by a gather (see indicator_tail)."""
-        np.matmul(users[:, : self.head_dim], self._chunks_t[number], out=out)
-        if self._tail_cols is None or self._tail_coef is None:
-            return
-        offset = number * self.chunk_width
-        valid = max(0, min(self.chunk_width, self.num_items - offset))
-        tail = slice(offset, offset + valid)
-        out[:, :valid] += users[:, self._tail_cols[tail]] * self._tail_coef[tail]
-
     def _select_whole_rows(self, row_users: np.ndarray, rows: np.ndarray, indptr: np.ndarray, cols: np.ndarray,
                            n: int, cap: int, pool: int, out_pos: np.ndarray, out_val: np.ndarray) -> None:
         """The rows the screening could not settle (see _finish_rows), selected over their whole score rows."""
         whole = np.empty((len(rows), self.padded_items), np.float32)
-        for number in range(len(self._chunks_t)):
-            offset = number * self.chunk_width
-            self._score_chunk(row_users, number, whole[:, offset: offset + self.chunk_width])
+        _score_whole_rows(self._sgemm, np.ascontiguousarray(row_users), self._items, self.head_dim, self.num_items,
+                          whole)
         counts = indptr[rows + 1] - indptr[rows]
         row_indptr = np.zeros(len(rows) + 1, np.int64)
         np.cumsum(counts, out=row_indptr[1:])
@@ -235,6 +227,7 @@ def _new_screen(rows: int, capacity: int, first_z: float) -> Screen:
 
 
 _CONTROLLER: list[ThreadpoolController] = []
+_SGEMM_SYMBOLS = ("scipy_cblas_sgemm64_", "cblas_sgemm64_")  # numpy's wheels: scipy-openblas, 64-bit ints
 
 
 def _blas_controller() -> ThreadpoolController:
@@ -242,6 +235,21 @@ def _blas_controller() -> ThreadpoolController:
     if not _CONTROLLER:
         _CONTROLLER.append(ThreadpoolController())
     return _CONTROLLER[0]
+
+
+def _sgemm_address() -> int:
+    """The address of the ILP64 ``cblas_sgemm`` of the BLAS numpy uses, which the kernel calls from compiled code
+    (one call per chunk, no Python in between; numba's own ``np.dot`` goes through scipy's BLAS, 15% slower here).
+    It is an argument, not a global, so that numba can cache the kernel on disk."""
+    for library in _blas_controller().lib_controllers:
+        if library.user_api != "blas":
+            continue
+        blas = ctypes.CDLL(library.filepath)
+        for symbol in _SGEMM_SYMBOLS:
+            if hasattr(blas, symbol):
+                return int(ctypes.cast(getattr(blas, symbol), ctypes.c_void_p).value or 0)
+    raise RuntimeError(f"the top-N kernel needs a BLAS with an ILP64 cblas_sgemm ({' or '.join(_SGEMM_SYMBOLS)}), "
+                       "as numpy's wheels from PyPI bundle (scipy-openblas); none of the loaded ones has it")
 
 
 def _exclusions_csr(rows_ex: np.ndarray | None, cols_ex: np.ndarray | None, rows: int,
@@ -569,6 +577,98 @@ def _mask_at_least(typingctx, row_t, start_t, threshold_t):  # type: ignore[no-u
     return signature, codegen
 
 
+@intrinsic
+def _sgemm(typingctx, address_t, a_t, lda_t, b_t, ldb_t, c_t, ldc_t, m_t, n_t, k_t):  # type: ignore[no-untyped-def]
+    """``c[:m, :n] = a[:m, :k] @ b[:k, :n]`` (float32, row-major, leading dimensions ``lda``, ``ldb``, ``ldc``) by the
+    ILP64 ``cblas_sgemm`` at ``address`` (see _sgemm_address)."""
+    signature = types.void(types.intp, a_t, types.intp, b_t, types.intp, c_t, types.intp, types.intp, types.intp,
+                           types.intp)
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        address, a, lda, b, ldb, c, ldc, m, n, k = args
+        i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+        floats = f32.as_pointer()
+        cblas = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i64, i64, i64, f32, floats, i64, floats, i64, f32,
+                                                floats, i64])
+
+        def data(array_type, value):  # type: ignore[no-untyped-def]
+            return builder.bitcast(context.make_array(array_type)(context, builder, value).data, floats)
+
+        row_major, no_trans = ir.Constant(i32, 101), ir.Constant(i32, 111)
+        builder.call(builder.inttoptr(address, cblas.as_pointer()),
+                     [row_major, no_trans, no_trans, m, n, k, ir.Constant(f32, 1.0), data(sig.args[1], a), lda,
+                      data(sig.args[3], b), ldb, ir.Constant(f32, 0.0), data(sig.args[5], c), ldc])
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+Items = tuple  # TopNScorer._items: chunks [C, d, W], [mean | covariance] [d, 1 + d], tail columns and coefficients
+
+
+@nb.njit(nogil=True, cache=True)
+def _score_chunk(sgemm: int, users: np.ndarray, items: Items, head_dim: int, num_items: int, number: int,
+                 out: np.ndarray) -> None:
+    """``out`` [B, W] = the scores of ``users`` (whole rows, [B, d] C-contiguous) for chunk ``number`` of the items:
+    one BLAS call for the head, the indicator tail added by a gather (see indicator_tail)."""
+    chunks, _, tail_cols, tail_coef = items
+    rows, width = out.shape
+    if head_dim == 0:
+        out[:] = 0.0
+    else:
+        _sgemm(sgemm, users, users.shape[1], chunks[number], width, out, out.strides[0] // 4, rows, width,
+               head_dim)  # type: ignore[call-arg]  # typingctx is numba's
+    if tail_cols.shape[0] == 0:
+        return
+    offset = number * width
+    for r in range(rows):
+        for j in range(max(0, min(width, num_items - offset))):
+            out[r, j] += users[r, tail_cols[offset + j]] * tail_coef[offset + j]
+
+
+@nb.njit(nogil=True, cache=True)
+def _score_whole_rows(sgemm: int, users: np.ndarray, items: Items, head_dim: int, num_items: int,
+                      out: np.ndarray) -> None:
+    """``out`` [B, padded items] = the scores of ``users`` for every chunk (the rows the screening missed)."""
+    width = items[0].shape[2]
+    for number in range(items[0].shape[0]):
+        _score_chunk(sgemm, users, items, head_dim, num_items, number, out[:, number * width: (number + 1) * width])
+
+
+@nb.njit(nogil=True, cache=True)
+def _score_step(sgemm: int, users: np.ndarray, items: Items, head_dim: int, num_items: int, indptr: np.ndarray,
+                cols: np.ndarray, margin: float, screen: Screen, chunk: np.ndarray, moments: np.ndarray) -> None:
+    """A step of users (rows of ``users``) scored one chunk of items at a time into ``chunk``, each chunk screened
+    while it is in cache: the candidates _finish_rows then orders."""
+    rows = users.shape[0]
+    _, item_moments, _, _ = items
+    step_moments = moments[:rows]
+    if head_dim == 0:
+        step_moments[:] = 0.0
+    else:
+        _sgemm(sgemm, users, users.shape[1], item_moments, item_moments.shape[1], step_moments, moments.shape[1],
+               rows, item_moments.shape[1], head_dim)  # type: ignore[call-arg]  # typingctx is numba's
+    _start_rows(users[:, :head_dim], step_moments, margin, screen)
+    excluded = cols.copy()  # each row's exclusions in ascending order: each chunk takes the next ones from there
+    for r in range(rows):
+        if indptr[r + 1] - indptr[r] > 32:
+            excluded[indptr[r]: indptr[r + 1]] = np.sort(excluded[indptr[r]: indptr[r + 1]])
+            continue
+        for e in range(indptr[r] + 1, indptr[r + 1]):  # insertion sort: most rows have a few dozen
+            value = excluded[e]
+            t = e
+            while t > indptr[r] and excluded[t - 1] > value:
+                excluded[t] = excluded[t - 1]
+                t -= 1
+            excluded[t] = value
+    next_excluded = indptr[:-1].copy()
+    width = chunk.shape[1]
+    step_chunk = chunk[:rows]
+    for number in range(items[0].shape[0]):
+        _score_chunk(sgemm, users, items, head_dim, num_items, number, step_chunk)
+        _screen_chunk(step_chunk, number * width, num_items, indptr, excluded, next_excluded, screen)
+
+
 @nb.njit(nogil=True, cache=True)
 def _start_rows(users: np.ndarray, moments: np.ndarray, margin: float, screen: Screen) -> None:
     """Each row's screening threshold: its mean score + z * its score deviation, z the running mean of the settled
@@ -587,37 +687,38 @@ def _start_rows(users: np.ndarray, moments: np.ndarray, margin: float, screen: S
 
 
 @nb.njit(nogil=True, cache=True)
-def _screen_chunk(chunk: np.ndarray, offset: int, num_items: int, indptr: np.ndarray, cols: np.ndarray,
-                  screen: Screen) -> None:
+def _screen_chunk(chunk: np.ndarray, offset: int, num_items: int, indptr: np.ndarray, excluded: np.ndarray,
+                  next_excluded: np.ndarray, screen: Screen) -> None:
     """One chunk of a step's scores (items ``offset ..``), while it is in cache: excluded items and padding set to
-    -inf, then the entries >= the row's screening threshold appended to its candidates, in position order."""
+    -inf, then the entries >= the row's screening threshold appended to its candidates, in position order.
+    ``excluded``: each row's excluded positions, ascending; ``next_excluded[r]``: row r's first one not yet reached."""
     _, provisional, _, _, cand_pos, cand_val, count, _ = screen
     rows, width = chunk.shape
     capacity = cand_pos.shape[1]
+    flat = chunk.reshape(rows * width)  # one view: indexing rows by offset takes no per-row view (and refcount)
     for r in range(rows):
+        base = r * width
+        e = next_excluded[r]
+        while e < indptr[r + 1] and excluded[e] < offset + width:
+            flat[base + excluded[e] - offset] = -np.inf
+            e += 1
+        next_excluded[r] = e
         size = count[r]
         if size < 0:
             continue
-        row = chunk[r]
         for j in range(max(0, num_items - offset), width):
-            row[j] = -np.inf
-        for e in range(indptr[r], indptr[r + 1]):
-            j = cols[e] - offset
-            if 0 <= j < width:
-                row[j] = -np.inf
+            flat[base + j] = -np.inf
         threshold = provisional[r]
-        pos = cand_pos[r]
-        val = cand_val[r]
-        for block in range(0, width, LANES):
-            mask: int = _mask_at_least(row, block, threshold)  # type: ignore[call-arg]  # typingctx is numba's
+        for block in range(base, base + width, LANES):
+            mask: int = _mask_at_least(flat, block, threshold)  # type: ignore[call-arg]  # typingctx is numba's
             if mask:  # ~1 block in 10: a branch, each hit then costs a few cycles per candidate
                 if size + LANES > capacity:
                     size = -1
                     break
                 while mask:
                     j = block + trailing_zeros(mask)
-                    pos[size] = offset + j
-                    val[size] = row[j]
+                    cand_pos[r, size] = offset + j - base
+                    cand_val[r, size] = flat[j]
                     size += 1
                     mask &= mask - np.uint32(1)
         count[r] = size
