@@ -184,7 +184,9 @@ class TopNScorer:
                             step_indptr, step_cols, self.screen_margin, screen, chunk, moments)
                 _finish_rows(screen, stop - start, n, pool, self.item_categories, cap, self.num_items,
                              positions[start:stop], scores[start:stop])
-                missed.append(start + np.flatnonzero(screen[-1][: stop - start]))
+                redo = np.flatnonzero(screen[-1][: stop - start])
+                if len(redo):
+                    missed.append(start + redo)
 
         with _blas_controller().limit(limits=1, user_api="blas"):
             if threads == 1:
@@ -613,6 +615,8 @@ def _score_chunk(sgemm: int, users: np.ndarray, items: Items, head_dim: int, num
     one BLAS call for the head, the indicator tail added by a gather (see indicator_tail)."""
     chunks, _, tail_cols, tail_coef = items
     rows, width = out.shape
+    if rows == 0:
+        return
     if head_dim == 0:
         out[:] = 0.0
     else:
