@@ -606,6 +606,13 @@ def _sgemm(typingctx, address_t, a_t, lda_t, b_t, ldb_t, c_t, ldc_t, m_t, n_t, k
     return signature, codegen
 
 
+@nb.njit(cache=True, inline="always")
+def _leading(array: np.ndarray) -> int:
+    """A row-major float32 matrix's leading dimension for BLAS (numpy may give a one-row or empty array any row
+    stride: then any value >= its width will do)."""
+    return array.strides[0] // 4 if array.shape[0] > 1 else max(1, array.shape[1])
+
+
 Items = tuple  # TopNScorer._items: chunks [C, d, W], [mean | covariance] [d, 1 + d], tail columns and coefficients
 
 
@@ -621,7 +628,7 @@ def _score_chunk(sgemm: int, users: np.ndarray, items: Items, head_dim: int, num
     if head_dim == 0:
         out[:] = 0.0
     else:
-        _sgemm(sgemm, users, users.shape[1], chunks[number], width, out, out.strides[0] // 4, rows, width,
+        _sgemm(sgemm, users, _leading(users), chunks[number], width, out, _leading(out), rows, width,
                head_dim)  # type: ignore[call-arg]  # typingctx is numba's
     if tail_cols.shape[0] == 0:
         return
@@ -651,8 +658,8 @@ def _score_step(sgemm: int, users: np.ndarray, items: Items, head_dim: int, num_
     if head_dim == 0:
         step_moments[:] = 0.0
     else:
-        _sgemm(sgemm, users, users.shape[1], item_moments, item_moments.shape[1], step_moments, moments.shape[1],
-               rows, item_moments.shape[1], head_dim)  # type: ignore[call-arg]  # typingctx is numba's
+        _sgemm(sgemm, users, _leading(users), item_moments, item_moments.shape[1], step_moments,
+               _leading(step_moments), rows, item_moments.shape[1], head_dim)  # type: ignore[call-arg]
     _start_rows(users[:, :head_dim], step_moments, margin, screen)
     excluded = cols.copy()  # each row's exclusions in ascending order: each chunk takes the next ones from there
     for r in range(rows):

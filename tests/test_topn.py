@@ -64,6 +64,23 @@ def test_top_n_equals_a_full_stable_sort_on_random_scores() -> None:
     assert top.rescored < 0.05 * 300  # the screening settled (almost) every row: the fast path is what was checked
 
 
+def test_heavy_users_exclusions_in_any_order_across_chunks() -> None:
+    # 300 exclusions a row (more than the per-row insertion sort takes), in random order, over every chunk of items;
+    # the last step holds one user
+    rng = np.random.default_rng(6)
+    item_emb = rng.standard_normal((9000, 8), dtype=np.float32)
+    user_emb = rng.standard_normal((417, 8), dtype=np.float32)
+    ex_rows, ex_cols, mask = exclusions(rng, 417, 9000, 300)
+    order = rng.permutation(len(ex_rows))
+    scorer = TopNScorer(item_emb, step_rows=416, threads=2)
+    assert scorer.padded_items // scorer.chunk_width > 10
+    top = scorer.top_n(user_emb, 50, ex_rows[order], ex_cols[order])
+    scores = np.empty((417, 9000), np.float32)
+    np.matmul(user_emb, np.ascontiguousarray(item_emb.T), out=scores)
+    pos, _ = full_sort(scores, 50, mask)
+    np.testing.assert_array_equal(top.positions, pos)
+
+
 @pytest.mark.parametrize("margin", [-3.0, 30.0])
 def test_rows_the_screening_misses_are_rescored_exactly(margin: float) -> None:
     # a negative margin puts thresholds above most rows' 100th score (too few candidates), a huge one far below it
