@@ -116,7 +116,7 @@ class TopNScorer:
         self._chunks_t = np.ascontiguousarray(padded.reshape(chunks, self.chunk_width, self.head_dim).transpose(0, 2, 1))
         if self._tail_cols is None or self._tail_coef is None:  # no tail: empty arrays, which the kernel skips
             self._tail_cols, self._tail_coef = np.zeros(0, np.intp), np.zeros(0, np.float32)
-        self._sgemm = _sgemm_address()
+        self._sgemm = _find_sgemm()
         # what the kernel reads of the items, one argument: chunks, [mean | covariance], the indicator tail
         self._items = (self._chunks_t, self._item_moments, self._tail_cols, self._tail_coef)
         if item_categories is None:
@@ -230,7 +230,11 @@ def _new_screen(rows: int, capacity: int, first_z: float) -> Screen:
 
 
 _CONTROLLER: list[ThreadpoolController] = []
-_SGEMM_SYMBOLS = ("scipy_cblas_sgemm64_", "cblas_sgemm64_")  # numpy's wheels: scipy-openblas, 64-bit ints
+# cblas_sgemm by name, and whether its ints are 64-bit: numpy's PyPI wheels bundle scipy-openblas (ILP64); other
+# builds link a plain LP64 BLAS (OpenBLAS, MKL, Accelerate)
+_SGEMM_SYMBOLS = (("scipy_cblas_sgemm64_", True), ("cblas_sgemm64_", True), ("scipy_cblas_sgemm", False),
+                  ("cblas_sgemm", False))
+Sgemm = tuple  # (address of a cblas_sgemm, whether its ints are 64-bit): an argument of the compiled kernel
 
 
 def _blas_controller() -> ThreadpoolController:
@@ -240,19 +244,19 @@ def _blas_controller() -> ThreadpoolController:
     return _CONTROLLER[0]
 
 
-def _sgemm_address() -> int:
-    """The address of the ILP64 ``cblas_sgemm`` of the BLAS numpy uses, which the kernel calls from compiled code
-    (one call per chunk, no Python in between; numba's own ``np.dot`` goes through scipy's BLAS, 15% slower here).
-    It is an argument, not a global, so that numba can cache the kernel on disk."""
+def _find_sgemm() -> Sgemm:
+    """The ``cblas_sgemm`` of the BLAS numpy uses, which the kernel calls from compiled code (one call per chunk, no
+    Python in between; numba's own ``np.dot`` goes through scipy's BLAS, 15% slower here). Its address is an
+    argument, not a global, so that numba can cache the kernel on disk."""
     for library in _blas_controller().lib_controllers:
         if library.user_api != "blas":
             continue
         blas = ctypes.CDLL(library.filepath)
-        for symbol in _SGEMM_SYMBOLS:
+        for symbol, ilp64 in _SGEMM_SYMBOLS:
             if hasattr(blas, symbol):
-                return int(ctypes.cast(getattr(blas, symbol), ctypes.c_void_p).value or 0)
-    raise RuntimeError(f"the top-N kernel needs a BLAS with an ILP64 cblas_sgemm ({' or '.join(_SGEMM_SYMBOLS)}), "
-                       "as numpy's wheels from PyPI bundle (scipy-openblas); none of the loaded ones has it")
+                return int(ctypes.cast(getattr(blas, symbol), ctypes.c_void_p).value or 0), ilp64
+    raise RuntimeError("the top-N kernel needs the BLAS numpy uses to export cblas_sgemm; none of the loaded BLAS "
+                       f"libraries has any of {', '.join(name for name, _ in _SGEMM_SYMBOLS)}")
 
 
 def _exclusions_csr(rows_ex: np.ndarray | None, cols_ex: np.ndarray | None, rows: int,
@@ -581,26 +585,34 @@ def _mask_at_least(typingctx, row_t, start_t, threshold_t):  # type: ignore[no-u
 
 
 @intrinsic
-def _sgemm(typingctx, address_t, a_t, lda_t, b_t, ldb_t, c_t, ldc_t, m_t, n_t, k_t):  # type: ignore[no-untyped-def]
+def _sgemm(typingctx, sgemm_t, a_t, lda_t, b_t, ldb_t, c_t, ldc_t, m_t, n_t, k_t):  # type: ignore[no-untyped-def]
     """``c[:m, :n] = a[:m, :k] @ b[:k, :n]`` (float32, row-major, leading dimensions ``lda``, ``ldb``, ``ldc``) by the
-    ILP64 ``cblas_sgemm`` at ``address`` (see _sgemm_address)."""
-    signature = types.void(types.intp, a_t, types.intp, b_t, types.intp, c_t, types.intp, types.intp, types.intp,
+    ``cblas_sgemm`` that ``sgemm`` names (see _find_sgemm), with 64- or 32-bit ints as it takes them."""
+    signature = types.void(sgemm_t, a_t, types.intp, b_t, types.intp, c_t, types.intp, types.intp, types.intp,
                            types.intp)
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        address, a, lda, b, ldb, c, ldc, m, n, k = args
-        i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+        sgemm, a, lda, b, ldb, c, ldc, m, n, k = args
+        address, ilp64 = builder.extract_value(sgemm, 0), builder.extract_value(sgemm, 1)
+        i32, f32 = ir.IntType(32), ir.FloatType()
         floats = f32.as_pointer()
-        cblas = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i64, i64, i64, f32, floats, i64, floats, i64, f32,
-                                                floats, i64])
 
         def data(array_type, value):  # type: ignore[no-untyped-def]
             return builder.bitcast(context.make_array(array_type)(context, builder, value).data, floats)
 
+        pointers = data(sig.args[1], a), data(sig.args[3], b), data(sig.args[5], c)
         row_major, no_trans = ir.Constant(i32, 101), ir.Constant(i32, 111)
-        builder.call(builder.inttoptr(address, cblas.as_pointer()),
-                     [row_major, no_trans, no_trans, m, n, k, ir.Constant(f32, 1.0), data(sig.args[1], a), lda,
-                      data(sig.args[3], b), ldb, ir.Constant(f32, 0.0), data(sig.args[5], c), ldc])
+        wide_ints = ilp64 if ilp64.type.width == 1 else builder.icmp_unsigned("!=", ilp64, ilp64.type(0))
+        with builder.if_else(wide_ints) as (wide, narrow):
+            for branch, integer in ((wide, ir.IntType(64)), (narrow, i32)):
+                with branch:
+                    cblas = ir.FunctionType(ir.VoidType(), [i32, i32, i32, integer, integer, integer, f32, floats,
+                                                            integer, floats, integer, f32, floats, integer])
+                    m_, n_, k_, lda_, ldb_, ldc_ = (builder.trunc(v, integer) if integer.width < 64 else v
+                                                    for v in (m, n, k, lda, ldb, ldc))
+                    builder.call(builder.inttoptr(address, cblas.as_pointer()),
+                                 [row_major, no_trans, no_trans, m_, n_, k_, ir.Constant(f32, 1.0), pointers[0], lda_,
+                                  pointers[1], ldb_, ir.Constant(f32, 0.0), pointers[2], ldc_])
         return context.get_dummy_value()
 
     return signature, codegen
@@ -617,7 +629,7 @@ Items = tuple  # TopNScorer._items: chunks [C, d, W], [mean | covariance] [d, 1 
 
 
 @nb.njit(nogil=True, cache=True)
-def _score_chunk(sgemm: int, users: np.ndarray, items: Items, head_dim: int, num_items: int, number: int,
+def _score_chunk(sgemm: Sgemm, users: np.ndarray, items: Items, head_dim: int, num_items: int, number: int,
                  out: np.ndarray) -> None:
     """``out`` [B, W] = the scores of ``users`` (whole rows, [B, d] C-contiguous) for chunk ``number`` of the items:
     one BLAS call for the head, the indicator tail added by a gather (see indicator_tail)."""
@@ -639,7 +651,7 @@ def _score_chunk(sgemm: int, users: np.ndarray, items: Items, head_dim: int, num
 
 
 @nb.njit(nogil=True, cache=True)
-def _score_whole_rows(sgemm: int, users: np.ndarray, items: Items, head_dim: int, num_items: int,
+def _score_whole_rows(sgemm: Sgemm, users: np.ndarray, items: Items, head_dim: int, num_items: int,
                       out: np.ndarray) -> None:
     """``out`` [B, padded items] = the scores of ``users`` for every chunk (the rows the screening missed)."""
     width = items[0].shape[2]
@@ -648,7 +660,7 @@ def _score_whole_rows(sgemm: int, users: np.ndarray, items: Items, head_dim: int
 
 
 @nb.njit(nogil=True, cache=True)
-def _score_step(sgemm: int, users: np.ndarray, items: Items, head_dim: int, num_items: int, indptr: np.ndarray,
+def _score_step(sgemm: Sgemm, users: np.ndarray, items: Items, head_dim: int, num_items: int, indptr: np.ndarray,
                 cols: np.ndarray, margin: float, screen: Screen, chunk: np.ndarray, moments: np.ndarray) -> None:
     """A step of users (rows of ``users``) scored one chunk of items at a time into ``chunk``, each chunk screened
     while it is in cache: the candidates _finish_rows then orders."""

@@ -81,6 +81,34 @@ def test_heavy_users_exclusions_in_any_order_across_chunks() -> None:
     np.testing.assert_array_equal(top.positions, pos)
 
 
+def test_a_blas_with_32_bit_ints_gives_the_same_lists() -> None:
+    # numpy's wheels bring an ILP64 OpenBLAS; other numpy builds link an LP64 BLAS (MKL, Accelerate, a distribution's
+    # OpenBLAS). scipy's wheel bundles an LP64 OpenBLAS, which stands in for them here
+    import ctypes
+    import glob
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("scipy")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scipy is not installed: no LP64 OpenBLAS to call")
+    site = os.path.dirname(list(spec.submodule_search_locations)[0])
+    found = glob.glob(os.path.join(site, "scipy.libs", "libscipy_openblas-*.so"))
+    if not found:
+        pytest.skip("this scipy bundles no LP64 OpenBLAS (scipy.libs/libscipy_openblas-*.so)")
+    lp64 = ctypes.CDLL(found[0])
+    rng = np.random.default_rng(7)
+    item_emb = rng.standard_normal((3000, 16), dtype=np.float32)
+    user_emb = rng.standard_normal((500, 16), dtype=np.float32)
+    usual = TopNScorer(item_emb)
+    assert usual._sgemm[1]  # numpy's own: 64-bit ints
+    narrow = TopNScorer(item_emb)
+    narrow._sgemm = (ctypes.cast(lp64.scipy_cblas_sgemm, ctypes.c_void_p).value, False)
+    expected, got = usual.top_n(user_emb, 50), narrow.top_n(user_emb, 50)
+    np.testing.assert_array_equal(got.positions, expected.positions)
+    np.testing.assert_array_equal(got.scores, expected.scores)
+
+
 @pytest.mark.parametrize("margin", [-3.0, 30.0])
 def test_rows_the_screening_misses_are_rescored_exactly(margin: float) -> None:
     # a negative margin puts thresholds above most rows' 100th score (too few candidates), a huge one far below it
