@@ -245,18 +245,20 @@ def _blas_controller() -> ThreadpoolController:
 
 
 def _find_sgemm() -> Sgemm:
-    """The ``cblas_sgemm`` of the BLAS numpy uses, which the kernel calls from compiled code (one call per chunk, no
-    Python in between; numba's own ``np.dot`` goes through scipy's BLAS, 15% slower here). Its address is an
-    argument, not a global, so that numba can cache the kernel on disk."""
-    for library in _blas_controller().lib_controllers:
-        if library.user_api != "blas":
-            continue
-        blas = ctypes.CDLL(library.filepath)
-        for symbol, ilp64 in _SGEMM_SYMBOLS:
-            if hasattr(blas, symbol):
-                return int(ctypes.cast(getattr(blas, symbol), ctypes.c_void_p).value or 0), ilp64
-    raise RuntimeError("the top-N kernel needs the BLAS numpy uses to export cblas_sgemm; none of the loaded BLAS "
-                       f"libraries has any of {', '.join(name for name, _ in _SGEMM_SYMBOLS)}")
+    """The ``cblas_sgemm`` of the BLAS numpy itself links, which the kernel calls from compiled code (one call per
+    chunk, no Python in between; numba's own ``np.dot`` goes through scipy's BLAS, 15% slower here). Looked up
+    through numpy's extension module, whose dependencies dlsym searches: another loaded BLAS (scipy's own, say) is
+    never picked. The address is an argument, not a global, so that numba can cache the kernel on disk."""
+    try:
+        from numpy._core import _multiarray_umath
+    except ImportError:  # numpy 1.x
+        from numpy.core import _multiarray_umath  # type: ignore[no-redef]
+    numpy_itself = ctypes.CDLL(_multiarray_umath.__file__)
+    for symbol, ilp64 in _SGEMM_SYMBOLS:
+        if hasattr(numpy_itself, symbol):
+            return int(ctypes.cast(getattr(numpy_itself, symbol), ctypes.c_void_p).value or 0), ilp64
+    raise RuntimeError("the top-N kernel needs the BLAS numpy links to export cblas_sgemm; it has none of "
+                       f"{', '.join(name for name, _ in _SGEMM_SYMBOLS)}")
 
 
 def _exclusions_csr(rows_ex: np.ndarray | None, cols_ex: np.ndarray | None, rows: int,

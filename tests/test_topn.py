@@ -96,12 +96,13 @@ def test_a_blas_with_32_bit_ints_gives_the_same_lists() -> None:
     found = glob.glob(os.path.join(site, "scipy.libs", "libscipy_openblas-*.so"))
     if not found:
         pytest.skip("this scipy bundles no LP64 OpenBLAS (scipy.libs/libscipy_openblas-*.so)")
+    importlib.import_module("scipy.linalg")  # scipy's LP64 OpenBLAS loaded first: the kernel still finds numpy's
     lp64 = ctypes.CDLL(found[0])
     rng = np.random.default_rng(7)
     item_emb = rng.standard_normal((3000, 16), dtype=np.float32)
     user_emb = rng.standard_normal((500, 16), dtype=np.float32)
     usual = TopNScorer(item_emb)
-    assert usual._sgemm[1]  # numpy's own: 64-bit ints
+    assert usual._sgemm[1]  # numpy's own (the PyPI wheel's): 64-bit ints
     narrow = TopNScorer(item_emb)
     narrow._sgemm = (ctypes.cast(lp64.scipy_cblas_sgemm, ctypes.c_void_p).value, False)
     expected, got = usual.top_n(user_emb, 50), narrow.top_n(user_emb, 50)
