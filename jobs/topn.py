@@ -2,8 +2,8 @@
 
 Selection, not arithmetic, is what costs: a full ``tf.math.top_k`` or ``np.argpartition`` over every item of
 every user costs 2-10x the matrix product. Here each thread scores a step of users one chunk of items at a time
-(one BLAS call each, into one buffer that stays in the core's L2 cache) and screens each chunk while it is there,
-all exact:
+(one BLAS call each, made from compiled code, into one buffer that stays in the core's L2 cache) and screens each
+chunk while it is there, all exact:
 
 1. Each row's screening threshold: its scores' mean + z * their deviation over the catalogue (exact from the
    items' mean and covariance, without a pass over the scores), z being where the recent rows' m-th best score
@@ -17,9 +17,9 @@ all exact:
    stripe maxima (``_top_into``): the row is cut into ``STRIPES`` stripes of ``G`` items, group g's maximum is that
    of items ``g, g + G, ...``, a threshold with between m and m + SLACK groups above it is searched by counting,
    and only the half-groups above it are scanned.
-Exclusions (items the user already interacted with) are set to -inf first. The category cap (at most ``cap``
-items of one category per list) is applied greedily in score order to the top ``pool`` items; a row whose pool
-runs out before its list is full is redone over all items, so the result stays exact.
+Exclusions (items the user already interacted with) are set to -inf in each chunk before it is screened. The
+category cap (at most ``cap`` items of one category per list) is applied greedily in score order to the top ``pool``
+items; a row whose pool runs out before its list is full is redone over all items, so the result stays exact.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ STRIPES = 16
 STEP_ROWS = 416
 CHUNK_BYTES = 1024 * 1024
 # a row's screening threshold: its mean score + z * its score deviation, z = the running mean of the recent rows' z
-# of their m-th score less SCREEN_MARGIN times its mean absolute change (0.7% of rows scored again on
+# of their m-th score less SCREEN_MARGIN times its mean absolute change (0.4-0.7% of rows scored again on
 # bench_score's embeddings; a smaller margin gives fewer candidates and more rows scored twice)
 SCREEN_MARGIN = 3.0
 SCREEN_LEARNING = 0.1  # weight of each settled row in those running means
@@ -113,7 +113,8 @@ class TopNScorer:
             else np.zeros((self.head_dim, self.head_dim))
         self._item_moments = np.ascontiguousarray(np.hstack([mean[:, None], cov]), dtype=np.float32)
         # [chunks, d, W]: chunk c's items transposed, the BLAS-friendly layout for U @ I^T
-        self._chunks_t = np.ascontiguousarray(padded.reshape(chunks, self.chunk_width, self.head_dim).transpose(0, 2, 1))
+        self._chunks_t = np.ascontiguousarray(
+            padded.reshape(chunks, self.chunk_width, self.head_dim).transpose(0, 2, 1))
         if self._tail_cols is None or self._tail_coef is None:  # no tail: empty arrays, which the kernel skips
             self._tail_cols, self._tail_coef = np.zeros(0, np.intp), np.zeros(0, np.float32)
         self._sgemm = _find_sgemm()
