@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import importlib
 import itertools
 import math
 import os
@@ -94,7 +95,7 @@ class TopNScorer:
             raise ValueError(f"item_embeddings must be [N, d], got shape {items.shape}")
         self.num_items, self.dim = items.shape
         # an indicator tail (a deep+wide model's one-hot item part) is added by a gather, not multiplied
-        self.head_dim, self._tail_cols, self._tail_coef = indicator_tail(items)
+        self.head_dim, tail_cols, tail_coef = indicator_tail(items)
         self.step_rows = step_rows or STEP_ROWS
         # the items in chunks of equal width (a multiple of STRIPES and LANES, both 16; zero vectors pad the last
         # one, their scores are set to -inf): a step's scores for one chunk stay in the core's cache while screened
@@ -111,15 +112,14 @@ class TopNScorer:
         mean = head.mean(axis=0) if self.num_items else np.zeros(self.head_dim)
         cov = np.cov(head, rowvar=False, bias=True).reshape(self.head_dim, self.head_dim) if self.num_items > 1 \
             else np.zeros((self.head_dim, self.head_dim))
-        self._item_moments = np.ascontiguousarray(np.hstack([mean[:, None], cov]), dtype=np.float32)
+        item_moments = np.ascontiguousarray(np.hstack([mean[:, None], cov]), dtype=np.float32)
         # [chunks, d, W]: chunk c's items transposed, the BLAS-friendly layout for U @ I^T
-        self._chunks_t = np.ascontiguousarray(
-            padded.reshape(chunks, self.chunk_width, self.head_dim).transpose(0, 2, 1))
-        if self._tail_cols is None or self._tail_coef is None:  # no tail: empty arrays, which the kernel skips
-            self._tail_cols, self._tail_coef = np.zeros(0, np.intp), np.zeros(0, np.float32)
-        self._sgemm = _find_sgemm()
+        chunks_t = np.ascontiguousarray(padded.reshape(chunks, self.chunk_width, self.head_dim).transpose(0, 2, 1))
+        if tail_cols is None or tail_coef is None:  # no tail: empty arrays, which the kernel skips
+            tail_cols, tail_coef = np.zeros(0, np.intp), np.zeros(0, np.float32)
         # what the kernel reads of the items, one argument: chunks, [mean | covariance], the indicator tail
-        self._items = (self._chunks_t, self._item_moments, self._tail_cols, self._tail_coef)
+        self._items = (chunks_t, item_moments, tail_cols, tail_coef)
+        self._sgemm = _find_sgemm()
         if item_categories is None:
             self.item_categories = np.zeros(self.num_items, np.int32)
         else:
@@ -251,10 +251,10 @@ def _find_sgemm() -> Sgemm:
     through numpy's extension module, whose dependencies dlsym searches: another loaded BLAS (scipy's own, say) is
     never picked. The address is an argument, not a global, so that numba can cache the kernel on disk."""
     try:
-        from numpy._core import _multiarray_umath
+        extension = importlib.import_module("numpy._core._multiarray_umath")
     except ImportError:  # numpy 1.x
-        from numpy.core import _multiarray_umath  # type: ignore[no-redef]
-    numpy_itself = ctypes.CDLL(_multiarray_umath.__file__)
+        extension = importlib.import_module("numpy.core._multiarray_umath")
+    numpy_itself = ctypes.CDLL(extension.__file__)
     for symbol, ilp64 in _SGEMM_SYMBOLS:
         if hasattr(numpy_itself, symbol):
             return int(ctypes.cast(getattr(numpy_itself, symbol), ctypes.c_void_p).value or 0), ilp64
@@ -632,19 +632,27 @@ Items = tuple  # TopNScorer._items: chunks [C, d, W], [mean | covariance] [d, 1 
 
 
 @nb.njit(nogil=True, cache=True)
+def _product(sgemm: Sgemm, users: np.ndarray, head_dim: int, right: np.ndarray, out: np.ndarray) -> None:
+    """``out`` [B, W] = ``users[:, :head_dim] @ right`` ([head_dim, W]) by one BLAS call; ``users``: whole rows,
+    [B, d] C-contiguous."""
+    rows, width = out.shape
+    if rows == 0:
+        return
+    if head_dim == 0:
+        out[:] = 0.0
+        return
+    _sgemm(sgemm, users, _leading(users), right, _leading(right), out, _leading(out), rows, width,
+           head_dim)  # type: ignore[call-arg]  # typingctx is numba's
+
+
+@nb.njit(nogil=True, cache=True)
 def _score_chunk(sgemm: Sgemm, users: np.ndarray, items: Items, head_dim: int, num_items: int, number: int,
                  out: np.ndarray) -> None:
     """``out`` [B, W] = the scores of ``users`` (whole rows, [B, d] C-contiguous) for chunk ``number`` of the items:
     one BLAS call for the head, the indicator tail added by a gather (see indicator_tail)."""
     chunks, _, tail_cols, tail_coef = items
     rows, width = out.shape
-    if rows == 0:
-        return
-    if head_dim == 0:
-        out[:] = 0.0
-    else:
-        _sgemm(sgemm, users, _leading(users), chunks[number], width, out, _leading(out), rows, width,
-               head_dim)  # type: ignore[call-arg]  # typingctx is numba's
+    _product(sgemm, users, head_dim, chunks[number], out)
     if tail_cols.shape[0] == 0:
         return
     offset = number * width
@@ -670,30 +678,34 @@ def _score_step(sgemm: Sgemm, users: np.ndarray, items: Items, head_dim: int, nu
     rows = users.shape[0]
     _, item_moments, _, _ = items
     step_moments = moments[:rows]
-    if head_dim == 0:
-        step_moments[:] = 0.0
-    else:
-        _sgemm(sgemm, users, _leading(users), item_moments, item_moments.shape[1], step_moments,
-               _leading(step_moments), rows, item_moments.shape[1], head_dim)  # type: ignore[call-arg]
+    _product(sgemm, users, head_dim, item_moments, step_moments)
     _start_rows(users[:, :head_dim], step_moments, margin, screen)
-    excluded = cols.copy()  # each row's exclusions in ascending order: each chunk takes the next ones from there
-    for r in range(rows):
-        if indptr[r + 1] - indptr[r] > 32:
-            excluded[indptr[r]: indptr[r + 1]] = np.sort(excluded[indptr[r]: indptr[r + 1]])
-            continue
-        for e in range(indptr[r] + 1, indptr[r + 1]):  # insertion sort: most rows have a few dozen
-            value = excluded[e]
-            t = e
-            while t > indptr[r] and excluded[t - 1] > value:
-                excluded[t] = excluded[t - 1]
-                t -= 1
-            excluded[t] = value
+    excluded = _sorted_per_row(indptr, cols)  # each chunk takes each row's next exclusions from there
     next_excluded = indptr[:-1].copy()
     width = chunk.shape[1]
     step_chunk = chunk[:rows]
     for number in range(items[0].shape[0]):
         _score_chunk(sgemm, users, items, head_dim, num_items, number, step_chunk)
         _screen_chunk(step_chunk, number * width, num_items, indptr, excluded, next_excluded, screen)
+
+
+@nb.njit(nogil=True, cache=True)
+def _sorted_per_row(indptr: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """A copy of CSR ``cols`` with each row's entries in ascending order."""
+    ordered = cols.copy()
+    for r in range(indptr.shape[0] - 1):
+        lo, hi = indptr[r], indptr[r + 1]
+        if hi - lo > 32:
+            ordered[lo:hi] = np.sort(ordered[lo:hi])
+            continue
+        for e in range(lo + 1, hi):  # insertion sort: most rows have a few dozen
+            value = ordered[e]
+            t = e
+            while t > lo and ordered[t - 1] > value:
+                ordered[t] = ordered[t - 1]
+                t -= 1
+            ordered[t] = value
+    return ordered
 
 
 @nb.njit(nogil=True, cache=True)
