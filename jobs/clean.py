@@ -62,6 +62,7 @@ from pyspark.sql import types as T
 from jobs import manifest as manifests
 from jobs.pseudonymise import pseudonym_column, resolve_key
 from jobs.spark import check_schema, delete_path, path_exists, spark_session, write_empty_partition
+from models import lake_io
 from schemas import lake
 from schemas.clean import CLEAN_EVENT, CLEAN_ITEM, CLEAN_USER, QUARANTINE_EVENT, QUARANTINE_REASONS
 from schemas.raw import RAW_EVENT, RAW_ITEM, REQUIRED_EVENT_FIELDS, SCENARIO_EVENT_TYPES
@@ -391,11 +392,32 @@ def _counts_by(df: DataFrame, *keys: str) -> dict[tuple[str, ...], int]:
             for row in df.groupBy(*keys).agg(F.count(F.lit(1)).alias("rows")).collect()}
 
 
-def _profile_counts(raw: DataFrame, key: str) -> dict[str, tuple[int, int]]:
-    """dt -> (raw rows, distinct non-blank keys = rows of the clean table) in one pass."""
-    rows = raw.groupBy("dt").agg(F.count(F.lit(1)).alias("raw"),
-                                 F.countDistinct(F.when(~_blank(key), F.col(key))).alias("clean")).collect()
-    return {row["dt"]: (int(row["raw"]), int(row["clean"])) for row in rows}
+def _line_and_profile_counts(flagged: DataFrame, raw_items: DataFrame, raw_users: DataFrame) -> tuple[
+        dict[tuple[str, tuple[str, ...] | None], int], dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+    """One query for the day counts read before routing: event lines per (dt, extra_keys), and for items and users
+    dt -> (raw rows, distinct non-blank keys = rows of the clean table)."""
+    no_keys, no_key = F.lit(None).cast("array<string>"), F.lit(None).cast("string")
+    parts = [flagged.select(F.lit("events").alias("_table"), "dt", "extra_keys", no_key.alias("_key")),
+             raw_items.select(F.lit("items"), "dt", no_keys, F.when(~_blank("item_id"), F.col("item_id"))),
+             raw_users.select(F.lit("users"), "dt", no_keys, F.when(~_blank("user_id"), F.col("user_id")))]
+    union = parts[0].union(parts[1]).union(parts[2])
+    rows = union.groupBy("_table", "dt", "extra_keys").agg(
+        F.count(F.lit(1)).alias("rows"), F.countDistinct("_key").alias("keys")).collect()
+    lines: dict[tuple[str, tuple[str, ...] | None], int] = {}
+    profiles: dict[str, dict[str, tuple[int, int]]] = {"items": {}, "users": {}}
+    for row in rows:
+        if row["_table"] == "events":
+            keys = tuple(row["extra_keys"]) if row["extra_keys"] is not None else None
+            lines[(row["dt"], keys)] = int(row["rows"])
+        else:
+            profiles[row["_table"]][row["dt"]] = (int(row["rows"]), int(row["keys"]))
+    return lines, profiles["items"], profiles["users"]
+
+
+def _rows_by_reason(root: str, ds: str) -> dict[str, int]:
+    """The written quarantine partition of ``ds``: rows per reason."""
+    reasons = lake_io.read_partition(root, lake.QUARANTINE_EVENTS, ds, columns=["reason"]).column("reason")
+    return {str(entry["values"]): int(entry["counts"]) for entry in reasons.value_counts().to_pylist()}
 
 
 def _read_days(reader: Any, fmt: str, root: str, name: str, dates: Sequence[str]) -> DataFrame:
@@ -458,15 +480,13 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
             flagged = spark.read.parquet(lines_path)
             # raw_events per day: one row per line read, before any filter or join (the staged lines are the text
             # lines plus row-local columns), so it stays independent of the routing below
-            line_counts = _counts_by(flagged, "dt", "extra_keys")
+            line_counts, item_counts, user_counts = _line_and_profile_counts(flagged, raw_items, raw_users)
             raw_counts: dict[str, int] = {ds: 0 for ds in dates}
             drift: dict[tuple[str, str], int] = {}
             for (ds, extra_keys), rows in line_counts.items():
                 raw_counts[ds] += rows
                 for name in extra_keys or ():
                     drift[(ds, name)] = drift.get((ds, name), 0) + rows
-            item_counts = _profile_counts(raw_items, "item_id")
-            user_counts = _profile_counts(raw_users, "user_id")
             # duplicates and bots: narrow aggregates over the staged lines' id columns, each materialised once
             # (small as a rule), then broadcast back onto the lines: no shuffle or sort of whole rows
             repeated = repeated_event_ids(flagged).persist()
@@ -502,9 +522,10 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
             frame.unpersist()
         delete_path(spark, lines_path)
 
-    # counts of the events that landed, read back from the written tables
-    written_clean = _counts_by(_read_days(spark.read, "parquet", root, lake.CLEAN_EVENTS, dates), "dt")
-    written_quarantine = _counts_by(_read_days(spark.read, "parquet", root, lake.QUARANTINE_EVENTS, dates), "dt", "reason")
+    # counts of the events that landed, read back from the written tables (footers and the reason column, with
+    # pyarrow: no Spark job)
+    written_clean = {ds: lake_io.count_rows(lake.partition(root, lake.CLEAN_EVENTS, ds)) for ds in dates}
+    written_quarantine = {(ds, reason): rows for ds in dates for reason, rows in _rows_by_reason(root, ds).items()}
 
     finished_at = manifests.utc_now()
     out: dict[str, dict[str, Any]] = {}
@@ -515,7 +536,7 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
             raise ValueError(f"quarantine for {ds} has undeclared reasons {sorted(unexpected)}")
         counts: dict[str, Any] = {
             "raw_events": raw_counts[ds],
-            "clean_events": written_clean.get((ds,), 0),
+            "clean_events": written_clean[ds],
             "quarantined_events": sum(by_reason.values()),
             "quarantined_by_reason": by_reason,
             "duplicates_dropped": DUPLICATES_DROPPED,

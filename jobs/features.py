@@ -40,6 +40,7 @@ from jobs.spark import (
     spark_session,
     write_partition,
 )
+from models.lake_io import count_rows
 from schemas import lake
 from schemas.clean import CLEAN_EVENT, CLEAN_ITEM, CLEAN_USER
 from schemas.features import (
@@ -514,8 +515,8 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, object]:
     for df in outputs.values():
         df.unpersist()
     spark.catalog.clearCache()
-    # row counts from the written Parquet footers: cheap, and what consumers will actually read
-    rows = count_rows(spark, settings.lake_root, list(outputs), settings.run_date)
+    # row counts from the Parquet footers (pyarrow: no Spark job), of what consumers will actually read
+    rows = {name: count_rows(lake.partition(settings.lake_root, name, settings.run_date)) for name in outputs}
     summary: dict[str, object] = {
         "run_date": settings.ds,
         "daily_computed": [d.isoformat() for d in computed],
@@ -526,24 +527,13 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, object]:
     # the stage's run manifest runs/features/dt=D: rows in (clean events of the window and D) and out (all tables)
     from jobs import manifest as manifests
 
-    inputs = [path for day in [*settings.window_dates(), settings.run_date]
-              if path_exists(spark, path := lake.partition(settings.lake_root, lake.CLEAN_EVENTS, day))]
-    rows_in = spark.read.parquet(*inputs).count() if inputs else 0
+    rows_in = sum(count_rows(path) for day in [*settings.window_dates(), settings.run_date]
+                  if path_exists(spark, path := lake.partition(settings.lake_root, lake.CLEAN_EVENTS, day)))
     manifests.record_stage(settings.lake_root, "features", settings.run_date, {
         "rows_in": rows_in, "rows_out": sum(rows.values()), "users": rows.get(lake.USER_FEATURES, 0),
         "items": rows.get(lake.ITEM_FEATURES, 0), "rows_by_table": rows,
     }, time.perf_counter() - started, spark, daily_computed=summary["daily_computed"])
     return summary
-
-
-def count_rows(spark: SparkSession, root: str, names: list[str], date: dt.date) -> dict[str, int]:
-    """Rows of each written partition, in one query over the Parquet footers."""
-    counts = None
-    for name in names:
-        part = spark.read.parquet(lake.partition(root, name, date)).groupBy().count().select(
-            F.lit(name).alias("name"), "count")
-        counts = part if counts is None else counts.union(part)
-    return {} if counts is None else {row["name"]: int(row["count"]) for row in counts.collect()}
 
 
 def main(argv: list[str] | None = None) -> None:

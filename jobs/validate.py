@@ -198,9 +198,9 @@ class PandasLake:
         return self.arrow(path, columns).to_pandas()
 
     def count(self, path: str) -> int:
-        import pyarrow.dataset as pads
+        from models.lake_io import count_rows
 
-        return pads.dataset(_local(path), format="parquet").count_rows()  # footers only, no data read
+        return count_rows(path)
 
     def frame(self, df: pd.DataFrame) -> pd.DataFrame:
         return df

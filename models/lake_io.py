@@ -44,6 +44,15 @@ def read_partition(root: str, name: str, date: Any, columns: list[str] | None = 
     return table
 
 
+def count_rows(uri: str) -> int:
+    """Rows of the Parquet files under a path (a partition folder or one file), from their footers: no data read,
+    no Spark job."""
+    import pyarrow.dataset as pads
+
+    fs, path = filesystem(uri)
+    return int(pads.dataset(path, filesystem=fs, format="parquet").count_rows())
+
+
 def list_partitions(root: str, name: str) -> list[str]:
     """The ``YYYY-MM-DD`` dates that have a partition of the table, oldest first."""
     fs, path = filesystem(lake.table(root, name))

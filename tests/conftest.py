@@ -51,7 +51,7 @@ SHARED_DATA = Path(os.environ.get("RECFLOW_SHARED_DATA", Path(__file__).resolve(
 def spark() -> Iterator[object]:
     from pyspark.sql import SparkSession
 
-    from jobs.class_archive import spark_jvm_options
+    from jobs.class_archive import driver_jvm_options
 
     session = (
         SparkSession.builder.master("local[2]")
@@ -64,7 +64,7 @@ def spark() -> Iterator[object]:
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .config("spark.ui.enabled", "false")
         .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.extraJavaOptions", spark_jvm_options())
+        .config("spark.driver.extraJavaOptions", driver_jvm_options("tests"))
         .getOrCreate()
     )
     yield session
