@@ -35,7 +35,7 @@ from airflow.sdk import dag, get_current_context, task
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _params lives next to this file
 from _params import RECOMMENDATIONS_ASSET, SIMILAR_ITEMS_ASSET, nightly_params  # noqa: E402
 
-from jobs.class_archive import driver_jvm_options, spark_jvm_options  # noqa: E402
+from jobs.class_archive import spark_jvm_options  # noqa: E402
 from jobs.pseudonymise import key_for_spark_job  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 
@@ -111,8 +111,7 @@ default_args = {
     default_args=default_args,
     params=nightly_params(),
     user_defined_macros={"recflow_pseudonym_key": key_for_spark_job,
-                         "recflow_spark_jvm_options": spark_jvm_options,
-                         "recflow_driver_jvm_options": driver_jvm_options},
+                         "recflow_spark_jvm_options": spark_jvm_options},
 )
 def recflow_nightly() -> None:
     @task(multiple_outputs=True, retries=0, execution_timeout=dt.timedelta(minutes=2))
@@ -159,9 +158,8 @@ def recflow_nightly() -> None:
             driver_memory=os.environ.get("RECFLOW_SPARK_DRIVER_MEMORY", "4g"),
             conf={"spark.log.level": os.environ.get("RECFLOW_SPARK_LOG_LEVEL", "WARN"),  # task logs: job output
                   # the class archive of this Airflow worker's venv, when it has one: ~10 s less per JVM
-                  # (jobs/class_archive.py); a JVM where it is missing or does not fit starts as before. The
-                  # driver also gets the stage's collector and compiler choice (driver_jvm_options)
-                  "spark.driver.extraJavaOptions": f"{{{{ recflow_driver_jvm_options('{stage}') }}}}",
+                  # (jobs/class_archive.py); a JVM where it is missing or does not fit starts as before
+                  "spark.driver.extraJavaOptions": "{{ recflow_spark_jvm_options() }}",
                   "spark.executor.extraJavaOptions": "{{ recflow_spark_jvm_options() }}"},
             # so the jobs' run manifests name the Airflow run that produced them
             env_vars={"AIRFLOW_CTX_DAG_ID": "{{ dag.dag_id }}", "AIRFLOW_CTX_DAG_RUN_ID": "{{ run_id }}",

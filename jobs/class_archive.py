@@ -85,23 +85,6 @@ def spark_jvm_options() -> str:
     return f"-XX:SharedArchiveFile={ARCHIVE} {_QUIET}" if archive_is_current() else ""
 
 
-# A stage's driver lives for one stage. The parallel collector leaves both cores to the tasks, where G1 (the
-# default) runs concurrent marking threads beside them: -7% wall for clean and -18% for features at 1M events in
-# local mode (README, "Cleaning and features"). Executors keep the cluster's choice.
-DRIVER_GC = "-XX:+UseParallelGC"
-# Stages made of many small queries (features: some 60 Spark jobs, each compiling its own code) finish sooner with
-# the quick C1 compiler alone than waiting for C2, even where the driver runs the tasks (local mode); clean's one
-# long parse pass wants C2.
-QUICK_JIT = "-XX:TieredStopAtLevel=1"
-QUICK_JIT_STAGES = frozenset({"features", "tests"})
-
-
-def driver_jvm_options(stage: str) -> str:
-    """JVM options for the driver of ``stage`` (a job's name, or "tests"): the archive, the collector and, for
-    stages of many small queries, the quick compiler."""
-    return " ".join(o for o in (spark_jvm_options(), DRIVER_GC, QUICK_JIT if stage in QUICK_JIT_STAGES else "") if o)
-
-
 def build(force: bool = False) -> bool:
     """(Re)build the archive unless it is current; True if one is usable afterwards."""
     if not force and archive_is_current():

@@ -14,7 +14,7 @@ from pyspark import SparkConf
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.class_archive import driver_jvm_options
+from jobs.class_archive import spark_jvm_options
 from schemas import lake
 from schemas.settings import Settings
 from schemas.spark import to_spark
@@ -43,8 +43,8 @@ def spark_session(settings: Settings, app: str) -> SparkSession:
     under_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ
     if not under_spark_submit and not SparkConf().contains("spark.master"):
         builder = builder.master(settings.spark_master)
-    if not under_spark_submit:  # this process starts the JVM
-        builder = builder.config("spark.driver.extraJavaOptions", driver_jvm_options(app))
+    if not under_spark_submit and (options := spark_jvm_options()):  # this process starts the JVM
+        builder = builder.config("spark.driver.extraJavaOptions", options)
     return builder.getOrCreate()
 
 

@@ -237,6 +237,7 @@ def bench_size(work: Path, events: int, with_features: bool = True) -> list[dict
     common = ["--date", RUN_DATE.isoformat(), "--window-days", str(DAYS - 1)]
 
     def step(name: str, cmd: list[str], lake: Path, env: dict[str, str] | None = None) -> None:
+        os.sync()  # the last step's (or the generator's) writes are flushed before, not during, this one
         load_before = os.getloadavg()[0]
         result = measure(cmd, {**SPARK_ENV, **(env or {})}, work / f"{name}-{events}.log")
         result["load"] = max(load_before, os.getloadavg()[0])  # 1-min load average, the higher of start and end
