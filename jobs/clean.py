@@ -50,6 +50,7 @@ Decisions (the why lives here, the rules in the code below):
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -61,7 +62,14 @@ from pyspark.sql import types as T
 
 from jobs import manifest as manifests
 from jobs.pseudonymise import pseudonym_column, resolve_key
-from jobs.spark import check_schema, delete_path, path_exists, spark_session, write_empty_partition
+from jobs.spark import (
+    check_schema,
+    delete_path,
+    in_parallel,
+    path_exists,
+    spark_session,
+    write_empty_partition,
+)
 from models import lake_io
 from schemas import lake
 from schemas.clean import CLEAN_EVENT, CLEAN_ITEM, CLEAN_USER, QUARANTINE_EVENT, QUARANTINE_REASONS
@@ -192,19 +200,26 @@ def _small(df: DataFrame, rows: int) -> DataFrame:
     return F.broadcast(df) if rows <= BROADCAST_ROWS else df
 
 
+def _id_hash() -> Column:
+    return F.xxhash64("event_id").alias("_id_hash")
+
+
 def repeated_event_ids(flagged: DataFrame) -> DataFrame:
-    """(dt, event_id) held by more than one valid row: a narrow aggregate (ids only, combined before the shuffle)."""
+    """(dt, _id_hash): 64-bit hashes of the event ids held by more than one valid row. A narrow aggregate (ids only,
+    combined before the shuffle) over 8-byte keys instead of the id strings; a hash collision only makes a candidate
+    that :func:`find_duplicates` drops, since it ranks the candidates by the ids themselves."""
     valid = flagged.where(F.col("reason").isNull())
-    return (valid.groupBy("dt", "event_id").agg(F.count(F.lit(1)).alias("_n"))
-            .where(F.col("_n") > 1).select("dt", "event_id"))
+    return (valid.groupBy("dt", _id_hash()).agg(F.count(F.lit(1)).alias("_n"))
+            .where(F.col("_n") > 1).select("dt", "_id_hash"))
 
 
 def find_duplicates(flagged: DataFrame, repeated: DataFrame) -> DataFrame:
     """``_row`` of every later copy of a repeated (dt, event_id) among valid rows: the first by event_time, then
     source file, then position in the file (``_row`` grows along each file) is kept. Only the rows of repeated ids
-    are ranked: no full-row shuffle or sort."""
-    valid = flagged.where(F.col("reason").isNull()).select("dt", "event_id", "event_ts", "source_file", "_row")
-    copies = valid.join(repeated, ["dt", "event_id"], "left_semi")
+    (``repeated``: dt, _id_hash) are ranked: no full-row shuffle or sort."""
+    valid = flagged.where(F.col("reason").isNull()).select("dt", "event_id", "event_ts", "source_file", "_row",
+                                                           _id_hash())
+    copies = valid.join(repeated, ["dt", "_id_hash"], "left_semi")
     order = Window.partitionBy("dt", "event_id").orderBy("event_ts", "source_file", "_row")
     return copies.withColumn("_copy", F.row_number().over(order)).where(F.col("_copy") > 1).select("_row")
 
@@ -392,6 +407,22 @@ def _counts_by(df: DataFrame, *keys: str) -> dict[tuple[str, ...], int]:
             for row in df.groupBy(*keys).agg(F.count(F.lit(1)).alias("rows")).collect()}
 
 
+def _duplicates_and_bots(flagged: DataFrame, events_per_minute: int,
+                         cached: list[DataFrame]) -> tuple[DataFrame, DataFrame]:
+    """(duplicates: _row, _dup; bots: dt, user_id, _worst_minute), each materialised once (small as a rule, then
+    broadcast back onto the lines: no shuffle or sort of whole rows); the frames it persists go to ``cached``."""
+    repeated = repeated_event_ids(flagged).persist()
+    cached.append(repeated)
+    duplicates = find_duplicates(flagged, _small(repeated, repeated.count())).persist()
+    cached.append(duplicates)
+    n_duplicates = duplicates.count()
+    bots = find_bots(flagged, _small(duplicates, n_duplicates), events_per_minute).persist()
+    cached.append(bots)
+    n_bots = bots.count()
+    return (_small(duplicates.select("_row", F.lit(True).alias("_dup")), n_duplicates),
+            _small(bots.select("dt", "user_id", "_worst_minute"), n_bots))
+
+
 def _line_and_profile_counts(flagged: DataFrame, raw_items: DataFrame, raw_users: DataFrame) -> tuple[
         dict[tuple[str, tuple[str, ...] | None], int], dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
     """One query for the day counts read before routing: event lines per (dt, extra_keys), and for items and users
@@ -478,27 +509,19 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
             # the first pass reads every raw file (a truncated one fails here, before any table is written)
             flag_events(extract_events(spark, root, dates), settings).write.parquet(lines_path)
             flagged = spark.read.parquet(lines_path)
+            # the day counts and the duplicate/bot chain read the staged lines independently: submitted together,
+            # their small jobs fill the cores each leaves idle
+            (line_counts, item_counts, user_counts), (duplicates, bots) = in_parallel([
+                functools.partial(_line_and_profile_counts, flagged, raw_items, raw_users),
+                functools.partial(_duplicates_and_bots, flagged, settings.bot_events_per_minute, cached)])
             # raw_events per day: one row per line read, before any filter or join (the staged lines are the text
             # lines plus row-local columns), so it stays independent of the routing below
-            line_counts, item_counts, user_counts = _line_and_profile_counts(flagged, raw_items, raw_users)
             raw_counts: dict[str, int] = {ds: 0 for ds in dates}
             drift: dict[tuple[str, str], int] = {}
             for (ds, extra_keys), rows in line_counts.items():
                 raw_counts[ds] += rows
                 for name in extra_keys or ():
                     drift[(ds, name)] = drift.get((ds, name), 0) + rows
-            # duplicates and bots: narrow aggregates over the staged lines' id columns, each materialised once
-            # (small as a rule), then broadcast back onto the lines: no shuffle or sort of whole rows
-            repeated = repeated_event_ids(flagged).persist()
-            cached.append(repeated)
-            duplicates = find_duplicates(flagged, _small(repeated, repeated.count())).persist()
-            cached.append(duplicates)
-            n_duplicates = duplicates.count()
-            bots = find_bots(flagged, _small(duplicates, n_duplicates), settings.bot_events_per_minute).persist()
-            cached.append(bots)
-            n_bots = bots.count()
-            duplicates = _small(duplicates.select("_row", F.lit(True).alias("_dup")), n_duplicates)
-            bots = _small(bots.select("dt", "user_id", "_worst_minute"), n_bots)
         routed = route_events(flagged, duplicates, bots, items.select("dt", "item_id"), settings, key)
         # the quarantined rows (a small share as a rule) are materialised once: their counts say which days have
         # clean and quarantined rows, and the lines quarantined after the row rules are read again from raw
@@ -509,14 +532,16 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
         unstaged = quarantined.where(F.col("value").isNull()).select("_row", "_line_hash").persist()
         cached.append(unstaged)
         recovered = recover_lines(extract_events(spark, root, dates), _small(unstaged, unstaged.count()))
-        write_days(clean_events(routed), root, lake.CLEAN_EVENTS, CLEAN_EVENT, dates, clean_days,
-                   sort_by=("event_time", "event_id"))
-        write_days(quarantine_events(quarantined, recovered), root, lake.QUARANTINE_EVENTS, QUARANTINE_EVENT, dates,
-                   set(quarantined_per_day), sort_by=("reason", "source_file", "raw_line"))
-        write_days(items, root, lake.CLEAN_ITEMS, CLEAN_ITEM, dates,
-                   {ds for ds, (_, n) in item_counts.items() if n}, sort_by=("item_id",))
-        write_days(clean_users(raw_users, key), root, lake.CLEAN_USERS, CLEAN_USER, dates,
-                   {ds for ds, (_, n) in user_counts.items() if n}, sort_by=("user_id",))
+        in_parallel([  # four tables, four independent writes
+            functools.partial(write_days, clean_events(routed), root, lake.CLEAN_EVENTS, CLEAN_EVENT, dates,
+                              clean_days, sort_by=("event_time", "event_id")),
+            functools.partial(write_days, quarantine_events(quarantined, recovered), root, lake.QUARANTINE_EVENTS,
+                              QUARANTINE_EVENT, dates, set(quarantined_per_day),
+                              sort_by=("reason", "source_file", "raw_line")),
+            functools.partial(write_days, items, root, lake.CLEAN_ITEMS, CLEAN_ITEM, dates,
+                              {ds for ds, (_, n) in item_counts.items() if n}, sort_by=("item_id",)),
+            functools.partial(write_days, clean_users(raw_users, key), root, lake.CLEAN_USERS, CLEAN_USER, dates,
+                              {ds for ds, (_, n) in user_counts.items() if n}, sort_by=("user_id",))])
     finally:
         for frame in cached:
             frame.unpersist()

@@ -14,7 +14,8 @@ for the peak RSS of the process tree (the JVM and the Python driver):
           Parquet out), 2 threads
 
 Spark steps get ``--driver-memory 2g`` (local[2]); DuckDB gets ``memory_limit=2GB``. Timings on a shared 2-core
-machine are noisy: the table also gives the CPU seconds used by the step's processes, which are steadier.
+machine are noisy: the table also gives the CPU seconds used by the step's processes, which are steadier, and the
+part of them spent by the JVM's JIT compiler threads (the cost of a cold JVM, paid again by every task).
 """
 
 from __future__ import annotations
@@ -90,12 +91,35 @@ def _rss_and_cpu(pid: int) -> tuple[int, float]:
         return 0, 0.0
 
 
+JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")  # HotSpot's compiler threads (names cut to 15 chars)
+
+
+def _jit_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each JIT compiler thread of one process (none for a process that is not a JVM)."""
+    found = {}
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+                    if not fh.read().startswith(JIT_THREADS):
+                        continue
+                with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                found[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except (OSError, IndexError, ValueError):
+                continue
+    except OSError:
+        pass
+    return found
+
+
 def measure(cmd: list[str], env: dict[str, str], log: Path) -> dict[str, float]:
-    """Run ``cmd``; wall seconds, peak RSS of its process tree (MB) and CPU seconds of that tree."""
+    """Run ``cmd``; wall seconds, peak RSS of its process tree (MB), CPU seconds of that tree and the part of them
+    the JVM's JIT compiler threads used (sampled each second: the last second of a run may be missed)."""
     started = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
-        peak, cpu_by_pid = 0, {}
+        peak, cpu_by_pid, jit_by_tid, samples = 0, {}, {}, 0
         while proc.poll() is None:
             total = 0
             for pid in _children(proc.pid):
@@ -103,12 +127,16 @@ def measure(cmd: list[str], env: dict[str, str], log: Path) -> dict[str, float]:
                 total += rss
                 if cpu:
                     cpu_by_pid[pid] = cpu
+                if samples % 5 == 0:
+                    jit_by_tid.update(_jit_cpu(pid))
             peak = max(peak, total)
+            samples += 1
             time.sleep(0.2)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}")
-    return {"wall_s": wall, "peak_rss_mb": peak / 2**20, "cpu_s": sum(cpu_by_pid.values())}
+    return {"wall_s": wall, "peak_rss_mb": peak / 2**20, "cpu_s": sum(cpu_by_pid.values()),
+            "jit_cpu_s": sum(jit_by_tid.values())}
 
 
 def _sql_list(values: list[str]) -> str:
@@ -243,7 +271,7 @@ def bench_size(work: Path, events: int, with_features: bool = True) -> list[dict
         result["load"] = max(load_before, os.getloadavg()[0])  # 1-min load average, the higher of start and end
         rows.append({"events": lines, "step": name, **result})
         print(f"  {events:>9} {name:<14} {result['wall_s']:7.1f} s  {result['peak_rss_mb']:7.0f} MB  "
-              f"{result['cpu_s']:7.1f} cpu-s  load {result['load']:.1f}", flush=True)
+              f"{result['cpu_s']:7.1f} cpu-s ({result['jit_cpu_s']:.1f} JIT)  load {result['load']:.1f}", flush=True)
 
     floor_out = work / f"floor-{events}"
     step("floor", [PY, "-c", FLOOR_SCRIPT, str(raw), str(floor_out)], raw)
@@ -266,9 +294,9 @@ def bench_size(work: Path, events: int, with_features: bool = True) -> list[dict
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    out = ["| events | step | wall s | events/s | peak RSS MB | CPU s | wall / floor | wall / duckdb | "
+    out = ["| events | step | wall s | events/s | peak RSS MB | CPU s | JIT CPU s | wall / floor | wall / duckdb | "
            "CPU / floor | CPU / duckdb | load |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     by_size: dict[object, dict[str, dict[str, object]]] = {}
     for row in rows:
         by_size.setdefault(row["events"], {})[str(row["step"])] = row
@@ -281,13 +309,14 @@ def table(rows: list[dict[str, object]]) -> str:
             steps["clean+features"] = {
                 k: (float(steps["clean"][k]) + float(steps["features"][k])  # type: ignore[arg-type]
                     if k != "peak_rss_mb" else max(float(steps["clean"][k]), float(steps["features"][k])))  # type: ignore[arg-type]
-                for k in ("wall_s", "peak_rss_mb", "cpu_s")}
+                for k in ("wall_s", "peak_rss_mb", "cpu_s", "jit_cpu_s")}
             steps["clean+features"]["load"] = max(float(steps["clean"]["load"]),  # type: ignore[arg-type]
                                                   float(steps["features"]["load"]))  # type: ignore[arg-type]
         for name, r in steps.items():
             wall = float(r["wall_s"])  # type: ignore[arg-type]
             out.append(f"| {events:,} | {name} | {wall:.1f} | {int(events) / wall:,.0f} | "  # type: ignore[call-overload]
-                       f"{float(r['peak_rss_mb']):.0f} | {float(r['cpu_s']):.1f} | {wall / floor:.2f} | "  # type: ignore[arg-type]
+                       f"{float(r['peak_rss_mb']):.0f} | {float(r['cpu_s']):.1f} | "  # type: ignore[arg-type]
+                       f"{float(r['jit_cpu_s']):.1f} | {wall / floor:.2f} | "  # type: ignore[arg-type]
                        f"{wall / duck:.2f} | {float(r['cpu_s']) / floor_cpu:.2f} | "  # type: ignore[arg-type]
                        f"{float(r['cpu_s']) / duck_cpu:.2f} | {float(r['load']):.1f} |")  # type: ignore[arg-type]
     return "\n".join(out)
