@@ -15,7 +15,8 @@ for the peak RSS of the process tree (the JVM and the Python driver):
 
 Spark steps get ``--driver-memory 2g`` (local[2]); DuckDB gets ``memory_limit=2GB``. Timings on a shared 2-core
 machine are noisy: the table also gives the CPU seconds used by the step's processes, which are steadier, and the
-part of them spent by the JVM's JIT compiler threads (the cost of a cold JVM, paid again by every task).
+part of them spent by the JVM's JIT compiler threads (each query's generated code is compiled anew, in every
+task).
 """
 
 from __future__ import annotations
@@ -78,15 +79,19 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _stat_cpu(stat_path: str) -> float:
+    """user+system CPU seconds from a /proc ``stat`` file (a process's or one of its threads')."""
+    with open(stat_path) as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_and_cpu(pid: int) -> tuple[int, float]:
     """(RSS bytes, user+system CPU seconds) of one process, 0 when it is gone."""
     try:
         with open(f"/proc/{pid}/statm") as fh:
             rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return rss, cpu
+        return rss, _stat_cpu(f"/proc/{pid}/stat")
     except (OSError, IndexError, ValueError):
         return 0, 0.0
 
@@ -103,9 +108,7 @@ def _jit_cpu(pid: int) -> dict[int, float]:
                 with open(f"/proc/{pid}/task/{tid}/comm") as fh:
                     if not fh.read().startswith(JIT_THREADS):
                         continue
-                with open(f"/proc/{pid}/task/{tid}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-                found[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                found[int(tid)] = _stat_cpu(f"/proc/{pid}/task/{tid}/stat")
             except (OSError, IndexError, ValueError):
                 continue
     except OSError:
