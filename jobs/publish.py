@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
+from models import lake_io
 from schemas import lake
 from schemas.outputs import RECOMMENDATION, RECOMMENDATIONS_VERSION, SIMILAR_ITEM, SIMILAR_ITEMS_VERSION
 from schemas.settings import Settings
@@ -61,15 +62,6 @@ def _crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str, bool]:
-    """(filesystem, path within it, is local)."""
-    if "://" not in path or path.startswith("file://"):
-        local = path.removeprefix("file://")
-        return pafs.LocalFileSystem(), os.path.abspath(local), True
-    fs, inner = pafs.FileSystem.from_uri(path)
-    return fs, inner, False
-
-
 def _exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
@@ -77,7 +69,7 @@ def _exists(fs: pafs.FileSystem, path: str) -> bool:
 # ---- verify ---------------------------------------------------------------------------------------------------
 def verify(staging: str, schema: pa.Schema) -> dict[str, Any]:
     """Checks a staging folder against its contract; returns a summary (rows, model versions)."""
-    fs, path, _ = _filesystem(staging)
+    fs, path = lake_io.filesystem(staging)
     if not _exists(fs, path):
         raise StagingError(f"{staging}: no staging copy (did the score job run for this date and run id?)")
     if not _exists(fs, f"{path}/{SUCCESS}"):
@@ -197,8 +189,8 @@ def _plan(root: str, name: str, date: Any, run_id: str) -> dict[str, Any] | None
     """
     schema, version = CONTRACTS[name]
     staging = lake.staging(root, name, date, run_id)
-    fs, staging_path, _ = _filesystem(staging)
-    _, final, _ = _filesystem(f"{lake.table(root, name)}/dt={date.isoformat()}")
+    fs, staging_path = lake_io.filesystem(staging)
+    _, final = lake_io.filesystem(f"{lake.table(root, name)}/dt={date.isoformat()}")
     if _exists(fs, staging_path) and _read_manifest(fs, staging_path) is None:
         return {**verify(staging, schema), "schema_version": version}
     if _exists(fs, staging_path):
@@ -222,14 +214,15 @@ def publish(settings: Settings, run_id: str | None = None,
     run_id = run_id or default_run_id(date)
     partition = f"dt={date.isoformat()}"
     for name in tables:
-        fs, table_path, _ = _filesystem(lake.table(root, name))
+        fs, table_path = lake_io.filesystem(lake.table(root, name))
         recover(fs, table_path, partition)
     plans = {name: _plan(root, name, date, run_id) for name in tables}  # all verified before anything moves
     _crash_point("after_verify")
     summaries: dict[str, Any] = {}
     for name in tables:
-        fs, staging, local = _filesystem(lake.staging(root, name, date, run_id))
-        _, table_path, _ = _filesystem(lake.table(root, name))
+        fs, staging = lake_io.filesystem(lake.staging(root, name, date, run_id))
+        local = lake_io.is_local(fs)
+        _, table_path = lake_io.filesystem(lake.table(root, name))
         final = f"{table_path}/{partition}"
         summary = plans[name]
         if summary is not None:
@@ -255,7 +248,7 @@ def record_manifest(settings: Settings, run_id: str, plans: dict[str, Any], seco
     root, date = settings.lake_root, settings.run_date
     published: dict[str, pa.Table] = {}
     for name in plans:
-        fs, path, _ = _filesystem(lake.partition(root, name, date))
+        fs, path = lake_io.filesystem(lake.partition(root, name, date))
         columns = ["user_id", "item_id"] if name == lake.RECOMMENDATIONS else ["item_id"]
         published[name] = ds.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns)
     recs = published.get(lake.RECOMMENDATIONS)
@@ -272,8 +265,8 @@ def record_manifest(settings: Settings, run_id: str, plans: dict[str, Any], seco
 
 def latest_partition(root: str, name: str) -> str:
     """The path of the newest published partition of ``name`` (from ``_LATEST``)."""
-    fs, _, _ = _filesystem(lake.table(root, name))
-    partition = read_pointer(fs, _filesystem(lake.latest_pointer(root, name))[1])
+    fs, _ = lake_io.filesystem(lake.table(root, name))
+    partition = read_pointer(fs, lake_io.filesystem(lake.latest_pointer(root, name))[1])
     if partition is None:
         raise FileNotFoundError(f"{lake.table(root, name)} has no publication yet (no _LATEST)")
     return f"{lake.table(root, name)}/{partition}"
@@ -282,7 +275,7 @@ def latest_partition(root: str, name: str) -> str:
 def read_latest(root: str, name: str = lake.RECOMMENDATIONS) -> pa.Table:
     """The newest published partition of an output table, complete (files starting with _ or . are skipped)."""
     path = latest_partition(root, name)
-    fs, inner, _ = _filesystem(path)
+    fs, inner = lake_io.filesystem(path)
     if not _exists(fs, inner):  # a publish died between its two renames: read the copy set aside
         table_path, partition = inner.rsplit("/", 1)
         inner = _aside(table_path, partition)

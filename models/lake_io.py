@@ -8,6 +8,7 @@ moved into place, so a reader never sees half a file.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from typing import Any
 
@@ -19,13 +20,18 @@ from schemas import lake
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem and in-filesystem path of a lake path or URI (Hadoop's ``s3a://`` is read as
-    pyarrow's ``s3://``)."""
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), uri
+    """The pyarrow filesystem and in-filesystem path of a lake path or URI: a local path (or ``file://``) made
+    absolute; Hadoop's ``s3a://`` read as pyarrow's ``s3://``."""
+    if "://" not in uri or uri.startswith("file://"):
+        return pafs.LocalFileSystem(), os.path.abspath(uri.removeprefix("file://"))
     if uri.startswith("s3a://"):
         uri = "s3://" + uri[len("s3a://"):]
     return pafs.FileSystem.from_uri(uri)
+
+
+def is_local(fs: pafs.FileSystem) -> bool:
+    """Whether ``fs`` is this machine's own filesystem (where ``os`` renames and fsync apply)."""
+    return isinstance(fs, pafs.LocalFileSystem)
 
 
 def exists(uri: str) -> bool:

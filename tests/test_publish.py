@@ -97,6 +97,16 @@ def test_publish_moves_staging_into_place_with_marker_manifest_and_pointer(tmp_l
     assert "| publish |" in summary_job.to_markdown(summary_job.collect(settings_for(tmp_lake, DAY1)))
 
 
+def test_a_file_uri_lake_root_publishes_like_its_plain_path(tmp_lake: str) -> None:
+    stage(tmp_lake, DAY1, "r1", recommendations("v1"))
+    uri = f"file://{tmp_lake}"
+    summary = publish.publish(settings_for(uri, DAY1), run_id="r1")
+    assert summary[lake.RECOMMENDATIONS]["rows"] == 12
+    assert pointer(tmp_lake) == "dt=2026-01-14"
+    assert not Path(lake.staging(tmp_lake, lake.RECOMMENDATIONS, DAY1, "r1")).exists()
+    assert sorted_rows(publish.read_latest(uri)) == sorted_rows(publish.read_latest(tmp_lake))
+
+
 @pytest.mark.parametrize("defect", ["no_success", "wrong_type", "empty", "missing"])
 def test_a_bad_staging_copy_is_refused_and_nothing_moves(tmp_lake: str, defect: str) -> None:
     stage(tmp_lake, DAY1, "r1", recommendations("v1"))
