@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.local_airflow import airflow_bin, airflow_env, ensure_airflow_db
+from jobs.local_airflow import airflow_bin, airflow_env, ensure_airflow_db, release_moved_assets
 from schemas import lake
 from schemas.settings import Settings
 
@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if not args.skip_dag:
         ensure_airflow_db(env)
+        release_moved_assets(env)
         code, log_path, seconds = run_dag(run_date, conf, env)
         print(f"\nDAG run finished in {seconds:.0f} s (exit code {code})")
         if code != 0 or _dag_run_failed(log_path):

@@ -263,3 +263,37 @@ def test_end_to_end_summary_and_assets(tiny_run: dict[str, Any]) -> None:
     states = _states(tiny_run["dag_run"])
     assert states["fail_if_any_stage_failed"] == "skipped"
     assert sum(states[t] == "success" for t in ("promote", "keep_production")) == 1
+
+
+SEED_OLD_ASSETS = """
+import sys
+from airflow.models.asset import AssetActive, AssetModel
+from airflow.utils.session import create_session
+with create_session() as session:
+    for name, uri in [("recflow_recommendations", "file:///old/lake/recommendations"),
+                      ("recflow_similar_items", "file:///old/lake/similar_items"),
+                      ("someone_elses", "file:///old/lake/theirs")]:
+        asset = AssetModel(name=name, uri=uri, group="recflow")
+        session.add(asset)
+        session.flush()
+        session.add(AssetActive.for_asset(asset))
+"""
+
+
+def test_a_moved_lake_root_releases_the_old_asset_uris_for_a_run_without_scheduler(tmp_path: Path) -> None:
+    """make run on a new lake root with an old Airflow DB: the old URIs of the published tables' Assets (same
+    names) stop being active, so the run's publish can activate the new ones; other Assets are left alone."""
+    import sqlite3
+
+    from jobs.local_airflow import airflow_env, ensure_airflow_db, release_moved_assets
+
+    home, new_lake = tmp_path / "airflow_home", tmp_path / "lake"
+    env = {**airflow_env(), "AIRFLOW_HOME": str(home), "RECFLOW_LAKE_ROOT": str(new_lake),
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db"}
+    ensure_airflow_db(env, quiet=True)
+    subprocess.run([sys.executable, "-c", SEED_OLD_ASSETS], env=env, check=True)
+    release_moved_assets(env)
+    release_moved_assets(env)  # idempotent: nothing left to release
+    with sqlite3.connect(home / "airflow.db") as db:
+        active = sorted(db.execute("SELECT name, uri FROM asset_active").fetchall())
+    assert active == [("someone_elses", "file:///old/lake/theirs")]
