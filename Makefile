@@ -24,7 +24,7 @@ export AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG := 2
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help install java run test test-quick lint format bench bench-quality bench-score clean-lake \
+.PHONY: help install java run test test-quick lint format bench bench-first-pass bench-quality bench-score clean-lake \
 	ui ui-stop backfill browser-deps test-browser
 
 help: ## list targets
@@ -105,6 +105,9 @@ endef
 
 bench: install ## clean + features throughput vs a plain Spark copy and DuckDB (1M/4M/16M events)
 	$(call run_bench,bench_clean.py)
+
+bench-first-pass: install ## clean's first pass piece by piece against the floor's JSON reader (one warm JVM, 1M events)
+	$(call run_bench,bench_first_pass.py)
 
 bench-quality: install ## every model on MovieLens 100k (../shared/data), the published table's protocol
 	$(call run_bench,bench_quality.py)
