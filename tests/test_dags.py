@@ -266,7 +266,6 @@ def test_end_to_end_summary_and_assets(tiny_run: dict[str, Any]) -> None:
 
 
 SEED_OLD_ASSETS = """
-import sys
 from airflow.models.asset import AssetActive, AssetModel
 from airflow.utils.session import create_session
 with create_session() as session:
