@@ -19,24 +19,29 @@ steps without a write end in Spark's ``noop`` sink, which evaluates every column
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_clean import DAYS, SPARK_ENV, generate  # noqa: E402
+from bench_clean import DAYS, RUN_DATE, SPARK_ENV, generate  # noqa: E402
 
 Step = Callable[[], None]
 
 
-def steps(spark: object, raw: Path, out: Path) -> dict[str, Step]:
+def steps(spark: SparkSession, raw: Path, out: Path) -> dict[str, Step]:
     from pyspark.sql import DataFrame
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -46,14 +51,12 @@ def steps(spark: object, raw: Path, out: Path) -> dict[str, Step]:
     from schemas.settings import Settings
     from schemas.spark import to_spark
 
-    events = str(raw / "raw/events")
     settings = Settings.load()
     as_text = T.StructType([T.StructField(name, T.StringType()) for name in clean.EVENT_FIELDS])
+    dates = [(RUN_DATE - dt.timedelta(days=back)).isoformat() for back in range(DAYS - 1, -1, -1)]
 
-    def lines() -> DataFrame:  # what clean.extract_events gives, on every day at once
-        days = spark.read.option("basePath", events).text(events)  # type: ignore[attr-defined]
-        return days.select(F.col("dt").cast("string").alias("dt"),
-                           F.col("_metadata.file_path").alias("source_file"), "value")
+    def lines() -> DataFrame:  # the lake's every day, read as clean reads them
+        return clean.extract_events(spark, str(raw), dates)
 
     def noop(df: Callable[[], DataFrame]) -> Step:
         return lambda: df().write.format("noop").mode("overwrite").save()
@@ -62,7 +65,7 @@ def steps(spark: object, raw: Path, out: Path) -> dict[str, Step]:
         return lambda: df().write.mode("overwrite").parquet(str(out))
 
     def json_reader() -> DataFrame:
-        return spark.read.schema(to_spark(RAW_EVENT)).json(events)  # type: ignore[attr-defined]
+        return spark.read.schema(to_spark(RAW_EVENT)).json(str(raw / "raw/events"))
 
     return {
         "text": noop(lines),
