@@ -257,13 +257,18 @@ def generate(work: Path, events: int) -> Path:
     return root
 
 
+def raw_lines(raw: Path) -> int:
+    """Lines in a generated lake's raw event files (what clean counts as raw events)."""
+    return sum(1 for p in (raw / "raw/events").rglob("*.jsonl") for _ in p.open("rb"))
+
+
 def features_available() -> bool:
     return (REPO / "jobs" / "features.py").exists()
 
 
 def bench_size(work: Path, events: int, with_features: bool = True) -> list[dict[str, object]]:
     raw = generate(work, events)
-    lines = sum(1 for p in (raw / "raw/events").rglob("*.jsonl") for _ in p.open("rb"))
+    lines = raw_lines(raw)
     rows: list[dict[str, object]] = []
     common = ["--date", RUN_DATE.isoformat(), "--window-days", str(DAYS - 1)]
 

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_clean import DAYS, RUN_DATE, SPARK_ENV, generate  # noqa: E402
+from bench_clean import DAYS, RUN_DATE, SPARK_ENV, generate, raw_lines  # noqa: E402
 
 Step = Callable[[], None]
 
@@ -86,7 +86,7 @@ def run(events: int, rounds: int, work: Path) -> str:
 
     os.environ.update({k: v for k, v in SPARK_ENV.items() if k != "PYSPARK_SUBMIT_ARGS"})
     raw = generate(work, events)
-    lines = sum(1 for p in (raw / "raw/events").rglob("*.jsonl") for _ in p.open("rb"))
+    lines = raw_lines(raw)
     spark = (SparkSession.builder.master("local[2]").config("spark.driver.memory", "2g")
              .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
              .config("spark.sql.session.timeZone", "UTC")
