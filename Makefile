@@ -38,12 +38,12 @@ java: ## install OpenJDK 17 if no java is on PATH (Debian)
 install: java $(STAMP) $(CLASS_ARCHIVE_STAMP) ## create .venv and install recflow with its pinned dependencies
 
 # pyspark (with the pandas and pyarrow its archive workload uses) goes in first, so that Spark's class archive
-# (jobs/class_archive.py: ~1 min, mostly one core) is built while pip installs the rest on the other core
+# (tools/class_archive.py: ~1 min, mostly one core) is built while pip installs the rest on the other core
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $$(grep -Eo '^ +(pyspark|pyarrow|pandas)[=<>!~][^ #]*' setup.cfg | tr -d ' ')
-	@$(PY) -m jobs.class_archive > $(VENV)/class-archive.log 2>&1 & archive=$$!; \
+	@$(PY) -m tools.class_archive > $(VENV)/class-archive.log 2>&1 & archive=$$!; \
 	  echo "$(PY) -m pip install -q -e '.[dev]'  (class archive building beside it)"; \
 	  $(PY) -m pip install -q -e '.[dev]'; installed=$$?; \
 	  wait $$archive; cat $(VENV)/class-archive.log; exit $$installed
@@ -51,11 +51,11 @@ $(STAMP): setup.cfg pyproject.toml
 
 # Spark's class archive: nothing left to do after the step above, unless the venv was installed before it existed
 $(CLASS_ARCHIVE_STAMP): $(STAMP)
-	$(PY) -m jobs.class_archive
+	$(PY) -m tools.class_archive
 	@touch $@
 
 run: install ## generate demo logs and run the nightly DAG for RUN_DATE end to end, then show the results
-	$(PY) -m jobs.run_demo --date $(RUN_DATE)
+	$(PY) -m tools.run_demo --date $(RUN_DATE)
 
 test: install ## run the test suite (real Spark, Airflow, Great Expectations, TensorFlow)
 	$(PY) -m pytest -n $(TEST_WORKERS) --no-loadscope-reorder $(PYTEST_ARGS)
@@ -76,18 +76,17 @@ clean-lake: ## remove the local lake and Airflow home (generated data only)
 	rm -rf lake airflow_home
 
 # ---- operations: local Airflow UI, browser test dependencies, benchmarks ------------------------------------
-BENCH_DIR := tests/benchmarks
 PLAYWRIGHT_PREFIX := $(CURDIR)/.cache/playwright
 
 ui: install ## start the Airflow UI (api-server, scheduler, dag-processor) on 127.0.0.1:8080 and print the login
-	$(PY) -m jobs.local_airflow ui
+	$(PY) -m tools.local_airflow ui
 
 ui-stop: ## stop exactly the processes `make ui` started (PIDs in airflow_home/pids/)
-	$(PY) -m jobs.local_airflow ui-stop
+	$(PY) -m tools.local_airflow ui-stop
 
 backfill: install ## run the nightly DAG for days FROM..TO (YYYY-MM-DD) in date order through a scheduler [CONF='{json}']
 	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD [CONF='{...}']" >&2; exit 2; }
-	$(PY) -m jobs.local_airflow backfill $(FROM) $(TO) $(if $(CONF),--conf '$(CONF)')
+	$(PY) -m tools.local_airflow backfill $(FROM) $(TO) $(if $(CONF),--conf '$(CONF)')
 
 browser-deps: ## Debian chromium and npm playwright-core for the browser test (tests/browser/)
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
@@ -99,18 +98,17 @@ test-browser: install browser-deps ## the UI browser test (marker browser, ~12 m
 	$(PY) -m pytest -m browser tests/browser $(PYTEST_ARGS)
 
 define run_bench
-	@if test -f $(BENCH_DIR)/$(1); then $(PY) $(BENCH_DIR)/$(1) $(BENCH_ARGS); \
-	else echo "$(BENCH_DIR)/$(1) is not there yet"; exit 1; fi
+	$(PY) -m benchmarks.$(1) $(BENCH_ARGS)
 endef
 
 bench: install ## clean + features throughput vs a plain Spark copy and DuckDB (1M/4M/16M events)
-	$(call run_bench,bench_clean.py)
+	$(call run_bench,bench_clean)
 
 bench-first-pass: install ## clean's first pass piece by piece against the floor's JSON reader (one warm JVM, 1M events)
-	$(call run_bench,bench_first_pass.py)
+	$(call run_bench,bench_first_pass)
 
 bench-quality: install ## every model on MovieLens 100k (../shared/data), the published table's protocol
-	$(call run_bench,bench_quality.py)
+	$(call run_bench,bench_quality)
 
 bench-score: install ## batch scoring vs the bare matrix product and ALS recommendForAllUsers
-	$(call run_bench,bench_score.py)
+	$(call run_bench,bench_score)

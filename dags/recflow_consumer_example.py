@@ -22,7 +22,7 @@ from _params import RECOMMENDATIONS_ASSET  # noqa: E402  (the producer's own Ass
 
 def read_latest_recommendations(lake_root: str) -> Any:
     """The latest complete publication as a pyarrow Table, through the publish job's own reader (``_LATEST``)."""
-    from jobs.publish import read_latest
+    from storage.publish import read_latest
 
     return read_latest(lake_root)
 
@@ -35,8 +35,12 @@ def read_latest_recommendations(lake_root: str) -> Any:
     max_active_runs=1,
     tags=["recflow", "consumer", "example"],
     doc_md=__doc__,
-    default_args={"retries": 1, "retry_delay": dt.timedelta(minutes=1), "retry_exponential_backoff": True,
-                  "execution_timeout": dt.timedelta(minutes=10)},
+    default_args={
+        "retries": 1,
+        "retry_delay": dt.timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "execution_timeout": dt.timedelta(minutes=10),
+    },
 )
 def recflow_consumer_example() -> None:
     @task
@@ -49,8 +53,12 @@ def recflow_consumer_example() -> None:
         lake_root = extra.get("lake_root") or Settings.load().lake_root
         table = read_latest_recommendations(lake_root)
         users = len(table.column("user_id").unique())
-        stats = {"published_dt": extra.get("dt"), "rows": table.num_rows, "users": users,
-                 "items_per_user": round(table.num_rows / users, 2) if users else 0.0}
+        stats = {
+            "published_dt": extra.get("dt"),
+            "rows": table.num_rows,
+            "users": users,
+            "items_per_user": round(table.num_rows / users, 2) if users else 0.0,
+        }
         print(f"latest recommendations: {stats}")
         return stats
 

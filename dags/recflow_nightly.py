@@ -29,15 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import pendulum
+
+# _params lives next to this file: Airflow puts the DAG bundle's folder on sys.path when it parses DAGs
+from _params import RECOMMENDATIONS_ASSET, SIMILAR_ITEMS_ASSET, nightly_params
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import dag, get_current_context, task
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _params lives next to this file
-from _params import RECOMMENDATIONS_ASSET, SIMILAR_ITEMS_ASSET, nightly_params  # noqa: E402
-
-from jobs.class_archive import spark_jvm_options  # noqa: E402
-from jobs.pseudonymise import key_for_spark_job  # noqa: E402
-from schemas.settings import Settings  # noqa: E402
+from jobs.pseudonymise import key_for_spark_job
+from schemas.settings import Settings
+from storage.spark_jvm import spark_jvm_options
 
 SPARK_POOL = os.environ.get("RECFLOW_SPARK_POOL", "spark")
 # "@daily" unless a deployment says otherwise (a cron string, or "none" for manual/asset-triggered runs only)
@@ -61,8 +61,9 @@ def _spark_binary() -> str:
     return shutil.which("spark-submit") or str(Path(sys.executable).parent / "spark-submit")
 
 
-def resolve_run_date(params: dict[str, Any], data_interval_end: dt.datetime | None,
-                     run_after: dt.datetime | None) -> dt.date:
+def resolve_run_date(
+    params: dict[str, Any], data_interval_end: dt.datetime | None, run_after: dt.datetime | None
+) -> dt.date:
     """The day a run processes: the ``run_date`` param, else the day before the interval end / trigger time."""
     if params.get("run_date"):
         return dt.date.fromisoformat(str(params["run_date"])[:10])
@@ -110,8 +111,10 @@ default_args = {
     doc_md=__doc__,
     default_args=default_args,
     params=nightly_params(),
-    user_defined_macros={"recflow_pseudonym_key": key_for_spark_job,
-                         "recflow_spark_jvm_options": spark_jvm_options},
+    user_defined_macros={
+        "recflow_pseudonym_key": key_for_spark_job,
+        "recflow_spark_jvm_options": spark_jvm_options,
+    },
 )
 def recflow_nightly() -> None:
     @task(multiple_outputs=True, retries=0, execution_timeout=dt.timedelta(minutes=2))
@@ -122,8 +125,10 @@ def recflow_nightly() -> None:
         dag_run = ctx["dag_run"]
         run_date = resolve_run_date(params, ctx.get("data_interval_end"), getattr(dag_run, "run_after", None))
         settings = Settings.from_params({**params, "run_date": run_date})  # raises on inconsistent values
-        print(f"recflow run for D={settings.ds} scenario={settings.scenario} lake={settings.lake_root} "
-              f"top_n={settings.top_n} skip_training={settings.skip_training}")
+        print(
+            f"recflow run for D={settings.ds} scenario={settings.scenario} lake={settings.lake_root} "
+            f"top_n={settings.top_n} skip_training={settings.skip_training}"
+        )
         return {
             "settings": settings.to_dict(),
             "cli": settings.to_cli(),
@@ -138,7 +143,7 @@ def recflow_nightly() -> None:
     @task(execution_timeout=dt.timedelta(minutes=20))
     def generate_demo_data(settings_dict: dict[str, Any]) -> dict[str, Any]:
         """Synthetic raw logs for D and its whole training window (demo and tests)."""
-        from jobs import generate
+        from demo import generate
 
         settings = _settings(settings_dict)
         # the window is the window_days days before D, plus D itself (the validation day)
@@ -156,16 +161,21 @@ def recflow_nightly() -> None:
             spark_binary=_spark_binary(),
             name=f"recflow-{stage}",
             driver_memory=os.environ.get("RECFLOW_SPARK_DRIVER_MEMORY", "4g"),
-            conf={"spark.log.level": os.environ.get("RECFLOW_SPARK_LOG_LEVEL", "WARN"),  # task logs: job output
-                  # the class archive of this Airflow worker's venv, when it has one: ~10 s less per JVM
-                  # (jobs/class_archive.py); a JVM where it is missing or does not fit starts as before
-                  "spark.driver.extraJavaOptions": "{{ recflow_spark_jvm_options() }}",
-                  "spark.executor.extraJavaOptions": "{{ recflow_spark_jvm_options() }}"},
+            conf={
+                "spark.log.level": os.environ.get("RECFLOW_SPARK_LOG_LEVEL", "WARN"),  # task logs: job output
+                # the class archive of this Airflow worker's venv, when it has one: ~10 s less per JVM
+                # (tools/class_archive.py); a JVM where it is missing or does not fit starts as before
+                "spark.driver.extraJavaOptions": "{{ recflow_spark_jvm_options() }}",
+                "spark.executor.extraJavaOptions": "{{ recflow_spark_jvm_options() }}",
+            },
             # so the jobs' run manifests name the Airflow run that produced them
-            env_vars={"AIRFLOW_CTX_DAG_ID": "{{ dag.dag_id }}", "AIRFLOW_CTX_DAG_RUN_ID": "{{ run_id }}",
-                      "AIRFLOW_CTX_TASK_ID": "{{ task.task_id }}",
-                      "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),  # score loads TF
-                      **({PSEUDONYM_KEY_ENV: "{{ recflow_pseudonym_key() }}"} if stage == "clean" else {})},
+            env_vars={
+                "AIRFLOW_CTX_DAG_ID": "{{ dag.dag_id }}",
+                "AIRFLOW_CTX_DAG_RUN_ID": "{{ run_id }}",
+                "AIRFLOW_CTX_TASK_ID": "{{ task.task_id }}",
+                "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),  # score loads TF
+                **({PSEUDONYM_KEY_ENV: "{{ recflow_pseudonym_key() }}"} if stage == "clean" else {}),
+            },
             pool=SPARK_POOL,
             execution_timeout=dt.timedelta(minutes=45),
         )
@@ -210,7 +220,9 @@ def recflow_nightly() -> None:
         decision = gate_module.decide(_settings(settings_dict), metrics)
         print(f"gate decision: {decision}")
         get_current_context()["ti"].xcom_push(key="decision", value=decision)
-        return "promote" if decision.get("promote") or decision.get("action") == "promote" else "keep_production"
+        return (
+            "promote" if decision.get("promote") or decision.get("action") == "promote" else "keep_production"
+        )
 
     @task(execution_timeout=dt.timedelta(minutes=2))
     def promote() -> None:
@@ -241,8 +253,12 @@ def recflow_nightly() -> None:
         ctx = get_current_context()
         decision = ctx["ti"].xcom_pull(task_ids="gate", key="decision")
         started_at = ctx["ti"].xcom_pull(task_ids="resolve_settings", key="started_at")
-        return summary_job.write(_settings(settings_dict), run_id=ctx["run_id"], gate_decision=decision,
-                                 run_started_at=dt.datetime.fromisoformat(started_at) if started_at else None)
+        return summary_job.write(
+            _settings(settings_dict),
+            run_id=ctx["run_id"],
+            gate_decision=decision,
+            run_started_at=dt.datetime.fromisoformat(started_at) if started_at else None,
+        )
 
     @task(trigger_rule="one_failed", retries=0, execution_timeout=dt.timedelta(minutes=1))
     def fail_if_any_stage_failed() -> None:
@@ -268,20 +284,45 @@ def recflow_nightly() -> None:
     metrics >> validated_metrics >> decided >> [promote(), keep_production()] >> score
     validated_features >> score
     score >> validated_recs >> published >> summarized
-    all_tasks = [resolved, generated, validated_raw, clean, validated_clean, features, validated_features, trained, metrics,
-                 validated_metrics, decided, score, validated_recs, published]
+    all_tasks = [
+        resolved,
+        generated,
+        validated_raw,
+        clean,
+        validated_clean,
+        features,
+        validated_features,
+        trained,
+        metrics,
+        validated_metrics,
+        decided,
+        score,
+        validated_recs,
+        published,
+    ]
     all_tasks >> watcher
 
 
 def spark_master(conn_id: str = SPARK_CONN_ID) -> str:
-    """The master URL the SparkSubmitOperator will use, resolved by the provider's own hook."""
-    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+    """The master URL the SparkSubmitOperator will use, read from the connection as the provider's hook reads it
+    (a URI's scheme is the connection type; a UI connection may hold the whole URL in its host; yarn without
+    a connection)."""
+    from airflow.exceptions import AirflowNotFoundException
+    from airflow.sdk import BaseHook
 
-    return str(SparkSubmitHook(conn_id=conn_id)._resolve_connection()["master"])
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return "yarn"
+    if conn.conn_type == "spark" and conn.host and ("://" in conn.host or not conn.port):
+        master = conn.host
+    else:
+        master = f"{conn.conn_type}://{conn.host or ''}"
+    return f"{master}:{conn.port}" if conn.port else master
 
 
 def py_files_for(master: str, out_dir: Path | None = None) -> str | None:
-    """A zip of schemas/jobs/models for ``--py-files`` when Spark is not local (executors may lack the code)."""
+    """A zip of the runtime packages for ``--py-files`` when Spark is not local (executors may lack the code)."""
     if master.startswith("local"):
         return None
     import zipfile
@@ -292,7 +333,7 @@ def py_files_for(master: str, out_dir: Path | None = None) -> str | None:
     target = out_dir / "recflow_code.zip"
     tmp = target.with_suffix(".zip.tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
-        for package in ("schemas", "jobs", "models"):
+        for package in ("schemas", "storage", "scoring", "jobs", "models", "demo"):
             for path in sorted((package_root / package).rglob("*.py")):
                 archive.write(path, path.relative_to(package_root).as_posix())
     tmp.replace(target)

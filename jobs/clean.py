@@ -31,7 +31,7 @@ Decisions (the why lives here, the rules in the code below):
   lines and so holds PII: it has the access class of ``raw/``, not of ``clean/``.
 * Reconciliation, exactly, per day: raw lines (counted by an independent scan of the raw files) = clean rows +
   quarantined rows (per reason) + duplicates dropped (0), with clean and quarantine counted from what was written.
-  A mismatch raises :class:`jobs.manifest.ReconciliationError` naming the numbers.
+  A mismatch raises :class:`storage.manifest.ReconciliationError` naming the numbers.
 * Bad input: a truncated or corrupt file (e.g. gzip) fails the run with :class:`CorruptInputFile` naming the file,
   before anything is written; a day folder with no lines gives an empty but valid run (zero counts, empty
   partitions); a missing folder for D (events or items) raises :class:`MissingPartition` naming the path; window
@@ -60,9 +60,15 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs import manifest as manifests
 from jobs.pseudonymise import pseudonym_column, resolve_key
-from jobs.spark import (
+from schemas import lake
+from schemas.clean import CLEAN_EVENT, CLEAN_ITEM, CLEAN_USER, QUARANTINE_EVENT, QUARANTINE_REASONS
+from schemas.raw import RAW_EVENT, RAW_ITEM, REQUIRED_EVENT_FIELDS, SCENARIO_EVENT_TYPES
+from schemas.settings import Settings
+from schemas.spark import to_spark
+from storage import lake_io
+from storage import manifest as manifests
+from storage.spark import (
     check_schema,
     delete_path,
     in_parallel,
@@ -70,20 +76,24 @@ from jobs.spark import (
     spark_session,
     write_empty_partition,
 )
-from models import lake_io
-from schemas import lake
-from schemas.clean import CLEAN_EVENT, CLEAN_ITEM, CLEAN_USER, QUARANTINE_EVENT, QUARANTINE_REASONS
-from schemas.raw import RAW_EVENT, RAW_ITEM, REQUIRED_EVENT_FIELDS, SCENARIO_EVENT_TYPES
-from schemas.settings import Settings
-from schemas.spark import to_spark
 
 STAGE = "clean"
 EVENT_FIELDS: tuple[str, ...] = tuple(RAW_EVENT.names)
 ID_FIELDS = ("event_id", "user_id", "session_id", "event_type", "item_id")
-AGE_BUCKETS = ((18, "<18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (55, "45-54"), (65, "55-64"), (121, "65+"))
+AGE_BUCKETS = (
+    (18, "<18"),
+    (25, "18-24"),
+    (35, "25-34"),
+    (45, "35-44"),
+    (55, "45-54"),
+    (65, "55-64"),
+    (121, "65+"),
+)
 DUPLICATES_DROPPED = 0  # duplicates are quarantined (reason duplicate_event_id), never dropped
-RECONCILIATION_RULE = ("raw_events = clean_events + sum(quarantined_by_reason) + duplicates_dropped; duplicates "
-                       "are quarantined as duplicate_event_id, so duplicates_dropped is always 0")
+RECONCILIATION_RULE = (
+    "raw_events = clean_events + sum(quarantined_by_reason) + duplicates_dropped; duplicates "
+    "are quarantined as duplicate_event_id, so duplicates_dropped is always 0"
+)
 _ISO_DATETIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}"
 
 
@@ -108,8 +118,13 @@ def extract_items(spark: SparkSession, root: str, dates: Sequence[str]) -> DataF
 
 def extract_users(spark: SparkSession, root: str, dates: Sequence[str]) -> DataFrame:
     """Only user_id, age and region are declared to the reader: the PII columns are never even parsed."""
-    schema = T.StructType([T.StructField("user_id", T.StringType()), T.StructField("age", T.IntegerType()),
-                           T.StructField("region", T.StringType())])
+    schema = T.StructType(
+        [
+            T.StructField("user_id", T.StringType()),
+            T.StructField("age", T.IntegerType()),
+            T.StructField("region", T.StringType()),
+        ]
+    )
     if not dates:
         return spark.createDataFrame([], schema.add("dt", T.StringType()))
     return _read_days(spark.read.schema(schema), "json", root, lake.RAW_USERS, dates)
@@ -121,12 +136,16 @@ def parse_events(raw: DataFrame) -> DataFrame:
     false when the line is not a JSON object. (A ``map<string,string>`` parse would give fields and keys from one
     parse, but measured twice as slow as this struct parse plus ``json_object_keys`` on the default lake.)"""
     as_text = T.StructType([T.StructField(name, T.StringType()) for name in EVENT_FIELDS])
-    parsed = raw.select("*", F.from_json("value", as_text).alias("_json"),
-                        F.json_object_keys("value").alias("_keys"))
+    parsed = raw.select(
+        "*", F.from_json("value", as_text).alias("_json"), F.json_object_keys("value").alias("_keys")
+    )
     extra = F.array_except(F.col("_keys"), F.array(*[F.lit(n) for n in EVENT_FIELDS]))
-    return parsed.select(*raw.columns, F.col("_keys").isNotNull().alias("is_object"),
-                         F.when(F.size(extra) > 0, extra).alias("extra_keys"),
-                         *[F.col("_json")[name].alias(name) for name in EVENT_FIELDS])
+    return parsed.select(
+        *raw.columns,
+        F.col("_keys").isNotNull().alias("is_object"),
+        F.when(F.size(extra) > 0, extra).alias("extra_keys"),
+        *[F.col("_json")[name].alias(name) for name in EVENT_FIELDS],
+    )
 
 
 def _blank(name: str) -> Column:
@@ -152,36 +171,59 @@ def flag_row_problems(parsed: DataFrame, settings: Settings) -> DataFrame:
     oversized = (F.octet_length("value") > settings.max_field_chars) & (longest > settings.max_field_chars)
     other_required = [name for name in REQUIRED_EVENT_FIELDS if name != "user_id"]
     missing = F.concat_ws(",", *[F.when(_blank(name), F.lit(name)) for name in other_required])
-    structured = [F.when(F.substring(F.ltrim(F.col(name)), 1, 1).isin("{", "["), F.lit(f"{name} is not a string"))
-                  for name in ID_FIELDS]
-    wrong_type = F.concat_ws("; ", *structured,
-                             F.when(F.col("event_ts").isNull(), F.lit("event_time is not an ISO-8601 date-time")),
-                             F.when(F.col("price").isNotNull() & F.col("price_value").isNull(),
-                                    F.lit("price is not a number")))
+    structured = [
+        F.when(F.substring(F.ltrim(F.col(name)), 1, 1).isin("{", "["), F.lit(f"{name} is not a string"))
+        for name in ID_FIELDS
+    ]
+    wrong_type = F.concat_ws(
+        "; ",
+        *structured,
+        F.when(F.col("event_ts").isNull(), F.lit("event_time is not an ISO-8601 date-time")),
+        F.when(F.col("price").isNotNull() & F.col("price_value").isNull(), F.lit("price is not a number")),
+    )
     price = F.col("price_value")
     bad_price = price.isNotNull() & (F.isnan(price) | (price < 0) | (price > settings.max_price))
 
     # (reason, condition, detail): the first matching rule wins
     rules: list[tuple[str, Column, Column]] = [
         ("invalid_utf8", invalid_utf8, F.lit("line is not valid UTF-8 (stored with U+FFFD replacements)")),
-        ("malformed_json", ~F.col("is_object"),
-         F.when(F.trim("value") == "", F.lit("empty line")).otherwise(F.lit("not a JSON object"))),
-        ("oversized_field", oversized, F.lit(f"a field is longer than {settings.max_field_chars} characters")),
+        (
+            "malformed_json",
+            ~F.col("is_object"),
+            F.when(F.trim("value") == "", F.lit("empty line")).otherwise(F.lit("not a JSON object")),
+        ),
+        (
+            "oversized_field",
+            oversized,
+            F.lit(f"a field is longer than {settings.max_field_chars} characters"),
+        ),
         ("null_user", _blank("user_id"), F.lit("user_id is absent, null or blank")),
         ("missing_field", missing != "", F.concat(F.lit("missing or blank: "), missing)),
         ("wrong_type", wrong_type != "", wrong_type),
-        ("unknown_event_type", ~F.col("event_type").isin(event_types),
-         F.concat(_quoted("event_type"), F.lit(f" not in {event_types}"))),
-        ("invalid_price", bad_price,
-         F.concat(F.lit("price "), F.col("price"), F.lit(f" outside [0, {settings.max_price:g}]"))),
-        ("timestamp_out_of_day", F.to_date("event_ts") != F.to_date(F.col("dt")),
-         F.concat(F.lit("event_time "), F.col("event_time"), F.lit(" is not on "), F.col("dt"), F.lit(" (UTC)"))),
+        (
+            "unknown_event_type",
+            ~F.col("event_type").isin(event_types),
+            F.concat(_quoted("event_type"), F.lit(f" not in {event_types}")),
+        ),
+        (
+            "invalid_price",
+            bad_price,
+            F.concat(F.lit("price "), F.col("price"), F.lit(f" outside [0, {settings.max_price:g}]")),
+        ),
+        (
+            "timestamp_out_of_day",
+            F.to_date("event_ts") != F.to_date(F.col("dt")),
+            F.concat(
+                F.lit("event_time "), F.col("event_time"), F.lit(" is not on "), F.col("dt"), F.lit(" (UTC)")
+            ),
+        ),
     ]
     verdict: Any = F
     for reason, condition, detail in rules:
         verdict = verdict.when(condition, F.struct(F.lit(reason).alias("reason"), detail.alias("detail")))
     return df.withColumn("_verdict", verdict).select(
-        *df.columns, F.col("_verdict.reason").alias("reason"), F.col("_verdict.detail").alias("detail"))
+        *df.columns, F.col("_verdict.reason").alias("reason"), F.col("_verdict.detail").alias("detail")
+    )
 
 
 def row_ids(flagged: DataFrame) -> DataFrame:
@@ -209,16 +251,21 @@ def repeated_event_ids(flagged: DataFrame) -> DataFrame:
     combined before the shuffle) over 8-byte keys instead of the id strings; a hash collision only makes a candidate
     that :func:`find_duplicates` drops, since it ranks the candidates by the ids themselves."""
     valid = flagged.where(F.col("reason").isNull())
-    return (valid.groupBy("dt", _id_hash()).agg(F.count(F.lit(1)).alias("_n"))
-            .where(F.col("_n") > 1).select("dt", "_id_hash"))
+    return (
+        valid.groupBy("dt", _id_hash())
+        .agg(F.count(F.lit(1)).alias("_n"))
+        .where(F.col("_n") > 1)
+        .select("dt", "_id_hash")
+    )
 
 
 def find_duplicates(flagged: DataFrame, repeated: DataFrame) -> DataFrame:
     """``_row`` of every later copy of a repeated (dt, event_id) among valid rows: the first by event_time, then
     source file, then position in the file (``_row`` grows along each file) is kept. Only the rows of repeated ids
     (``repeated``: dt, _id_hash) are ranked: no full-row shuffle or sort."""
-    valid = flagged.where(F.col("reason").isNull()).select("dt", "event_id", "event_ts", "source_file", "_row",
-                                                           _id_hash())
+    valid = flagged.where(F.col("reason").isNull()).select(
+        "dt", "event_id", "event_ts", "source_file", "_row", _id_hash()
+    )
     copies = valid.join(repeated, ["dt", "_id_hash"], "left_semi")
     order = Window.partitionBy("dt", "event_id").orderBy("event_ts", "source_file", "_row")
     return copies.withColumn("_copy", F.row_number().over(order)).where(F.col("_copy") > 1).select("_row")
@@ -227,28 +274,45 @@ def find_duplicates(flagged: DataFrame, repeated: DataFrame) -> DataFrame:
 def find_bots(flagged: DataFrame, duplicates: DataFrame, events_per_minute: int) -> DataFrame:
     """(dt, user_id, _worst_minute) of users with more than ``events_per_minute`` valid, deduplicated events in one
     minute of the day: two narrow aggregates, no full-row shuffle."""
-    valid = (flagged.where(F.col("reason").isNull()).select("dt", "user_id", "event_ts", "_row")
-             .join(duplicates, "_row", "left_anti"))  # duplicates: broadcast by the caller when small
-    per_minute = valid.groupBy("dt", "user_id", F.date_trunc("minute", F.col("event_ts")).alias("_minute")).agg(
-        F.count(F.lit(1)).alias("_per_minute"))
-    return (per_minute.groupBy("dt", "user_id").agg(F.max("_per_minute").alias("_worst_minute"))
-            .where(F.col("_worst_minute") > events_per_minute))
+    valid = (
+        flagged.where(F.col("reason").isNull())
+        .select("dt", "user_id", "event_ts", "_row")
+        .join(duplicates, "_row", "left_anti")
+    )  # duplicates: broadcast by the caller when small
+    per_minute = valid.groupBy(
+        "dt", "user_id", F.date_trunc("minute", F.col("event_ts")).alias("_minute")
+    ).agg(F.count(F.lit(1)).alias("_per_minute"))
+    return (
+        per_minute.groupBy("dt", "user_id")
+        .agg(F.max("_per_minute").alias("_worst_minute"))
+        .where(F.col("_worst_minute") > events_per_minute)
+    )
 
 
-def flag_duplicates_and_bots(flagged: DataFrame, duplicates: DataFrame, bots: DataFrame,
-                             events_per_minute: int) -> DataFrame:
+def flag_duplicates_and_bots(
+    flagged: DataFrame, duplicates: DataFrame, bots: DataFrame, events_per_minute: int
+) -> DataFrame:
     """Sets reason/detail ``duplicate_event_id`` for the rows in ``duplicates`` (``_row``, ``_dup``), then
     ``bot_user`` for the remaining valid rows of the users in ``bots`` (dt, user_id, _worst_minute). Both are small
     as a rule: the caller gives them broadcast hints when they are."""
     joined = flagged.join(duplicates, "_row", "left").join(bots, ["dt", "user_id"], "left")
     is_dup = F.col("reason").isNull() & F.col("_dup").isNotNull()
     is_bot = F.col("reason").isNull() & F.col("_dup").isNull() & F.col("_worst_minute").isNotNull()
-    detail = (F.when(is_dup, F.lit("a row with this event_id and an earlier or equal event_time is kept"))
-              .when(is_bot, F.concat(F.lit("user has "), F.col("_worst_minute").cast("string"),
-                                     F.lit(f" events in one minute (threshold {events_per_minute})")))
-              .otherwise(F.col("detail")))
-    reason = (F.when(is_dup, F.lit("duplicate_event_id")).when(is_bot, F.lit("bot_user"))
-              .otherwise(F.col("reason")))
+    detail = (
+        F.when(is_dup, F.lit("a row with this event_id and an earlier or equal event_time is kept"))
+        .when(
+            is_bot,
+            F.concat(
+                F.lit("user has "),
+                F.col("_worst_minute").cast("string"),
+                F.lit(f" events in one minute (threshold {events_per_minute})"),
+            ),
+        )
+        .otherwise(F.col("detail"))
+    )
+    reason = (
+        F.when(is_dup, F.lit("duplicate_event_id")).when(is_bot, F.lit("bot_user")).otherwise(F.col("reason"))
+    )
     return joined.withColumn("detail", detail).withColumn("reason", reason).drop("_dup", "_worst_minute")
 
 
@@ -257,10 +321,16 @@ def flag_unknown_items(df: DataFrame, items: DataFrame) -> DataFrame:
     catalogue = items.select("dt", "item_id", F.lit(True).alias("_known"))
     joined = df.join(F.broadcast(catalogue), on=["dt", "item_id"], how="left")
     unknown = F.col("reason").isNull() & F.col("_known").isNull()
-    return (joined.withColumn("detail", F.when(unknown, F.concat(_quoted("item_id"), F.lit(" not in the catalogue")))
-                              .otherwise(F.col("detail")))
-                  .withColumn("reason", F.when(unknown, F.lit("unknown_item")).otherwise(F.col("reason")))
-                  .drop("_known"))
+    return (
+        joined.withColumn(
+            "detail",
+            F.when(unknown, F.concat(_quoted("item_id"), F.lit(" not in the catalogue"))).otherwise(
+                F.col("detail")
+            ),
+        )
+        .withColumn("reason", F.when(unknown, F.lit("unknown_item")).otherwise(F.col("reason")))
+        .drop("_known")
+    )
 
 
 def flag_events(raw: DataFrame, settings: Settings) -> DataFrame:
@@ -272,9 +342,21 @@ def flag_events(raw: DataFrame, settings: Settings) -> DataFrame:
     """
     flagged = flag_row_problems(parse_events(raw), settings)
     keep: list[Column | str] = [
-        "dt", "source_file", F.when(F.col("reason").isNotNull(), F.col("value")).alias("value"),
-        F.xxhash64("value").alias("_line_hash"), "extra_keys", "reason", "detail", "event_ts", "price_value",
-        "event_id", "user_id", "session_id", "event_type", "item_id"]
+        "dt",
+        "source_file",
+        F.when(F.col("reason").isNotNull(), F.col("value")).alias("value"),
+        F.xxhash64("value").alias("_line_hash"),
+        "extra_keys",
+        "reason",
+        "detail",
+        "event_ts",
+        "price_value",
+        "event_id",
+        "user_id",
+        "session_id",
+        "event_type",
+        "item_id",
+    ]
     return row_ids(flagged.select(*keep))
 
 
@@ -284,18 +366,33 @@ def recover_lines(raw: DataFrame, wanted: DataFrame) -> DataFrame:
     same per-split position); a line whose hash differs means the files changed during the run, which fails it."""
     lines = row_ids(raw).join(wanted, "_row", "inner")
     changed = F.xxhash64("value") != F.col("_line_hash")
-    return lines.select("_row", F.when(changed, _raw_changed("", " (a line read twice differs)")).otherwise(
-        F.col("value")).alias("_line"))
+    return lines.select(
+        "_row",
+        F.when(changed, _raw_changed("", " (a line read twice differs)"))
+        .otherwise(F.col("value"))
+        .alias("_line"),
+    )
 
 
 def _raw_changed(before: str, after: str) -> Column:
     """Fails the query: a raw file of ``source_file`` changed between the two reads of :func:`run`."""
-    return F.raise_error(F.concat(F.lit(f"raw file changed during the clean run: {before}"), F.col("source_file"),
-                                  F.lit(f"{after}; nothing was published for its day, rerun it")))
+    return F.raise_error(
+        F.concat(
+            F.lit(f"raw file changed during the clean run: {before}"),
+            F.col("source_file"),
+            F.lit(f"{after}; nothing was published for its day, rerun it"),
+        )
+    )
 
 
-def route_events(flagged: DataFrame, duplicates: DataFrame, bots: DataFrame, items: DataFrame,
-                 settings: Settings, key: bytes) -> DataFrame:
+def route_events(
+    flagged: DataFrame,
+    duplicates: DataFrame,
+    bots: DataFrame,
+    items: DataFrame,
+    settings: Settings,
+    key: bytes,
+) -> DataFrame:
     """flagged lines -> one row per line with ``reason`` (null = clean), quarantine fields and clean fields.
 
     Quarantine fields are null on clean rows and clean fields null on quarantined rows; each table's write selects
@@ -306,7 +403,11 @@ def route_events(flagged: DataFrame, duplicates: DataFrame, bots: DataFrame, ite
     clean = F.col("reason").isNull()
     quarantined = F.col("reason").isNotNull()
     return routed.select(
-        "dt", "reason", "detail", "_row", "_line_hash",
+        "dt",
+        "reason",
+        "detail",
+        "_row",
+        "_line_hash",
         F.when(quarantined, F.col("value")).alias("value"),  # null where it was not staged (see flag_events)
         F.when(quarantined, F.col("source_file")).alias("source_file"),
         F.when(clean, F.col("event_id")).alias("event_id"),
@@ -325,8 +426,9 @@ def clean_events(routed: DataFrame) -> DataFrame:
 
 def quarantined_rows(routed: DataFrame) -> DataFrame:
     """The quarantine's rows with ``_row``, ``_line_hash`` and ``value`` (null where the line was not staged)."""
-    return routed.where(F.col("reason").isNotNull()).select("dt", "reason", "detail", "source_file", "value", "_row",
-                                                             "_line_hash")
+    return routed.where(F.col("reason").isNotNull()).select(
+        "dt", "reason", "detail", "source_file", "value", "_row", "_line_hash"
+    )
 
 
 def quarantine_events(quarantined: DataFrame, recovered: DataFrame) -> DataFrame:
@@ -347,10 +449,14 @@ def _first_per_key(df: DataFrame, key: str, order: Iterable[str]) -> DataFrame:
 def clean_items(raw_items: DataFrame, settings: Settings) -> DataFrame:
     """One row per item and day; bad prices become null, unknown availability means unavailable."""
     with_id = raw_items.where(~_blank("item_id"))
-    first = _first_per_key(with_id, "item_id", ["title", "category", "price", "publish_time", "available", "source"])
+    first = _first_per_key(
+        with_id, "item_id", ["title", "category", "price", "publish_time", "available", "source"]
+    )
     price = F.col("price")
     return first.select(
-        "dt", "item_id", "category",
+        "dt",
+        "item_id",
+        "category",
         F.when((price >= 0) & (price <= settings.max_price) & ~F.isnan(price), price).alias("price"),
         "title",
         F.try_to_timestamp(F.col("publish_time")).alias("publish_time"),
@@ -372,13 +478,24 @@ def clean_users(raw_users: DataFrame, key: bytes) -> DataFrame:
     """Pseudonymised id, age bucket, region; nothing else of the profile."""
     with_id = raw_users.where(~_blank("user_id"))
     first = _first_per_key(with_id, "user_id", ["age", "region"])
-    return first.select("dt", pseudonym_column(F.col("user_id"), key).alias("user_id"),
-                        age_bucket(F.col("age")).alias("age_bucket"), "region")
+    return first.select(
+        "dt",
+        pseudonym_column(F.col("user_id"), key).alias("user_id"),
+        age_bucket(F.col("age")).alias("age_bucket"),
+        "region",
+    )
 
 
 # ---- load --------------------------------------------------------------------------------------------------------
-def write_days(df: DataFrame, root: str, name: str, schema: pa.Schema, dates: Sequence[str],
-               nonempty: Iterable[str], sort_by: Sequence[str] = ()) -> None:
+def write_days(
+    df: DataFrame,
+    root: str,
+    name: str,
+    schema: pa.Schema,
+    dates: Sequence[str],
+    nonempty: Iterable[str],
+    sort_by: Sequence[str] = (),
+) -> None:
     """Replace exactly the ``dates`` partitions of the table: data via dynamic overwrite, empty days explicitly.
 
     Spark's dynamic overwrite leaves a partition untouched when the new data has no row for it, which would keep a
@@ -403,12 +520,15 @@ def _counts_by(df: DataFrame, *keys: str) -> dict[tuple[str, ...], int]:
     def hashable(value: Any) -> Any:
         return tuple(value) if isinstance(value, list) else value
 
-    return {tuple(hashable(row[k]) for k in keys): int(row["rows"])
-            for row in df.groupBy(*keys).agg(F.count(F.lit(1)).alias("rows")).collect()}
+    return {
+        tuple(hashable(row[k]) for k in keys): int(row["rows"])
+        for row in df.groupBy(*keys).agg(F.count(F.lit(1)).alias("rows")).collect()
+    }
 
 
-def _duplicates_and_bots(flagged: DataFrame, events_per_minute: int,
-                         cached: list[DataFrame]) -> tuple[DataFrame, DataFrame]:
+def _duplicates_and_bots(
+    flagged: DataFrame, events_per_minute: int, cached: list[DataFrame]
+) -> tuple[DataFrame, DataFrame]:
     """(duplicates: _row, _dup; bots: dt, user_id, _worst_minute), each materialised once (small as a rule, then
     broadcast back onto the lines: no shuffle or sort of whole rows); the frames it persists go to ``cached``."""
     repeated = repeated_event_ids(flagged).persist()
@@ -419,21 +539,31 @@ def _duplicates_and_bots(flagged: DataFrame, events_per_minute: int,
     bots = find_bots(flagged, _small(duplicates, n_duplicates), events_per_minute).persist()
     cached.append(bots)
     n_bots = bots.count()
-    return (_small(duplicates.select("_row", F.lit(True).alias("_dup")), n_duplicates),
-            _small(bots.select("dt", "user_id", "_worst_minute"), n_bots))
+    return (
+        _small(duplicates.select("_row", F.lit(True).alias("_dup")), n_duplicates),
+        _small(bots.select("dt", "user_id", "_worst_minute"), n_bots),
+    )
 
 
-def _line_and_profile_counts(flagged: DataFrame, raw_items: DataFrame, raw_users: DataFrame) -> tuple[
-        dict[tuple[str, tuple[str, ...] | None], int], dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+def _line_and_profile_counts(
+    flagged: DataFrame, raw_items: DataFrame, raw_users: DataFrame
+) -> tuple[
+    dict[tuple[str, tuple[str, ...] | None], int], dict[str, tuple[int, int]], dict[str, tuple[int, int]]
+]:
     """One query for the day counts read before routing: event lines per (dt, extra_keys), and for items and users
     dt -> (raw rows, distinct non-blank keys = rows of the clean table)."""
     no_keys, no_key = F.lit(None).cast("array<string>"), F.lit(None).cast("string")
-    parts = [flagged.select(F.lit("events").alias("_table"), "dt", "extra_keys", no_key.alias("_key")),
-             raw_items.select(F.lit("items"), "dt", no_keys, F.when(~_blank("item_id"), F.col("item_id"))),
-             raw_users.select(F.lit("users"), "dt", no_keys, F.when(~_blank("user_id"), F.col("user_id")))]
+    parts = [
+        flagged.select(F.lit("events").alias("_table"), "dt", "extra_keys", no_key.alias("_key")),
+        raw_items.select(F.lit("items"), "dt", no_keys, F.when(~_blank("item_id"), F.col("item_id"))),
+        raw_users.select(F.lit("users"), "dt", no_keys, F.when(~_blank("user_id"), F.col("user_id"))),
+    ]
     union = parts[0].union(parts[1]).union(parts[2])
-    rows = union.groupBy("_table", "dt", "extra_keys").agg(
-        F.count(F.lit(1)).alias("rows"), F.countDistinct("_key").alias("keys")).collect()
+    rows = (
+        union.groupBy("_table", "dt", "extra_keys")
+        .agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("_key").alias("keys"))
+        .collect()
+    )
     lines: dict[tuple[str, tuple[str, ...] | None], int] = {}
     profiles: dict[str, dict[str, tuple[int, int]]] = {"items": {}, "users": {}}
     for row in rows:
@@ -454,8 +584,11 @@ def _rows_by_reason(root: str, ds: str) -> dict[str, int]:
 def _read_days(reader: Any, fmt: str, root: str, name: str, dates: Sequence[str]) -> DataFrame:
     """The ``dates`` partitions of a table in one scan, ``dt`` (the folder's day) as text: one read of all days,
     not a union of one read per day, which Spark would plan and schedule per day."""
-    days = reader.format(fmt).option("basePath", lake.table(root, name)).load(
-        [lake.partition(root, name, ds) for ds in dates])
+    days = (
+        reader.format(fmt)
+        .option("basePath", lake.table(root, name))
+        .load([lake.partition(root, name, ds) for ds in dates])
+    )
     return days.withColumn("dt", F.col("dt").cast("string"))  # partition discovery infers a date
 
 
@@ -464,7 +597,9 @@ def plan_dates(spark: SparkSession, settings: Settings) -> dict[str, list[str]]:
     """Which days this run cleans: D always; window days with raw events and no clean manifest yet."""
     root = settings.lake_root
     if not path_exists(spark, lake.raw_events(root, settings.ds)):
-        raise MissingPartition(f"no raw events for the run date: {lake.raw_events(root, settings.ds)} does not exist")
+        raise MissingPartition(
+            f"no raw events for the run date: {lake.raw_events(root, settings.ds)} does not exist"
+        )
     plan: dict[str, list[str]] = {"backfilled": [], "skipped_no_raw": [], "already_clean": []}
     for day in settings.window_dates():
         ds = day.isoformat()
@@ -477,8 +612,10 @@ def plan_dates(spark: SparkSession, settings: Settings) -> dict[str, list[str]]:
     plan["cleaned"] = [*plan["backfilled"], settings.ds]
     for ds in plan["cleaned"]:
         if not path_exists(spark, lake.raw_items(root, ds)):
-            raise MissingPartition(f"no item catalogue for {ds}: {lake.raw_items(root, ds)} does not exist "
-                                   "(needed to check item ids)")
+            raise MissingPartition(
+                f"no item catalogue for {ds}: {lake.raw_items(root, ds)} does not exist "
+                "(needed to check item ids)"
+            )
     return plan
 
 
@@ -511,9 +648,12 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
             flagged = spark.read.parquet(lines_path)
             # the day counts and the duplicate/bot chain read the staged lines independently: submitted together,
             # their small jobs fill the cores each leaves idle
-            (line_counts, item_counts, user_counts), (duplicates, bots) = in_parallel([
-                functools.partial(_line_and_profile_counts, flagged, raw_items, raw_users),
-                functools.partial(_duplicates_and_bots, flagged, settings.bot_events_per_minute, cached)])
+            (line_counts, item_counts, user_counts), (duplicates, bots) = in_parallel(
+                [
+                    functools.partial(_line_and_profile_counts, flagged, raw_items, raw_users),
+                    functools.partial(_duplicates_and_bots, flagged, settings.bot_events_per_minute, cached),
+                ]
+            )
             # raw_events per day: one row per line read, before any filter or join (the staged lines are the text
             # lines plus row-local columns), so it stays independent of the routing below
             raw_counts: dict[str, int] = {ds: 0 for ds in dates}
@@ -532,16 +672,50 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
         unstaged = quarantined.where(F.col("value").isNull()).select("_row", "_line_hash").persist()
         cached.append(unstaged)
         recovered = recover_lines(extract_events(spark, root, dates), _small(unstaged, unstaged.count()))
-        in_parallel([  # four tables, four independent writes
-            functools.partial(write_days, clean_events(routed), root, lake.CLEAN_EVENTS, CLEAN_EVENT, dates,
-                              clean_days, sort_by=("event_time", "event_id")),
-            functools.partial(write_days, quarantine_events(quarantined, recovered), root, lake.QUARANTINE_EVENTS,
-                              QUARANTINE_EVENT, dates, set(quarantined_per_day),
-                              sort_by=("reason", "source_file", "raw_line")),
-            functools.partial(write_days, items, root, lake.CLEAN_ITEMS, CLEAN_ITEM, dates,
-                              {ds for ds, (_, n) in item_counts.items() if n}, sort_by=("item_id",)),
-            functools.partial(write_days, clean_users(raw_users, key), root, lake.CLEAN_USERS, CLEAN_USER, dates,
-                              {ds for ds, (_, n) in user_counts.items() if n}, sort_by=("user_id",))])
+        in_parallel(
+            [  # four tables, four independent writes
+                functools.partial(
+                    write_days,
+                    clean_events(routed),
+                    root,
+                    lake.CLEAN_EVENTS,
+                    CLEAN_EVENT,
+                    dates,
+                    clean_days,
+                    sort_by=("event_time", "event_id"),
+                ),
+                functools.partial(
+                    write_days,
+                    quarantine_events(quarantined, recovered),
+                    root,
+                    lake.QUARANTINE_EVENTS,
+                    QUARANTINE_EVENT,
+                    dates,
+                    set(quarantined_per_day),
+                    sort_by=("reason", "source_file", "raw_line"),
+                ),
+                functools.partial(
+                    write_days,
+                    items,
+                    root,
+                    lake.CLEAN_ITEMS,
+                    CLEAN_ITEM,
+                    dates,
+                    {ds for ds, (_, n) in item_counts.items() if n},
+                    sort_by=("item_id",),
+                ),
+                functools.partial(
+                    write_days,
+                    clean_users(raw_users, key),
+                    root,
+                    lake.CLEAN_USERS,
+                    CLEAN_USER,
+                    dates,
+                    {ds for ds, (_, n) in user_counts.items() if n},
+                    sort_by=("user_id",),
+                ),
+            ]
+        )
     finally:
         for frame in cached:
             frame.unpersist()
@@ -550,7 +724,9 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
     # counts of the events that landed, read back from the written tables (footers and the reason column, with
     # pyarrow: no Spark job)
     written_clean = {ds: lake_io.count_rows(lake.partition(root, lake.CLEAN_EVENTS, ds)) for ds in dates}
-    written_quarantine = {(ds, reason): rows for ds in dates for reason, rows in _rows_by_reason(root, ds).items()}
+    written_quarantine = {
+        (ds, reason): rows for ds in dates for reason, rows in _rows_by_reason(root, ds).items()
+    }
 
     finished_at = manifests.utc_now()
     out: dict[str, dict[str, Any]] = {}
@@ -570,27 +746,44 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
             "raw_users": user_counts.get(ds, (0, 0))[0],
             "clean_users": user_counts.get(ds, (0, 0))[1],
         }
-        manifests.reconcile(f"clean {ds} events", counts["raw_events"], {
-            "clean": counts["clean_events"], **{f"quarantined {r}": n for r, n in by_reason.items() if n},
-            "duplicates dropped": DUPLICATES_DROPPED})
+        manifests.reconcile(
+            f"clean {ds} events",
+            counts["raw_events"],
+            {
+                "clean": counts["clean_events"],
+                **{f"quarantined {r}": n for r, n in by_reason.items() if n},
+                "duplicates dropped": DUPLICATES_DROPPED,
+            },
+        )
         notes = []
         if counts["raw_events"] == 0:
             notes.append("raw events folder has no lines: empty but valid run")
         if ds not in user_dates:
             notes.append(f"no {lake.raw_users(root, ds)}: clean/users is empty for this day")
         manifest: dict[str, Any] = {
-            "stage": STAGE, "dt": ds, "run_id": run_id, "run_date": settings.ds,
-            "started_at": started_at.isoformat(), "finished_at": finished_at.isoformat(),
+            "stage": STAGE,
+            "dt": ds,
+            "run_id": run_id,
+            "run_date": settings.ds,
+            "started_at": started_at.isoformat(),
+            "finished_at": finished_at.isoformat(),
             "why": "run date" if ds == settings.ds else "backfill: raw events present, no clean manifest yet",
-            "inputs": {"events": lake.raw_events(root, ds), "items": lake.raw_items(root, ds),
-                       "users": lake.raw_users(root, ds) if ds in user_dates else None},
-            "outputs": {name: lake.partition(root, name, ds) for name in
-                        (lake.CLEAN_EVENTS, lake.CLEAN_ITEMS, lake.CLEAN_USERS, lake.QUARANTINE_EVENTS)},
+            "inputs": {
+                "events": lake.raw_events(root, ds),
+                "items": lake.raw_items(root, ds),
+                "users": lake.raw_users(root, ds) if ds in user_dates else None,
+            },
+            "outputs": {
+                name: lake.partition(root, name, ds)
+                for name in (lake.CLEAN_EVENTS, lake.CLEAN_ITEMS, lake.CLEAN_USERS, lake.QUARANTINE_EVENTS)
+            },
             "counts": counts,
             "reconciliation": {"rule": RECONCILIATION_RULE, "ok": True},
             "schema_drift": {"extra_keys": {k: n for (d, k), n in sorted(drift.items()) if d == ds}},
-            "settings": {name: getattr(settings, name) for name in
-                         ("scenario", "bot_events_per_minute", "max_field_chars", "max_price")},
+            "settings": {
+                name: getattr(settings, name)
+                for name in ("scenario", "bot_events_per_minute", "max_field_chars", "max_price")
+            },
             "notes": notes,
         }
         if ds == settings.ds:
@@ -615,7 +808,8 @@ def _naming_bad_files() -> Iterator[None]:
         cause = causes[-1].strip() if causes else type(err).__name__
         raise CorruptInputFile(
             f"cannot read raw file {found.group(1)}: truncated or corrupt ({cause}). Nothing was written for this "
-            "run; repair or remove the file and rerun the date.") from err
+            "run; repair or remove the file and rerun the date."
+        ) from err
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -625,8 +819,10 @@ def main(argv: list[str] | None = None) -> None:
     for ds, manifest in written.items():
         counts = manifest["counts"]
         reasons = {r: n for r, n in counts["quarantined_by_reason"].items() if n}
-        print(f"clean {ds}: {counts['raw_events']} raw = {counts['clean_events']} clean + "
-              f"{counts['quarantined_events']} quarantined {reasons}; drift {manifest['schema_drift']['extra_keys']}")
+        print(
+            f"clean {ds}: {counts['raw_events']} raw = {counts['clean_events']} clean + "
+            f"{counts['quarantined_events']} quarantined {reasons}; drift {manifest['schema_drift']['extra_keys']}"
+        )
 
 
 if __name__ == "__main__":

@@ -29,18 +29,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from jobs.spark import (
-    check_schema,
-    delete_path,
-    hadoop_path,
-    in_parallel,
-    path_exists,
-    read_partition,
-    read_partitions,
-    spark_session,
-    write_partition,
-)
-from models.lake_io import count_rows
 from schemas import lake
 from schemas.clean import CLEAN_EVENT, CLEAN_ITEM, CLEAN_USER
 from schemas.features import (
@@ -57,6 +45,18 @@ from schemas.features import (
 from schemas.raw import EVENT_STRENGTH
 from schemas.settings import Settings
 from schemas.spark import to_spark
+from storage.lake_io import count_rows
+from storage.spark import (
+    check_schema,
+    delete_path,
+    hadoop_path,
+    in_parallel,
+    path_exists,
+    read_partition,
+    read_partitions,
+    spark_session,
+    write_partition,
+)
 
 log = logging.getLogger("recflow.features")
 
@@ -101,13 +101,17 @@ def event_strength(event_type: Column) -> Column:
 
 def decay(time_col: Column, reference_epoch: float, half_life_days: float) -> Column:
     """0.5 ** (age in days / half life); age measured from ``time_col`` to the reference, never negative."""
-    age_days = F.greatest(F.lit(0.0), (F.lit(float(reference_epoch)) - time_col.cast("double")) / SECONDS_PER_DAY)
+    age_days = F.greatest(
+        F.lit(0.0), (F.lit(float(reference_epoch)) - time_col.cast("double")) / SECONDS_PER_DAY
+    )
     return F.pow(F.lit(0.5), age_days / F.lit(float(half_life_days)))
 
 
 def ids(col: Column) -> Column:
     """An int list column as the contracts declare it: never null, no null elements (array<int> not null)."""
-    return F.transform(F.coalesce(col, F.array().cast("array<int>")), lambda x: F.coalesce(x.cast("int"), F.lit(0)))
+    return F.transform(
+        F.coalesce(col, F.array().cast("array<int>")), lambda x: F.coalesce(x.cast("int"), F.lit(0))
+    )
 
 
 def last_distinct(items: Column, limit: int) -> Column:
@@ -134,16 +138,16 @@ def daily_interactions(events: DataFrame) -> DataFrame:
 
 
 # ---- transforms: vocabularies ----------------------------------------------------------------------------
-def extend_index(existing: DataFrame, candidates: DataFrame, key: str, idx: str,
-                 order_by: Sequence[str] = ()) -> DataFrame:
+def extend_index(
+    existing: DataFrame, candidates: DataFrame, key: str, idx: str, order_by: Sequence[str] = ()
+) -> DataFrame:
     """Keep every existing (key, idx); candidate keys not yet indexed get max(idx)+1, +2, ... ordered by
     ``order_by`` then key, so the same inputs always give the same indices. ``candidates`` has distinct keys
     and the columns of ``existing`` other than ``idx``."""
     fresh = candidates.join(existing.select(key), key, "left_anti")
     base = existing.agg(F.coalesce(F.max(idx), F.lit(0)).alias("_base"))
     rank = F.row_number().over(Window.orderBy(*order_by, key))
-    numbered = (fresh.crossJoin(F.broadcast(base))
-                .withColumn(idx, (F.col("_base") + rank).cast("int")))
+    numbered = fresh.crossJoin(F.broadcast(base)).withColumn(idx, (F.col("_base") + rank).cast("int"))
     return existing.select(*existing.columns).unionByName(numbered.select(*existing.columns))
 
 
@@ -184,9 +188,11 @@ def label_index(mapping: Mapping[str, int], label: Column) -> Column:
 def index_units(units: DataFrame, users: DataFrame, items: DataFrame) -> DataFrame:
     """Daily units keyed by user_idx and item_idx (both vocabularies cover every unit by construction). The id
     strings are dropped: this frame is cached, and ints cache far smaller and faster than strings."""
-    return (units.join(users.select("user_id", "user_idx"), "user_id")
-            .join(items.select("item_id", "item_idx"), "item_id")
-            .select("dt", "user_idx", "item_idx", "strength", "events", "first_time", "last_time"))
+    return (
+        units.join(users.select("user_id", "user_idx"), "user_id")
+        .join(items.select("item_id", "item_idx"), "item_id")
+        .select("dt", "user_idx", "item_idx", "strength", "events", "first_time", "last_time")
+    )
 
 
 # ---- transforms: content and profile features ------------------------------------------------------------
@@ -198,9 +204,12 @@ def price_bucket(price: Column, cuts: Column) -> Column:
 
 def title_tokens(title: Column, buckets: int, limit: int) -> Column:
     """Lowercased word tokens hashed (xxhash64, stable across runs and machines) into [1, buckets]."""
-    words = F.filter(F.split(F.lower(F.coalesce(title, F.lit(""))), r"[^\p{L}\p{N}]+"), lambda w: F.length(w) > 0)
-    hashed = F.transform(words, lambda w: F.coalesce((F.pmod(F.xxhash64(w), F.lit(buckets)) + 1).cast("int"),
-                                                     F.lit(0)))
+    words = F.filter(
+        F.split(F.lower(F.coalesce(title, F.lit(""))), r"[^\p{L}\p{N}]+"), lambda w: F.length(w) > 0
+    )
+    hashed = F.transform(
+        words, lambda w: F.coalesce((F.pmod(F.xxhash64(w), F.lit(buckets)) + 1).cast("int"), F.lit(0))
+    )
     return F.slice(F.array_distinct(hashed), 1, limit)
 
 
@@ -209,54 +218,74 @@ def item_popularity(units: DataFrame, reference_epoch: float, half_life_days: fl
     return units.groupBy("item_idx").agg(F.sum(strength).alias("popularity"))
 
 
-def item_features(items: DataFrame, catalogue: DataFrame, categories: Mapping[str, int], popularity: DataFrame,
-                  settings: Settings) -> DataFrame:
+def item_features(
+    items: DataFrame,
+    catalogue: DataFrame,
+    categories: Mapping[str, int],
+    popularity: DataFrame,
+    settings: Settings,
+) -> DataFrame:
     """One row per vocabulary item; items missing from D's catalogue are unavailable with unknown content."""
     n = settings.price_buckets
     probabilities = [k / n for k in range(1, n)]
     priced = catalogue.where(F.col("price") > 0)
-    cut_expr = (F.percentile("price", F.array(*[F.lit(p) for p in probabilities])) if probabilities
-                else F.array().cast("array<double>"))
+    cut_expr = (
+        F.percentile("price", F.array(*[F.lit(p) for p in probabilities]))
+        if probabilities
+        else F.array().cast("array<double>")
+    )
     cuts = priced.agg(cut_expr.alias("cuts"))
     end_of_day = epoch_seconds(settings.run_date + dt.timedelta(days=1))
     age = (F.lit(float(end_of_day)) - F.col("publish_time").cast("double")) / SECONDS_PER_DAY
-    return (items.select("item_id", "item_idx")
-            .join(catalogue.select("item_id", "category", "price", "title", "publish_time", "available"),
-                  "item_id", "left")
-            .join(popularity, "item_idx", "left")
-            .crossJoin(F.broadcast(cuts))
-            .select(
-                F.col("item_idx").cast("int").alias("item_idx"),
-                "item_id",
-                "category",
-                label_index(categories, F.col("category")).alias("category_idx"),
-                price_bucket(F.col("price"), F.coalesce(F.col("cuts"), F.array().cast("array<double>")))
-                .alias("price_bucket"),
-                ids(title_tokens(F.col("title"), settings.title_hash_buckets, settings.title_tokens))
-                .alias("title_tokens"),
-                F.coalesce(F.greatest(age, F.lit(0.0)), F.lit(0.0)).cast("float").alias("age_days"),
-                F.coalesce(F.col("available"), F.lit(False)).alias("available"),
-                F.coalesce(F.col("popularity"), F.lit(0.0)).alias("popularity"),
-                "title",
-            ))
+    return (
+        items.select("item_id", "item_idx")
+        .join(
+            catalogue.select("item_id", "category", "price", "title", "publish_time", "available"),
+            "item_id",
+            "left",
+        )
+        .join(popularity, "item_idx", "left")
+        .crossJoin(F.broadcast(cuts))
+        .select(
+            F.col("item_idx").cast("int").alias("item_idx"),
+            "item_id",
+            "category",
+            label_index(categories, F.col("category")).alias("category_idx"),
+            price_bucket(F.col("price"), F.coalesce(F.col("cuts"), F.array().cast("array<double>"))).alias(
+                "price_bucket"
+            ),
+            ids(title_tokens(F.col("title"), settings.title_hash_buckets, settings.title_tokens)).alias(
+                "title_tokens"
+            ),
+            F.coalesce(F.greatest(age, F.lit(0.0)), F.lit(0.0)).cast("float").alias("age_days"),
+            F.coalesce(F.col("available"), F.lit(False)).alias("available"),
+            F.coalesce(F.col("popularity"), F.lit(0.0)).alias("popularity"),
+            "title",
+        )
+    )
 
 
-def user_features(users: DataFrame, profiles: DataFrame, age_buckets: Mapping[str, int],
-                  regions: Mapping[str, int]) -> DataFrame:
+def user_features(
+    users: DataFrame, profiles: DataFrame, age_buckets: Mapping[str, int], regions: Mapping[str, int]
+) -> DataFrame:
     """One row per vocabulary user; segment "age_bucket|region" ("unknown" parts; "unknown" without profile)."""
-    profile = profiles.groupBy("user_id").agg(F.max("age_bucket").alias("age_bucket"),
-                                              F.max("region").alias("region"))
+    profile = profiles.groupBy("user_id").agg(
+        F.max("age_bucket").alias("age_bucket"), F.max("region").alias("region")
+    )
     segment = F.when(F.col("age_bucket").isNull() & F.col("region").isNull(), F.lit(UNKNOWN)).otherwise(
-        F.concat_ws("|", F.coalesce("age_bucket", F.lit(UNKNOWN)), F.coalesce("region", F.lit(UNKNOWN))))
-    return (users.select("user_id", "user_idx")
-            .join(profile, "user_id", "left")
-            .select(
-                F.col("user_idx").cast("int").alias("user_idx"),
-                "user_id",
-                label_index(age_buckets, F.col("age_bucket")).alias("age_bucket_idx"),
-                label_index(regions, F.col("region")).alias("region_idx"),
-                segment.alias("segment"),
-            ))
+        F.concat_ws("|", F.coalesce("age_bucket", F.lit(UNKNOWN)), F.coalesce("region", F.lit(UNKNOWN)))
+    )
+    return (
+        users.select("user_id", "user_idx")
+        .join(profile, "user_id", "left")
+        .select(
+            F.col("user_idx").cast("int").alias("user_idx"),
+            "user_id",
+            label_index(age_buckets, F.col("age_bucket")).alias("age_bucket_idx"),
+            label_index(regions, F.col("region")).alias("region_idx"),
+            segment.alias("segment"),
+        )
+    )
 
 
 # ---- transforms: interactions, examples, histories -------------------------------------------------------
@@ -278,42 +307,50 @@ def train_examples(before: DataFrame, history_length: int) -> DataFrame:
     sequence = Window.partitionBy("user_idx").orderBy("first_time", "item_idx")
     lookback = sequence.rowsBetween(-HISTORY_SCAN_FACTOR * history_length, -1)
     pair = Window.partitionBy("user_idx", "item_idx")
-    return (before
-            .withColumn("previous", F.collect_list("item_idx").over(lookback))
-            .withColumn("first_day", F.min("dt").over(pair))
-            .where(F.col("dt") == F.col("first_day"))
-            .select(
-                F.col("user_idx").cast("int").alias("user_idx"),
-                ids(last_distinct(F.col("previous"), history_length)).alias("history"),
-                F.col("item_idx").cast("int").alias("item_idx"),
-                (F.log2(F.lit(1.0) + F.col("strength"))).cast("float").alias("weight"),
-                F.col("first_time").alias("event_time"),
-            ))
+    return (
+        before.withColumn("previous", F.collect_list("item_idx").over(lookback))
+        .withColumn("first_day", F.min("dt").over(pair))
+        .where(F.col("dt") == F.col("first_day"))
+        .select(
+            F.col("user_idx").cast("int").alias("user_idx"),
+            ids(last_distinct(F.col("previous"), history_length)).alias("history"),
+            F.col("item_idx").cast("int").alias("item_idx"),
+            (F.log2(F.lit(1.0) + F.col("strength"))).cast("float").alias("weight"),
+            F.col("first_time").alias("event_time"),
+        )
+    )
 
 
 def validation_examples(before: DataFrame, on_day: DataFrame, history_length: int) -> DataFrame:
     """Users active on D: history through D-1, seen = window items before D, targets = D's new items for them."""
     state = ordered_items(before, "user_idx").select(
-        "user_idx", F.reverse(F.array_distinct(F.reverse("items"))).alias("distinct_items"))
+        "user_idx", F.reverse(F.array_distinct(F.reverse("items"))).alias("distinct_items")
+    )
     today = ordered_items(on_day, "user_idx").select("user_idx", F.array_distinct("items").alias("today"))
     seen_all = F.coalesce(F.col("distinct_items"), F.array().cast("array<int>"))
-    return (today.join(state, "user_idx", "left")
-            .select(
-                F.col("user_idx").cast("int").alias("user_idx"),
-                ids(last_distinct(seen_all, history_length)).alias("history"),
-                ids(last_distinct(seen_all, SEEN_LIMIT)).alias("seen"),
-                ids(F.array_except("today", seen_all)).alias("targets"),
-            )
-            .where(F.size("targets") > 0))
+    return (
+        today.join(state, "user_idx", "left")
+        .select(
+            F.col("user_idx").cast("int").alias("user_idx"),
+            ids(last_distinct(seen_all, history_length)).alias("history"),
+            ids(last_distinct(seen_all, SEEN_LIMIT)).alias("seen"),
+            ids(F.array_except("today", seen_all)).alias("targets"),
+        )
+        .where(F.size("targets") > 0)
+    )
 
 
 def user_histories(through_d: DataFrame, users: DataFrame, history_length: int) -> DataFrame:
     """Scoring input: every user with a unit in the window through D, latest history and seen items."""
-    return ordered_items(through_d, "user_idx").join(users.select("user_idx", "user_id"), "user_idx").select(
-        F.col("user_idx").cast("int").alias("user_idx"),
-        "user_id",
-        ids(last_distinct(F.col("items"), history_length)).alias("history"),
-        ids(last_distinct(F.col("items"), SEEN_LIMIT)).alias("seen"),
+    return (
+        ordered_items(through_d, "user_idx")
+        .join(users.select("user_idx", "user_id"), "user_idx")
+        .select(
+            F.col("user_idx").cast("int").alias("user_idx"),
+            "user_id",
+            ids(last_distinct(F.col("items"), history_length)).alias("history"),
+            ids(last_distinct(F.col("items"), SEEN_LIMIT)).alias("seen"),
+        )
     )
 
 
@@ -330,13 +367,20 @@ def build_features(inputs: FeatureInputs, settings: Settings) -> dict[str, DataF
     start_of_day = epoch_seconds(run_date)
     end_of_day = epoch_seconds(run_date + dt.timedelta(days=1))
     half_life = settings.decay_half_life_days
-    labels = {kind: extend_labels(inputs.labels.previous.get(kind, {}), inputs.labels.current.get(kind, ()))
-              for kind in LABEL_KINDS}
+    labels = {
+        kind: extend_labels(inputs.labels.previous.get(kind, {}), inputs.labels.current.get(kind, ()))
+        for kind in LABEL_KINDS
+    }
     return {
         lake.VOCAB_USERS: users,
         lake.VOCAB_ITEMS: items,
         lake.ITEM_FEATURES: item_features(
-            items, inputs.catalogue, labels["category"], item_popularity(units, end_of_day, half_life), settings),
+            items,
+            inputs.catalogue,
+            labels["category"],
+            item_popularity(units, end_of_day, half_life),
+            settings,
+        ),
         lake.USER_FEATURES: user_features(users, inputs.profiles, labels["age_bucket"], labels["region"]),
         lake.INTERACTIONS: interactions(before, start_of_day, half_life),
         lake.TRAIN_EXAMPLES: train_examples(before, settings.history_length),
@@ -414,7 +458,9 @@ def stale_daily_dates(spark: SparkSession, settings: Settings) -> list[dt.date]:
         clean_time = newest_modification(spark, clean_path)
         if not path_exists(spark, clean_path):
             if day == settings.run_date:
-                raise FileNotFoundError(f"no clean events for the run date: {clean_path} (run jobs/clean.py first)")
+                raise FileNotFoundError(
+                    f"no clean events for the run date: {clean_path} (run jobs/clean.py first)"
+                )
             log.warning("no clean events for %s (%s): the window has a gap", day, clean_path)
             continue
         daily_time = newest_modification(spark, lake.partition(root, lake.DAILY_INTERACTIONS, day))
@@ -433,8 +479,12 @@ def update_daily_interactions(spark: SparkSession, settings: Settings) -> list[d
     for day in stale:  # a day whose clean events are now empty must not keep an old aggregate
         delete_path(spark, lake.partition(root, lake.DAILY_INTERACTIONS, day))
     # one write for all stale days (dynamic partition overwrite replaces exactly those dt= folders)
-    (daily.select(*DAILY_INTERACTION.names, "dt").write.mode("overwrite").partitionBy("dt")
-     .parquet(lake.table(root, lake.DAILY_INTERACTIONS)))
+    (
+        daily.select(*DAILY_INTERACTION.names, "dt")
+        .write.mode("overwrite")
+        .partitionBy("dt")
+        .parquet(lake.table(root, lake.DAILY_INTERACTIONS))
+    )
     log.info("daily_interactions computed for %s", [d.isoformat() for d in stale])
     return stale
 
@@ -443,15 +493,21 @@ def extract(spark: SparkSession, settings: Settings) -> FeatureInputs:
     root, run_date = settings.lake_root, settings.run_date
     days = [*settings.window_dates(), run_date]
     existing = [d for d in days if path_exists(spark, lake.partition(root, lake.DAILY_INTERACTIONS, d))]
-    units = (read_partitions(spark, root, lake.DAILY_INTERACTIONS, existing, DAILY_INTERACTION) if existing
-             else _empty(spark, DAILY_INTERACTION).withColumn("dt", F.lit(None).cast("date")))
+    units = (
+        read_partitions(spark, root, lake.DAILY_INTERACTIONS, existing, DAILY_INTERACTION)
+        if existing
+        else _empty(spark, DAILY_INTERACTION).withColumn("dt", F.lit(None).cast("date"))
+    )
     catalogue_path = lake.partition(root, lake.CLEAN_ITEMS, run_date)
     if not path_exists(spark, catalogue_path):
         raise FileNotFoundError(f"no item catalogue for the run date: {catalogue_path}")
     catalogue = read_partition(spark, root, lake.CLEAN_ITEMS, run_date, CLEAN_ITEM)
     profiles_path = lake.partition(root, lake.CLEAN_USERS, run_date)
-    profiles = (read_partition(spark, root, lake.CLEAN_USERS, run_date, CLEAN_USER)
-                if path_exists(spark, profiles_path) else _empty(spark, CLEAN_USER))
+    profiles = (
+        read_partition(spark, root, lake.CLEAN_USERS, run_date, CLEAN_USER)
+        if path_exists(spark, profiles_path)
+        else _empty(spark, CLEAN_USER)
+    )
     return FeatureInputs(
         units=units,
         catalogue=catalogue,
@@ -462,15 +518,20 @@ def extract(spark: SparkSession, settings: Settings) -> FeatureInputs:
     )
 
 
-def extract_labels(spark: SparkSession, settings: Settings, catalogue: DataFrame, profiles: DataFrame) -> LabelSets:
+def extract_labels(
+    spark: SparkSession, settings: Settings, catalogue: DataFrame, profiles: DataFrame
+) -> LabelSets:
     """One small query: the categorical values of D and the indices the latest earlier run gave them.
     Age-bucket and region indices of earlier runs are read back from their ``segment`` ("age_bucket|region")."""
     previous_items = _previous(spark, settings, lake.ITEM_FEATURES, ITEM_FEATURE)
     previous_users = _previous(spark, settings, lake.USER_FEATURES, USER_FEATURE)
     segment = F.split(F.col("segment"), r"\|")
     parts = [
-        previous_items.select(F.lit("category").alias("kind"), F.col("category").alias("label"),
-                              F.col("category_idx").alias("idx")),
+        previous_items.select(
+            F.lit("category").alias("kind"),
+            F.col("category").alias("label"),
+            F.col("category_idx").alias("idx"),
+        ),
         previous_users.select(F.lit("age_bucket"), F.get(segment, 0), F.col("age_bucket_idx")),
         previous_users.select(F.lit("region"), F.get(segment, 1), F.col("region_idx")),
         catalogue.select(F.lit("category"), F.col("category"), F.lit(None).cast("int")),
@@ -480,7 +541,11 @@ def extract_labels(spark: SparkSession, settings: Settings, catalogue: DataFrame
     union = parts[0]
     for part in parts[1:]:
         union = union.union(part)
-    rows = union.where(F.col("label").isNotNull() & (F.col("idx").isNull() | (F.col("idx") > 0))).distinct().collect()
+    rows = (
+        union.where(F.col("label").isNotNull() & (F.col("idx").isNull() | (F.col("idx") > 0)))
+        .distinct()
+        .collect()
+    )
     previous: dict[str, dict[str, int]] = {kind: {} for kind in LABEL_KINDS}
     current: dict[str, set[str]] = {kind: set() for kind in LABEL_KINDS}
     for kind, label, idx in rows:
@@ -525,14 +590,28 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, object]:
     }
     log.info("features %s", summary)
     # the stage's run manifest runs/features/dt=D: rows in (clean events of the window and D) and out (all tables)
-    from jobs import manifest as manifests
+    from storage import manifest as manifests
 
-    rows_in = sum(count_rows(path) for day in [*settings.window_dates(), settings.run_date]
-                  if path_exists(spark, path := lake.partition(settings.lake_root, lake.CLEAN_EVENTS, day)))
-    manifests.record_stage(settings.lake_root, "features", settings.run_date, {
-        "rows_in": rows_in, "rows_out": sum(rows.values()), "users": rows.get(lake.USER_FEATURES, 0),
-        "items": rows.get(lake.ITEM_FEATURES, 0), "rows_by_table": rows,
-    }, time.perf_counter() - started, spark, daily_computed=summary["daily_computed"])
+    rows_in = sum(
+        count_rows(path)
+        for day in [*settings.window_dates(), settings.run_date]
+        if path_exists(spark, path := lake.partition(settings.lake_root, lake.CLEAN_EVENTS, day))
+    )
+    manifests.record_stage(
+        settings.lake_root,
+        "features",
+        settings.run_date,
+        {
+            "rows_in": rows_in,
+            "rows_out": sum(rows.values()),
+            "users": rows.get(lake.USER_FEATURES, 0),
+            "items": rows.get(lake.ITEM_FEATURES, 0),
+            "rows_by_table": rows,
+        },
+        time.perf_counter() - started,
+        spark,
+        daily_computed=summary["daily_computed"],
+    )
     return summary
 
 

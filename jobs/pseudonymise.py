@@ -48,7 +48,9 @@ def key_for_spark_job(settings: Settings | None = None) -> str:
     Either value is registered with Airflow's secrets masker, so task logs and rendered fields show ``***``."""
     settings = settings or Settings.load()
     found = _key_from_airflow(settings.pseudonym_conn_id)  # Connection.get masks the password it returns
-    value = found.decode("utf-8") if isinstance(found, bytes) else os.environ.get(settings.pseudonym_key_env, "")
+    value = (
+        found.decode("utf-8") if isinstance(found, bytes) else os.environ.get(settings.pseudonym_key_env, "")
+    )
     if value:
         from airflow.sdk.log import mask_secret
 

@@ -1,79 +1,51 @@
-"""Atomic publish: a checked staging partition becomes ``<table>/dt=D`` in one step; consumers never see half.
+"""The publish stage: every output table's staging partition is checked, then published in one step each.
 
 ``python -m jobs.publish --date D [--run-id ID]`` (run id defaults to :func:`jobs.score.default_run_id`).
 
-For each output table (recommendations, similar_items), first all are verified, then each is published:
-1. verify ``staging/<table>/dt=D/run=<id>/``: the writer's ``_SUCCESS`` marker, Parquet matching the
+1. verify every ``staging/<table>/dt=D/run=<id>/`` first: the writer's ``_SUCCESS`` marker, Parquet matching the
    ``schemas.outputs`` contract (names, types, no nulls), at least one row. Nothing moves if any check fails.
-2. move the folder into place with one rename:
-   - ``dt=D`` absent (the nightly case): ``rename(staging, dt=D)``, atomic on POSIX and HDFS.
-   - ``dt=D`` present (a rerun): on Linux ``renameat2(RENAME_EXCHANGE)`` swaps the two folders atomically, then
-     the old copy (now at the staging path) is deleted. Where the exchange is unsupported, the old folder is
-     renamed aside to ``<table>/_previous/dt=D`` first; for the microseconds between the two renames ``dt=D`` is
-     absent (never partial), and a crash there is repaired by the next publish, while :func:`read_latest` falls
-     back to the aside copy.
-3. write ``dt=D/_PUBLISHED.json`` (rows, run id, schema version, model versions; the writer's ``_SUCCESS``
-   came with the data), then update ``<table>/_LATEST`` (``dt=YYYY-MM-DD``) by ``os.replace`` of a temp file, only moving forwards in time
-   (a backfill of an older date does not take ``latest`` back).
-Rerunning a publish that was killed part-way finishes it (a staging folder with ``_PUBLISHED.json`` is the
-previous copy swapped out by a killed exchange, and is deleted, never published).
+2. then, table by table, the atomic move into ``<table>/dt=D``, ``_PUBLISHED.json`` beside the data and the
+   ``_LATEST`` pointer, which only moves forwards in time (``storage.publish`` says how each step stays atomic).
 
-Filesystems: local paths use ``os`` renames (guarantees above). Other URIs go through ``pyarrow.fs``:
-``move`` is an atomic rename on HDFS; on S3/GCS a directory move is a copy + delete (not atomic, and pyarrow
-refuses some directory moves): there, consumers must go through ``_LATEST`` via :func:`read_latest`, which is
-written last. Two publishes of the same table must not run at once (the DAG runs one publish per table at a time).
+Rerunning a publish that was killed part-way finishes it (a staging folder with ``_PUBLISHED.json`` is the
+previous copy swapped out by a killed exchange, and is deleted, never published). Two publishes of the same table
+must not run at once (the DAG runs one publish per date at a time).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
-import os
-import shutil
-import signal
 import time
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 
-from models import lake_io
 from schemas import lake
 from schemas.outputs import RECOMMENDATION, RECOMMENDATIONS_VERSION, SIMILAR_ITEM, SIMILAR_ITEMS_VERSION
 from schemas.settings import Settings
+from storage import lake_io
+from storage import publish as published
 
-CONTRACTS = {lake.RECOMMENDATIONS: (RECOMMENDATION, RECOMMENDATIONS_VERSION),
-             lake.SIMILAR_ITEMS: (SIMILAR_ITEM, SIMILAR_ITEMS_VERSION)}
-SUCCESS = "_SUCCESS"
-MANIFEST = "_PUBLISHED.json"
-PREVIOUS = "_previous"
-# test hook: kill this process at a named step, as a crash or an OOM-kill would (see tests/test_publish.py)
-CRASH_ENV = "RECFLOW_PUBLISH_CRASH_AT"
+CONTRACTS = {
+    lake.RECOMMENDATIONS: (RECOMMENDATION, RECOMMENDATIONS_VERSION),
+    lake.SIMILAR_ITEMS: (SIMILAR_ITEM, SIMILAR_ITEMS_VERSION),
+}
 
 
 class StagingError(RuntimeError):
     """The staging copy is not fit to publish; nothing was moved."""
 
 
-def _crash_point(name: str) -> None:
-    if os.environ.get(CRASH_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _exists(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
 # ---- verify ---------------------------------------------------------------------------------------------------
 def verify(staging: str, schema: pa.Schema) -> dict[str, Any]:
     """Checks a staging folder against its contract; returns a summary (rows, model versions)."""
     fs, path = lake_io.filesystem(staging)
-    if not _exists(fs, path):
+    if not lake_io.exists(path, fs):
         raise StagingError(f"{staging}: no staging copy (did the score job run for this date and run id?)")
-    if not _exists(fs, f"{path}/{SUCCESS}"):
-        raise StagingError(f"{staging}: no {SUCCESS} marker: the writer did not finish")
+    if not lake_io.exists(f"{path}/{published.SUCCESS}", fs):
+        raise StagingError(f"{staging}: no {published.SUCCESS} marker: the writer did not finish")
     table = ds.dataset(path, filesystem=fs, format="parquet").to_table()
     problems = []
     for field in schema:
@@ -93,94 +65,7 @@ def verify(staging: str, schema: pa.Schema) -> dict[str, Any]:
     return {"rows": table.num_rows, "model_versions": versions}
 
 
-# ---- the one-step move --------------------------------------------------------------------------------------
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: str, b: str) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    errno = ctypes.get_errno()
-    if errno in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this filesystem cannot exchange
-        return False
-    raise OSError(errno, os.strerror(errno), a)
-
-
-def _aside(table_path: str, partition: str) -> str:
-    return f"{table_path}/{PREVIOUS}/{partition}"
-
-
-def recover(fs: pafs.FileSystem, table_path: str, partition: str) -> None:
-    """Repairs a publish killed between its two renames: the aside copy goes back if dt=D is missing."""
-    aside, final = _aside(table_path, partition), f"{table_path}/{partition}"
-    if not _exists(fs, aside):
-        return
-    if _exists(fs, final):
-        fs.delete_dir(aside)  # the new copy made it in: the aside one is garbage
-    else:
-        fs.move(aside, final)
-
-
-def _move_into_place(fs: pafs.FileSystem, local: bool, staging: str, table_path: str, partition: str) -> None:
-    final = f"{table_path}/{partition}"
-    fs.create_dir(table_path, recursive=True)
-    if not _exists(fs, final):
-        _crash_point("before_rename")
-        if local:
-            os.rename(staging, final)
-        else:
-            fs.move(staging, final)
-        return
-    if local and _exchange(staging, final):
-        _crash_point("after_exchange")
-        shutil.rmtree(staging)  # now the old copy
-        return
-    aside = _aside(table_path, partition)
-    fs.create_dir(f"{table_path}/{PREVIOUS}", recursive=True)
-    fs.move(final, aside)
-    _crash_point("between_renames")
-    fs.move(staging, final)
-    fs.delete_dir(aside)
-
-
-# ---- the latest pointer -----------------------------------------------------------------------------------------
-def read_pointer(fs: pafs.FileSystem, pointer: str) -> str | None:
-    if not _exists(fs, pointer):
-        return None
-    with fs.open_input_stream(pointer) as fh:
-        return fh.read().decode().strip() or None
-
-
-def _write_pointer(fs: pafs.FileSystem, local: bool, pointer: str, partition: str) -> None:
-    current = read_pointer(fs, pointer)
-    if current is not None and current > partition:  # "dt=YYYY-MM-DD" compares by date
-        return
-    temp = f"{pointer}.tmp-{os.getpid()}"
-    with fs.open_output_stream(temp) as fh:
-        fh.write(f"{partition}\n".encode())
-    if local:
-        os.replace(temp, pointer)  # atomic: readers see the old or the new line, never a torn one
-    else:
-        fs.move(temp, pointer)
-
-
 # ---- publish and read --------------------------------------------------------------------------------------------
-def _read_manifest(fs: pafs.FileSystem, folder: str) -> dict[str, Any] | None:
-    if not _exists(fs, f"{folder}/{MANIFEST}"):
-        return None
-    with fs.open_input_stream(f"{folder}/{MANIFEST}") as fh:
-        manifest: dict[str, Any] = json.loads(fh.read())
-    return manifest
-
-
 def _plan(root: str, name: str, date: Any, run_id: str) -> dict[str, Any] | None:
     """The verified summary of a fresh staging copy, or None when this run is already published.
 
@@ -191,18 +76,21 @@ def _plan(root: str, name: str, date: Any, run_id: str) -> dict[str, Any] | None
     staging = lake.staging(root, name, date, run_id)
     fs, staging_path = lake_io.filesystem(staging)
     _, final = lake_io.filesystem(f"{lake.table(root, name)}/dt={date.isoformat()}")
-    if _exists(fs, staging_path) and _read_manifest(fs, staging_path) is None:
+    if lake_io.exists(staging_path, fs) and published.read_manifest(fs, staging_path) is None:
         return {**verify(staging, schema), "schema_version": version}
-    if _exists(fs, staging_path):
+    if lake_io.exists(staging_path, fs):
         fs.delete_dir(staging_path)
-    manifest = _read_manifest(fs, final) if _exists(fs, final) else {"run_id": None}
-    if _exists(fs, final) and (manifest is None or manifest.get("run_id") == run_id):
+    manifest = published.read_manifest(fs, final) if lake_io.exists(final, fs) else {"run_id": None}
+    if lake_io.exists(final, fs) and (manifest is None or manifest.get("run_id") == run_id):
         return None  # a killed publish of this run had already moved it into place
     raise StagingError(f"{staging}: no staging copy (did the score job run for this date and run id?)")
 
 
-def publish(settings: Settings, run_id: str | None = None,
-            tables: tuple[str, ...] = (lake.RECOMMENDATIONS, lake.SIMILAR_ITEMS)) -> dict[str, Any]:
+def publish(
+    settings: Settings,
+    run_id: str | None = None,
+    tables: tuple[str, ...] = (lake.RECOMMENDATIONS, lake.SIMILAR_ITEMS),
+) -> dict[str, Any]:
     """Verifies every table's staging copy, then publishes each in one step; returns what was published.
 
     Idempotent: rerunning a publish that was killed part-way finishes it.
@@ -215,9 +103,9 @@ def publish(settings: Settings, run_id: str | None = None,
     partition = f"dt={date.isoformat()}"
     for name in tables:
         fs, table_path = lake_io.filesystem(lake.table(root, name))
-        recover(fs, table_path, partition)
+        published.recover(fs, table_path, partition)
     plans = {name: _plan(root, name, date, run_id) for name in tables}  # all verified before anything moves
-    _crash_point("after_verify")
+    published.crash_point("after_verify")
     summaries: dict[str, Any] = {}
     for name in tables:
         fs, staging = lake_io.filesystem(lake.staging(root, name, date, run_id))
@@ -226,15 +114,19 @@ def publish(settings: Settings, run_id: str | None = None,
         final = f"{table_path}/{partition}"
         summary = plans[name]
         if summary is not None:
-            _move_into_place(fs, local, staging, table_path, partition)
-            _crash_point("after_move")
+            published.move_into_place(fs, local, staging, table_path, partition)
+            published.crash_point("after_move")
             manifest = {"table": name, "dt": date.isoformat(), "run_id": run_id, **summary}
-            with fs.open_output_stream(f"{final}/{MANIFEST}") as fh:  # beside the data; readers skip _ files
+            with fs.open_output_stream(
+                f"{final}/{published.MANIFEST}"
+            ) as fh:  # beside the data; readers skip _ files
                 fh.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
-        _crash_point("before_pointer")
-        _write_pointer(fs, local, f"{table_path}/_LATEST", partition)
-        summaries[name] = {**(summary or {"already_published": True}),
-                           "path": f"{lake.table(root, name)}/{partition}"}
+        published.crash_point("before_pointer")
+        published.write_pointer(fs, local, f"{table_path}/_LATEST", partition)
+        summaries[name] = {
+            **(summary or {"already_published": True}),
+            "path": f"{lake.table(root, name)}/{partition}",
+        }
     print(json.dumps({"stage": "publish", "date": date.isoformat(), "run_id": run_id, "tables": summaries}))
     record_manifest(settings, run_id, plans, time.perf_counter() - started)
     return summaries
@@ -243,7 +135,7 @@ def publish(settings: Settings, run_id: str | None = None,
 def record_manifest(settings: Settings, run_id: str, plans: dict[str, Any], seconds: float) -> dict[str, Any]:
     """``runs/publish/dt=D``: rows in (verified staging rows; 0 when already published), rows out (the published
     partitions), users and items of the published recommendations."""
-    from jobs import manifest as manifests
+    from storage import manifest as manifests
 
     root, date = settings.lake_root, settings.run_date
     published: dict[str, pa.Table] = {}
@@ -259,27 +151,15 @@ def record_manifest(settings: Settings, run_id: str, plans: dict[str, Any], seco
         "items": len(recs.column("item_id").unique()) if recs is not None else 0,
         **{f"{name}_rows": table.num_rows for name, table in published.items()},
     }
-    return manifests.record_stage(root, "publish", date, counts, seconds, publish_run_id=run_id,
-                                  already_published=[name for name, plan in plans.items() if plan is None])
-
-
-def latest_partition(root: str, name: str) -> str:
-    """The path of the newest published partition of ``name`` (from ``_LATEST``)."""
-    fs, _ = lake_io.filesystem(lake.table(root, name))
-    partition = read_pointer(fs, lake_io.filesystem(lake.latest_pointer(root, name))[1])
-    if partition is None:
-        raise FileNotFoundError(f"{lake.table(root, name)} has no publication yet (no _LATEST)")
-    return f"{lake.table(root, name)}/{partition}"
-
-
-def read_latest(root: str, name: str = lake.RECOMMENDATIONS) -> pa.Table:
-    """The newest published partition of an output table, complete (files starting with _ or . are skipped)."""
-    path = latest_partition(root, name)
-    fs, inner = lake_io.filesystem(path)
-    if not _exists(fs, inner):  # a publish died between its two renames: read the copy set aside
-        table_path, partition = inner.rsplit("/", 1)
-        inner = _aside(table_path, partition)
-    return ds.dataset(inner, filesystem=fs, format="parquet").to_table()
+    return manifests.record_stage(
+        root,
+        "publish",
+        date,
+        counts,
+        seconds,
+        publish_run_id=run_id,
+        already_published=[name for name, plan in plans.items() if plan is None],
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -292,4 +172,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -7,7 +7,7 @@
 - Items: ``features/items/dt=D`` encoded once on the driver and broadcast; only available items are candidates.
 - Users with a ``features/user_histories/dt=D`` row ("model" strategy): embeddings computed inside Spark partitions
   (``mapInArrow``) by the exported user tower, loaded once per Python worker; per Arrow batch of
-  ``score_block_users`` users, :class:`jobs.topn.TopNScorer` selects the top ``top_n`` items, never one the user
+  ``score_block_users`` users, :class:`scoring.topn.TopNScorer` selects the top ``top_n`` items, never one the user
   already interacted with (``seen``) nor an unavailable one, at most ``category_cap`` per category when set.
 - Users in ``features/users/dt=D`` without a history row are cold ("cold_start" strategy): the items most users of
   their segment interacted with (distinct users, from the histories' ``seen``), ties and short lists filled by the
@@ -67,7 +67,7 @@ def default_generated_at(date: dt.date) -> dt.datetime:
 
 def read_production_pointer(root: str) -> dict[str, Any]:
     # pyarrow, not tf.io: TensorFlow is imported later, beside the Spark session's start
-    from models.lake_io import read_json
+    from storage.lake_io import read_json
 
     path = lake.production_pointer(root)
     pointer = read_json(path)
@@ -84,7 +84,7 @@ def loaded_model(model_dir: str, one_core: bool = False) -> Any:
     after each op and took the core from the top-N kernel beside them (bench_score's Spark job: the user tower
     1.4 -> 0.4 s, the exclusions 2.0 -> 0.05 s, summed over 100k users)."""
     if model_dir not in _MODELS:
-        from models.scoring import LoadedModel
+        from scoring.contract import LoadedModel
 
         if one_core:
             import tensorflow as tf
@@ -133,7 +133,7 @@ def item_side(items: pa.Table, embeddings: np.ndarray) -> dict[str, Any]:
 
 
 def _scorer(side: dict[str, Any], key: str, kind: str) -> Any:
-    from jobs.topn import TopNScorer
+    from scoring.topn import TopNScorer
 
     cache_key = (kind, key)
     if cache_key not in _SCORERS:
@@ -151,9 +151,14 @@ def _scorer(side: dict[str, Any], key: str, kind: str) -> Any:
 # x top 100 spent 8-9 s of JVM CPU and 2 s per task waiting on that path for 10M rows; pyarrow encodes them in
 # about 0.25 s of CPU. TASK_FILE: the file, its rows, the keys (users or source items) with at least one row, and
 # the candidate item positions it holds (what the manifest counts)
-TASK_FILE = pa.schema([pa.field("file", pa.string(), nullable=False), pa.field("rows", pa.int64(), nullable=False),
-                       pa.field("keys", pa.int64(), nullable=False),
-                       pa.field("items", pa.list_(pa.int32()), nullable=False)])
+TASK_FILE = pa.schema(
+    [
+        pa.field("file", pa.string(), nullable=False),
+        pa.field("rows", pa.int64(), nullable=False),
+        pa.field("keys", pa.int64(), nullable=False),
+        pa.field("items", pa.list_(pa.int32()), nullable=False),
+    ]
+)
 TASKS = "_tasks"
 SPARK_WRITTEN = "_spark"  # rows written by Spark itself (cold start), moved in by commit_task_files
 # Parquet as readers expect it (the contract's names and types), written cheaply: id and constant columns are
@@ -167,8 +172,9 @@ _DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 
 def _encoded(schema: pa.Schema) -> pa.Schema:
     """``schema`` with its string columns dictionary-encoded: what the task writers are handed."""
-    return pa.schema([f.with_type(_DICTIONARY) if f.type == pa.string() else f for f in schema],
-                     metadata=schema.metadata)
+    return pa.schema(
+        [f.with_type(_DICTIONARY) if f.type == pa.string() else f for f in schema], metadata=schema.metadata
+    )
 
 
 def task_writer(path: str, schema: pa.Schema) -> Any:
@@ -176,25 +182,35 @@ def task_writer(path: str, schema: pa.Schema) -> Any:
     ``schema``: ids and constants dictionary-encoded, dictionary pages for every column but rank and score."""
     import pyarrow.parquet as pq
 
-    from models.lake_io import filesystem
+    from storage.lake_io import filesystem
 
     fs, inner = filesystem(path)
     fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-    return pq.ParquetWriter(inner, _encoded(schema), filesystem=fs, compression="snappy",
-                            use_dictionary=[n for n in schema.names if n not in ("rank", "score")],
-                            column_encoding={"score": "BYTE_STREAM_SPLIT"}, write_statistics=False,
-                            store_schema=False)
+    return pq.ParquetWriter(
+        inner,
+        _encoded(schema),
+        filesystem=fs,
+        compression="snappy",
+        use_dictionary=[n for n in schema.names if n not in ("rank", "score")],
+        column_encoding={"score": "BYTE_STREAM_SPLIT"},
+        write_statistics=False,
+        store_schema=False,
+    )
 
 
 @functools.lru_cache(maxsize=4)
 def _full_block(rows: int, n: int) -> tuple[pa.Array, pa.Array, pa.Array]:
     """(row, rank, zeros) of a block whose ``rows`` lists are all full: the same for every such block, built once."""
-    return (pa.array(np.repeat(np.arange(rows, dtype=np.int32), n)),
-            pa.array(np.tile(np.arange(1, n + 1, dtype=np.int32), rows)), pa.array(np.zeros(rows * n, np.int32)))
+    return (
+        pa.array(np.repeat(np.arange(rows, dtype=np.int32), n)),
+        pa.array(np.tile(np.arange(1, n + 1, dtype=np.int32), rows)),
+        pa.array(np.zeros(rows * n, np.int32)),
+    )
 
 
-def ranked_rows(top: Any, keys: pa.Array, item_ids: pa.Array, schema: pa.Schema,
-                constants: dict[str, Any]) -> pa.RecordBatch:
+def ranked_rows(
+    top: Any, keys: pa.Array, item_ids: pa.Array, schema: pa.Schema, constants: dict[str, Any]
+) -> pa.RecordBatch:
     """A block's top-N -> rows of ``schema`` (RECOMMENDATION or SIMILAR_ITEM: key, rank, item, score, then the
     run's ``constants``), best first per key, string columns dictionary-encoded. ``keys``: the block's rows' ids,
     ``item_ids``: the candidate items by position."""
@@ -204,14 +220,19 @@ def ranked_rows(top: Any, keys: pa.Array, item_ids: pa.Array, schema: pa.Schema,
         item, score = top.positions.ravel(), top.scores.ravel()
     else:
         mask = top.positions >= 0
-        where_row, col = np.nonzero(mask)  # row-major: each row's items in rank order (selected items come first)
+        where_row, col = np.nonzero(
+            mask
+        )  # row-major: each row's items in rank order (selected items come first)
         row, rank = pa.array(where_row.astype(np.int32)), pa.array((col + 1).astype(np.int32))
         zeros = pa.array(np.zeros(len(where_row), np.int32))
         item, score = top.positions[mask], top.scores[mask]
     # indices in range by construction (rows of the block, candidate positions, 0): no bounds pass over them
-    columns = [pa.DictionaryArray.from_arrays(row, keys, safe=False), rank,
-               pa.DictionaryArray.from_arrays(pa.array(item.astype(np.int32, copy=False)), item_ids, safe=False),
-               pa.array(score.astype(np.float32, copy=False))]
+    columns = [
+        pa.DictionaryArray.from_arrays(row, keys, safe=False),
+        rank,
+        pa.DictionaryArray.from_arrays(pa.array(item.astype(np.int32, copy=False)), item_ids, safe=False),
+        pa.array(score.astype(np.float32, copy=False)),
+    ]
     for field in list(schema)[4:]:
         value = pa.array([constants[field.name]], field.type)
         if field.type == pa.string():
@@ -224,14 +245,19 @@ def ranked_rows(top: Any, keys: pa.Array, item_ids: pa.Array, schema: pa.Schema,
     return pa.RecordBatch.from_arrays(columns, schema=_encoded(schema))
 
 
-def _write_task_file(blocks: Iterator[tuple[Any, pa.RecordBatch]], task_dir: str, schema: pa.Schema,
-                     num_items: int) -> Iterator[pa.RecordBatch]:
+def _write_task_file(
+    blocks: Iterator[tuple[Any, pa.RecordBatch]], task_dir: str, schema: pa.Schema, num_items: int
+) -> Iterator[pa.RecordBatch]:
     """Writes the ``(top-N, rows)`` blocks to one Parquet file named by this task's partition and attempt;
     yields its TASK_FILE row (what the manifest counts, so the staged table need not be read back)."""
     from pyspark import TaskContext
 
     context = TaskContext.get()
-    name = f"part-{context.partitionId():05d}-{context.taskAttemptId()}.parquet" if context else "part-00000.parquet"
+    name = (
+        f"part-{context.partitionId():05d}-{context.taskAttemptId()}.parquet"
+        if context
+        else "part-00000.parquet"
+    )
     path = f"{task_dir}/{name}"
     rows = keys = 0
     present = np.zeros(num_items, bool)
@@ -249,12 +275,15 @@ def _write_task_file(blocks: Iterator[tuple[Any, pa.RecordBatch]], task_dir: str
             writer.close()
     if rows:
         items = pa.array([np.flatnonzero(present).astype(np.int32)], pa.list_(pa.int32()))
-        yield pa.record_batch([pa.array([path]), pa.array([rows], pa.int64()), pa.array([keys], pa.int64()), items],
-                              schema=TASK_FILE)
+        yield pa.record_batch(
+            [pa.array([path]), pa.array([rows], pa.int64()), pa.array([keys], pa.int64()), items],
+            schema=TASK_FILE,
+        )
 
 
-def recommend_batch(batch: pa.RecordBatch, model: Any, scorer: Any, position: np.ndarray,
-                    params: dict[str, Any]) -> Any:
+def recommend_batch(
+    batch: pa.RecordBatch, model: Any, scorer: Any, position: np.ndarray, params: dict[str, Any]
+) -> Any:
     """One block of users (user_idx, user_id, history, seen, age_bucket_idx, region_idx) -> its top-N."""
     seen = batch.column("seen")
     histories = batch.column("history").to_pylist()
@@ -275,12 +304,17 @@ def recommend_batch(batch: pa.RecordBatch, model: Any, scorer: Any, position: np
     return scorer.top_n(embeddings, params["top_n"], seen_rows, seen_positions, params["category_cap"])
 
 
-def recommend_partition(batches: Iterator[pa.RecordBatch], side_broadcast: Any,
-                        params: dict[str, Any]) -> Iterator[pa.RecordBatch]:
+def recommend_partition(
+    batches: Iterator[pa.RecordBatch], side_broadcast: Any, params: dict[str, Any]
+) -> Iterator[pa.RecordBatch]:
     model = loaded_model(params["model_dir"], one_core=True)
     side = side_broadcast.value
     scorer, item_ids = _scorer(side, params["side_key"], "users")
-    constants = {"model_version": params["model_version"], "strategy": MODEL, "generated_at": params["generated_at"]}
+    constants = {
+        "model_version": params["model_version"],
+        "strategy": MODEL,
+        "generated_at": params["generated_at"],
+    }
 
     def blocks() -> Iterator[tuple[Any, pa.RecordBatch]]:
         for batch in batches:
@@ -291,8 +325,9 @@ def recommend_partition(batches: Iterator[pa.RecordBatch], side_broadcast: Any,
     return _write_task_file(blocks(), params["recommendations_tasks"], RECOMMENDATION, len(item_ids))
 
 
-def similar_partition(batches: Iterator[pa.RecordBatch], side_broadcast: Any,
-                      params: dict[str, Any]) -> Iterator[pa.RecordBatch]:
+def similar_partition(
+    batches: Iterator[pa.RecordBatch], side_broadcast: Any, params: dict[str, Any]
+) -> Iterator[pa.RecordBatch]:
     """Source item numbers (``id`` from spark.range) -> SIMILAR_ITEM rows by cosine, self excluded."""
     side = side_broadcast.value
     scorer, item_ids = _scorer(side, params["side_key"], "items")
@@ -303,9 +338,16 @@ def similar_partition(batches: Iterator[pa.RecordBatch], side_broadcast: Any,
         for batch in batches:
             numbers = batch.column("id").to_numpy().astype(np.int64)
             if len(numbers):
-                top = scorer.top_n(side["source_unit"][numbers], params["similar_items_n"],
-                                   np.arange(len(numbers)), side["source_position"][numbers])
-                yield top, ranked_rows(top, pc.take(sources, pa.array(numbers)), item_ids, SIMILAR_ITEM, constants)
+                top = scorer.top_n(
+                    side["source_unit"][numbers],
+                    params["similar_items_n"],
+                    np.arange(len(numbers)),
+                    side["source_position"][numbers],
+                )
+                yield (
+                    top,
+                    ranked_rows(top, pc.take(sources, pa.array(numbers)), item_ids, SIMILAR_ITEM, constants),
+                )
 
     return _write_task_file(blocks(), params["similar_items_tasks"], SIMILAR_ITEM, len(item_ids))
 
@@ -314,14 +356,17 @@ def commit_task_files(written: list[Any], staging: str) -> None:
     """Makes ``staging`` whole: moves in the task files the job returned (its successful attempts: failed or
     speculative ones are left in ``_tasks/`` and deleted with it) and Spark's part files from ``_spark/``, then
     writes ``_SUCCESS`` last. Until then readers skip both folders (``_`` prefix) and publish refuses the folder."""
-    from models.lake_io import filesystem
+    from storage.lake_io import filesystem
 
     fs, inner = filesystem(staging)
     sources = [filesystem(row["file"])[1] for row in sorted(written, key=lambda row: row["file"])]
     spark_written = f"{inner}/{SPARK_WRITTEN}"
     if fs.get_file_info(spark_written).type != pafs.FileType.NotFound:
-        sources += sorted(info.path for info in fs.get_file_info(pafs.FileSelector(spark_written))
-                          if info.base_name.startswith("part-"))
+        sources += sorted(
+            info.path
+            for info in fs.get_file_info(pafs.FileSelector(spark_written))
+            if info.base_name.startswith("part-")
+        )
     for number, source in enumerate(sources):
         fs.move(source, f"{inner}/part-{number:05d}.parquet")
     for folder in (TASKS, SPARK_WRITTEN):
@@ -342,42 +387,56 @@ def cold_start(histories: Any, users: Any, items: Any, settings: Settings) -> An
     segment_counts = (
         histories.select("user_idx", F.explode("seen").alias("item_idx"))
         .join(users.select("user_idx", "segment"), "user_idx")
-        .groupBy("segment", "item_idx").agg(F.countDistinct("user_idx").alias("segment_users"))
+        .groupBy("segment", "item_idx")
+        .agg(F.countDistinct("user_idx").alias("segment_users"))
     )
     popular = available.orderBy(F.desc("popularity"), "item_idx").limit(pool_size).select("item_idx")
     fill = users.select("segment").distinct().crossJoin(popular).withColumn("segment_users", F.lit(0))
     candidates = (
         segment_counts.unionByName(fill.select("segment", "item_idx", "segment_users"))
-        .groupBy("segment", "item_idx").agg(F.max("segment_users").alias("segment_users"))
+        .groupBy("segment", "item_idx")
+        .agg(F.max("segment_users").alias("segment_users"))
         .join(available, "item_idx")
     )
     order = [F.desc("segment_users"), F.desc("popularity"), F.asc("item_idx")]
     if settings.category_cap:
         per_category = Window.partitionBy("segment", "category_idx").orderBy(*order)
         candidates = candidates.withColumn("in_category", F.row_number().over(per_category)).filter(
-            F.col("in_category") <= settings.category_cap)
+            F.col("in_category") <= settings.category_cap
+        )
     max_popularity = available.agg(F.max("popularity")).first()[0] or 0.0
     ranked = (
         candidates.withColumn("rank", F.row_number().over(Window.partitionBy("segment").orderBy(*order)))
         .filter(F.col("rank") <= settings.top_n)
-        .withColumn("score", (F.col("segment_users") + F.col("popularity") / F.lit(
-            max(max_popularity, 1e-12) * (1 + 1e-6))).cast("float"))
+        .withColumn(
+            "score",
+            (
+                F.col("segment_users") + F.col("popularity") / F.lit(max(max_popularity, 1e-12) * (1 + 1e-6))
+            ).cast("float"),
+        )
     )
     cold_users = users.join(histories.select("user_idx"), "user_idx", "left_anti")
-    return cold_users.select("user_id", "segment").join(ranked.select("segment", "rank", "item_id", "score"),
-                                                        "segment")
+    return cold_users.select("user_id", "segment").join(
+        ranked.select("segment", "rank", "item_id", "score"), "segment"
+    )
 
 
-def run(settings: Settings, spark: Any = None, model_dir: str | None = None, model_version: str | None = None,
-        run_id: str | None = None, generated_at: dt.datetime | None = None) -> dict[str, str]:
+def run(
+    settings: Settings,
+    spark: Any = None,
+    model_dir: str | None = None,
+    model_version: str | None = None,
+    run_id: str | None = None,
+    generated_at: dt.datetime | None = None,
+) -> dict[str, str]:
     """Scores ``settings.run_date`` into staging; returns ``{table name: staging path}``."""
     import importlib
 
     from pyspark.sql import functions as F
 
-    from jobs.spark import check_schema, delete_path, in_parallel, read_partition, spark_session
     from schemas.features import ITEM_FEATURE, USER_FEATURE, USER_HISTORY
     from schemas.spark import to_spark
+    from storage.spark import check_schema, delete_path, in_parallel, read_partition, spark_session
 
     started = time.perf_counter()
     root, date = settings.lake_root, settings.run_date
@@ -389,19 +448,30 @@ def run(settings: Settings, spark: Any = None, model_dir: str | None = None, mod
         loading = loader.submit(loaded_model, model_dir)
         spark = spark or spark_session(settings, "score")
         model = loading.result()
-    model_version = str(model_version or model.metadata.get("version") or model_dir.rstrip("/").rsplit("/", 1)[-1])
+    model_version = str(
+        model_version or model.metadata.get("version") or model_dir.rstrip("/").rsplit("/", 1)[-1]
+    )
     run_id = run_id or default_run_id(date)
     generated_at = generated_at or default_generated_at(date)
     params = {
-        "model_dir": model_dir, "model_version": model_version, "generated_at": generated_at,
-        "top_n": settings.top_n, "category_cap": settings.category_cap, "history_length": settings.history_length,
+        "model_dir": model_dir,
+        "model_version": model_version,
+        "generated_at": generated_at,
+        "top_n": settings.top_n,
+        "category_cap": settings.category_cap,
+        "history_length": settings.history_length,
         "similar_items_n": settings.similar_items_n,
         "side_key": uuid.uuid4().hex,  # names this run's broadcast in the worker caches (not written anywhere)
     }
 
     items_df = read_partition(spark, root, lake.ITEM_FEATURES, date, ITEM_FEATURE)
-    items = items_df.select("item_idx", "item_id", "category_idx", "price_bucket", "title_tokens", "age_days",
-                            "available").orderBy("item_idx").toArrow()
+    items = (
+        items_df.select(
+            "item_idx", "item_id", "category_idx", "price_bucket", "title_tokens", "age_days", "available"
+        )
+        .orderBy("item_idx")
+        .toArrow()
+    )
     side = item_side(items, encode_catalogue(model, items, settings.title_tokens))
     side_broadcast = spark.sparkContext.broadcast(side)
 
@@ -413,14 +483,21 @@ def run(settings: Settings, spark: Any = None, model_dir: str | None = None, mod
     users = read_partition(spark, root, lake.USER_FEATURES, date, USER_FEATURE)
     model_input = (
         histories.join(users.select("user_idx", "age_bucket_idx", "region_idx"), "user_idx", "left")
-        .select("user_idx", "user_id", "history", "seen",
-                F.coalesce("age_bucket_idx", F.lit(0)).alias("age_bucket_idx"),
-                F.coalesce("region_idx", F.lit(0)).alias("region_idx"))
+        .select(
+            "user_idx",
+            "user_id",
+            "history",
+            "seen",
+            F.coalesce("age_bucket_idx", F.lit(0)).alias("age_bucket_idx"),
+            F.coalesce("region_idx", F.lit(0)).alias("region_idx"),
+        )
         .repartition(parallelism)
     )
     # by reference to the importable module (not __main__ under spark-submit), so the worker caches persist
     this = importlib.import_module("jobs.score")
-    paths = {name: lake.staging(root, name, date, run_id) for name in (lake.RECOMMENDATIONS, lake.SIMILAR_ITEMS)}
+    paths = {
+        name: lake.staging(root, name, date, run_id) for name in (lake.RECOMMENDATIONS, lake.SIMILAR_ITEMS)
+    }
     for path in paths.values():  # a rerun of the same run id starts from an empty staging folder
         delete_path(spark, path)
     params["recommendations_tasks"] = f"{paths[lake.RECOMMENDATIONS]}/{TASKS}"
@@ -428,16 +505,23 @@ def run(settings: Settings, spark: Any = None, model_dir: str | None = None, mod
     # cold-start rows come from Spark SQL and go through Spark's writer, into _spark/ until the commit
     cold = cold_start(histories, users, items_df, settings).select(
         *[F.col(name) for name in ("user_id", "rank", "item_id", "score")],
-        F.lit(model_version).alias("model_version"), F.lit(COLD_START).alias("strategy"),
-        F.lit(generated_at).cast("timestamp").alias("generated_at"))
-    cold = cold.select(*[F.col(f.name).cast(to_spark(RECOMMENDATION)[f.name].dataType) for f in RECOMMENDATION])
+        F.lit(model_version).alias("model_version"),
+        F.lit(COLD_START).alias("strategy"),
+        F.lit(generated_at).cast("timestamp").alias("generated_at"),
+    )
+    cold = cold.select(
+        *[F.col(f.name).cast(to_spark(RECOMMENDATION)[f.name].dataType) for f in RECOMMENDATION]
+    )
     check_schema(cold, RECOMMENDATION, lake.RECOMMENDATIONS)
 
     def write_cold() -> Any:  # written, then counted (Spark skips a _ folder given as a path: not read back)
         persisted = cold.persist()
         persisted.write.parquet(f"{paths[lake.RECOMMENDATIONS]}/{SPARK_WRITTEN}")
-        counts = persisted.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users"),
-                               F.collect_set("item_id").alias("items")).first()
+        counts = persisted.agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.countDistinct("user_id").alias("users"),
+            F.collect_set("item_id").alias("items"),
+        ).first()
         persisted.unpersist()
         return counts
 
@@ -445,34 +529,66 @@ def run(settings: Settings, spark: Any = None, model_dir: str | None = None, mod
     # three independent jobs from driver threads: cold start is many small, driver-bound jobs, which start while
     # the scoring tasks hold the cores (with the model loading beside the session's start: `python -m jobs.score`
     # on the demo lake, 20k users, 35.8 -> 30.3 s)
-    cold_counts, recommended, similar = in_parallel([
-        write_cold,
-        lambda: model_input.mapInArrow(
-            lambda batches: this.recommend_partition(batches, side_broadcast, params), to_spark(TASK_FILE)).collect(),
-        lambda: spark.range(0, sources, numPartitions=max(1, min(parallelism, sources))).mapInArrow(
-            lambda batches: this.similar_partition(batches, side_broadcast, params), to_spark(TASK_FILE)).collect(),
-    ])
+    cold_counts, recommended, similar = in_parallel(
+        [
+            write_cold,
+            lambda: model_input.mapInArrow(
+                lambda batches: this.recommend_partition(batches, side_broadcast, params), to_spark(TASK_FILE)
+            ).collect(),
+            lambda: (
+                spark.range(0, sources, numPartitions=max(1, min(parallelism, sources)))
+                .mapInArrow(
+                    lambda batches: this.similar_partition(batches, side_broadcast, params),
+                    to_spark(TASK_FILE),
+                )
+                .collect()
+            ),
+        ]
+    )
     commit_task_files(recommended, paths[lake.RECOMMENDATIONS])
     commit_task_files(similar, paths[lake.SIMILAR_ITEMS])
     side_broadcast.unpersist()
-    print(json.dumps({"stage": "score", "date": date.isoformat(), "run_id": run_id, "model_dir": model_dir,
-                      "model_version": model_version, "candidate_items": int(len(side["item_ids"])),
-                      "catalogue_items": int(len(side["source_ids"])), "staging": paths,
-                      "seconds": round(time.perf_counter() - started, 1)}))
+    print(
+        json.dumps(
+            {
+                "stage": "score",
+                "date": date.isoformat(),
+                "run_id": run_id,
+                "model_dir": model_dir,
+                "model_version": model_version,
+                "candidate_items": int(len(side["item_ids"])),
+                "catalogue_items": int(len(side["source_ids"])),
+                "staging": paths,
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
+    )
     # the stage's run manifest runs/score/dt=D: users in, staged rows out, users and items recommended
-    from jobs import manifest as manifests
+    from storage import manifest as manifests
 
     # counted from what the tasks and Spark wrote, not by reading the staged tables back (10M rows per 100k users);
     # model and cold-start users are disjoint (with or without a history row)
     rows = sum(int(row["rows"]) for row in recommended) + int(cold_counts["rows"])
     similar_rows = sum(int(row["rows"]) for row in similar)
     model_items = {side["item_ids"][p] for row in recommended for p in row["items"]}
-    manifests.record_stage(root, "score", date, {
-        "rows_in": users.count(), "rows_out": rows + similar_rows,
-        "users": sum(int(row["keys"]) for row in recommended) + int(cold_counts["users"]),
-        "items": len(model_items | set(cold_counts["items"])),
-        "recommendations_rows": rows, "similar_items_rows": similar_rows, "candidate_items": int(len(side["item_ids"])),
-    }, time.perf_counter() - started, spark, model_version=model_version, staging=paths)
+    manifests.record_stage(
+        root,
+        "score",
+        date,
+        {
+            "rows_in": users.count(),
+            "rows_out": rows + similar_rows,
+            "users": sum(int(row["keys"]) for row in recommended) + int(cold_counts["users"]),
+            "items": len(model_items | set(cold_counts["items"])),
+            "recommendations_rows": rows,
+            "similar_items_rows": similar_rows,
+            "candidate_items": int(len(side["item_ids"])),
+        },
+        time.perf_counter() - started,
+        spark,
+        model_version=model_version,
+        staging=paths,
+    )
     return paths
 
 
@@ -481,7 +597,9 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     parser.add_argument("--model-dir", help="score with this exported model instead of the production one")
     parser.add_argument("--model-version", help="model_version written in the rows (default: the pointer's)")
     parser.add_argument("--run-id", help="staging run id (default: derived from the date)")
-    parser.add_argument("--generated-at", help="ISO timestamp written as generated_at (default: D+1 00:00 UTC)")
+    parser.add_argument(
+        "--generated-at", help="ISO timestamp written as generated_at (default: D+1 00:00 UTC)"
+    )
     extra, rest = parser.parse_known_args(argv)
     settings = Settings.from_cli(rest, description=__doc__.splitlines()[0])
     return settings, extra
@@ -495,8 +613,13 @@ def main(argv: list[str] | None = None) -> None:
         if generated_at.tzinfo is None:
             generated_at = generated_at.replace(tzinfo=dt.UTC)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    run(settings, model_dir=extra.model_dir, model_version=extra.model_version, run_id=extra.run_id,
-        generated_at=generated_at)
+    run(
+        settings,
+        model_dir=extra.model_dir,
+        model_version=extra.model_version,
+        run_id=extra.run_id,
+        generated_at=generated_at,
+    )
 
 
 if __name__ == "__main__":

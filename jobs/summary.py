@@ -19,9 +19,9 @@ from typing import Any
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from models import lake_io
 from schemas import lake
 from schemas.settings import Settings
+from storage import lake_io
 
 # stages in pipeline order; manifests of other stages are listed after these
 STAGE_ORDER = ("generate", "clean", "features", "train", "evaluate", "gate", "score", "validate", "publish")
@@ -36,7 +36,7 @@ def _fs(root: str) -> tuple[pafs.FileSystem, str]:
 
 def _sub(root_path: str, root: str, full: str) -> str:
     """Translate a lake path built from the settings' root into the filesystem's own path."""
-    return root_path + full[len(root.rstrip("/")):]
+    return root_path + full[len(root.rstrip("/")) :]
 
 
 def _read_json(filesystem: pafs.FileSystem, path: str) -> Any | None:
@@ -57,8 +57,11 @@ def stage_manifests(settings: Settings) -> list[dict[str, Any]]:
     runs_dir = _sub(root_path, settings.lake_root, lake.table(settings.lake_root, lake.RUNS))
     if not _exists(filesystem, runs_dir):
         return []
-    stages = [info.base_name for info in filesystem.get_file_info(pafs.FileSelector(runs_dir))
-              if info.type == pafs.FileType.Directory and info.base_name != "table"]
+    stages = [
+        info.base_name
+        for info in filesystem.get_file_info(pafs.FileSelector(runs_dir))
+        if info.type == pafs.FileType.Directory and info.base_name != "table"
+    ]
     stages.sort(key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s))
     found = []
     for stage in stages:
@@ -94,7 +97,9 @@ ROWS_IN_OUT = {"clean": ("raw_events", "clean_events")}
 
 def rows_in_out(stage: str, counts: dict[str, Any]) -> tuple[Any, Any]:
     """(rows in, rows out) of a stage's manifest counts; None where the stage does not say."""
-    keys = ("rows_in", "rows_out") if ("rows_in" in counts or "rows_out" in counts) else ROWS_IN_OUT.get(stage)
+    keys = (
+        ("rows_in", "rows_out") if ("rows_in" in counts or "rows_out" in counts) else ROWS_IN_OUT.get(stage)
+    )
     return (counts.get(keys[0]), counts.get(keys[1])) if keys else (None, None)
 
 
@@ -115,8 +120,9 @@ def metric_label(metric: str, k: int | None) -> str:
     return f"{metric}@{k}" if k else metric
 
 
-def metric_value(rows: Iterable[dict[str, Any]], model_or_role: str, metric: str, k: int,
-                 segment: str = "all") -> float | None:
+def metric_value(
+    rows: Iterable[dict[str, Any]], model_or_role: str, metric: str, k: int, segment: str = "all"
+) -> float | None:
     """One number from the metrics table, matching the model name or its role (e.g. ``production``)."""
     wanted = metric_label(metric, k)
     for row in rows:
@@ -150,16 +156,24 @@ def output_counts(settings: Settings) -> dict[str, Any]:
             continue
         key_column = "user_id" if name == lake.RECOMMENDATIONS else "item_id"
         table = pq.read_table(path, filesystem=filesystem, columns=[key_column])
-        out[name] = {"path": lake.partition(settings.lake_root, name, settings.ds), "rows": table.num_rows,
-                     f"distinct_{key_column}s": len(table.column(key_column).unique())}
+        out[name] = {
+            "path": lake.partition(settings.lake_root, name, settings.ds),
+            "rows": table.num_rows,
+            f"distinct_{key_column}s": len(table.column(key_column).unique()),
+        }
     return out
 
 
-def collect(settings: Settings, run_id: str = "", gate_decision: dict[str, Any] | None = None,
-            run_started_at: dt.datetime | None = None) -> dict[str, Any]:
+def collect(
+    settings: Settings,
+    run_id: str = "",
+    gate_decision: dict[str, Any] | None = None,
+    run_started_at: dt.datetime | None = None,
+) -> dict[str, Any]:
     filesystem, root_path = _fs(settings.lake_root)
-    production = _read_json(filesystem, _sub(root_path, settings.lake_root,
-                                             lake.production_pointer(settings.lake_root)))
+    production = _read_json(
+        filesystem, _sub(root_path, settings.lake_root, lake.production_pointer(settings.lake_root))
+    )
     stages = stage_manifests(settings)
     rows = metric_rows(settings)
     now = dt.datetime.now(dt.UTC)
@@ -170,9 +184,17 @@ def collect(settings: Settings, run_id: str = "", gate_decision: dict[str, Any] 
         "run_seconds": round((now - run_started_at).total_seconds(), 1) if run_started_at else None,
         "scenario": settings.scenario,
         "lake_root": settings.lake_root,
-        "stages": [{"stage": s["stage"], "seconds": s["seconds"],
-                    **dict(zip(("rows_in", "rows_out"), rows_in_out(s["stage"], _counts(s["manifest"])), strict=True)),
-                    "counts": _counts(s["manifest"])} for s in stages],
+        "stages": [
+            {
+                "stage": s["stage"],
+                "seconds": s["seconds"],
+                **dict(
+                    zip(("rows_in", "rows_out"), rows_in_out(s["stage"], _counts(s["manifest"])), strict=True)
+                ),
+                "counts": _counts(s["manifest"]),
+            }
+            for s in stages
+        ],
         "metrics": metrics_table(rows),
         "gate": gate_decision,
         "production": production,
@@ -181,18 +203,28 @@ def collect(settings: Settings, run_id: str = "", gate_decision: dict[str, Any] 
 
 
 def to_markdown(summary: dict[str, Any]) -> str:
-    lines = [f"# recflow run summary for {summary['run_date']}", "",
-             f"- run: `{summary['run_id']}`  scenario: `{summary['scenario']}`  lake: `{summary['lake_root']}`",
-             f"- written: {summary['generated_at']}"
-             + (f"  (run took {summary['run_seconds']} s so far)" if summary.get("run_seconds") else ""), ""]
+    lines = [
+        f"# recflow run summary for {summary['run_date']}",
+        "",
+        f"- run: `{summary['run_id']}`  scenario: `{summary['scenario']}`  lake: `{summary['lake_root']}`",
+        f"- written: {summary['generated_at']}"
+        + (f"  (run took {summary['run_seconds']} s so far)" if summary.get("run_seconds") else ""),
+        "",
+    ]
     lines += ["## Stages", ""]
     if summary["stages"]:
         lines += ["| stage | seconds | rows in | rows out | counts |", "| --- | ---: | ---: | ---: | --- |"]
         for stage in summary["stages"]:
-            counts = ", ".join(f"{k}={_short(v)}" for k, v in stage["counts"].items()
-                               if k not in ("rows_in", "rows_out")) or "-"
+            counts = (
+                ", ".join(
+                    f"{k}={_short(v)}" for k, v in stage["counts"].items() if k not in ("rows_in", "rows_out")
+                )
+                or "-"
+            )
             seconds = "-" if stage["seconds"] is None else f"{stage['seconds']:.1f}"
-            rows_in, rows_out = ("-" if stage.get(k) is None else _short(stage[k]) for k in ("rows_in", "rows_out"))
+            rows_in, rows_out = (
+                "-" if stage.get(k) is None else _short(stage[k]) for k in ("rows_in", "rows_out")
+            )
             lines.append(f"| {stage['stage']} | {seconds} | {rows_in} | {rows_out} | {counts} |")
     else:
         lines.append("No run manifests for this date.")
@@ -209,8 +241,11 @@ def to_markdown(summary: dict[str, Any]) -> str:
     gate = summary.get("gate")
     lines.append(f"- gate decision: `{json.dumps(gate, default=str)}`" if gate else "- gate did not run")
     production = summary.get("production")
-    lines.append(f"- production model: `{json.dumps(production, default=str)}`" if production
-                 else "- no production model")
+    lines.append(
+        f"- production model: `{json.dumps(production, default=str)}`"
+        if production
+        else "- no production model"
+    )
     lines += ["", "## Published", ""]
     if summary["outputs"]:
         for name, info in summary["outputs"].items():
@@ -230,18 +265,27 @@ def to_html(summary: dict[str, Any]) -> str:
         head = "".join(f"<th>{html.escape(label)}</th>" for label in labels)
         body = "".join(
             f"<tr><td>{html.escape(model)}</td>"
-            + "".join(f"<td>{_fmt(values.get(label))}</td>" for label in labels) + "</tr>"
-            for model, values in metrics.items())
+            + "".join(f"<td>{_fmt(values.get(label))}</td>" for label in labels)
+            + "</tr>"
+            for model, values in metrics.items()
+        )
         table = f"<h2>Metrics</h2><table border=1 cellpadding=4><tr><th>model</th>{head}</tr>{body}</table>"
-    return (f"<!doctype html><meta charset=utf-8><title>recflow {html.escape(summary['run_date'])}</title>"
-            f"<body style='font-family:sans-serif'>{table}<h2>Summary</h2>"
-            f"<pre>{html.escape(to_markdown(summary))}</pre></body>")
+    return (
+        f"<!doctype html><meta charset=utf-8><title>recflow {html.escape(summary['run_date'])}</title>"
+        f"<body style='font-family:sans-serif'>{table}<h2>Summary</h2>"
+        f"<pre>{html.escape(to_markdown(summary))}</pre></body>"
+    )
 
 
 def _metric_columns(metrics: dict[str, dict[str, float]]) -> list[str]:
     labels = sorted({label for values in metrics.values() for label in values})
-    return sorted(labels, key=lambda lab: (next((i for i, m in enumerate(HEADLINE_METRICS)
-                                                 if lab.startswith(m)), len(HEADLINE_METRICS)), lab))
+    return sorted(
+        labels,
+        key=lambda lab: (
+            next((i for i, m in enumerate(HEADLINE_METRICS) if lab.startswith(m)), len(HEADLINE_METRICS)),
+            lab,
+        ),
+    )
 
 
 def _fmt(value: float | None) -> str:
@@ -254,15 +298,22 @@ def _short(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
-def write(settings: Settings, run_id: str = "", gate_decision: dict[str, Any] | None = None,
-          run_started_at: dt.datetime | None = None) -> dict[str, str]:
+def write(
+    settings: Settings,
+    run_id: str = "",
+    gate_decision: dict[str, Any] | None = None,
+    run_started_at: dt.datetime | None = None,
+) -> dict[str, str]:
     """Collect and write ``summary.{json,md,html}`` under ``reports/dt=D/``; returns their paths."""
     summary = collect(settings, run_id, gate_decision, run_started_at)
     filesystem, root_path = _fs(settings.lake_root)
     report_dir = lake.report_dir(settings.lake_root, settings.ds)
     filesystem.create_dir(_sub(root_path, settings.lake_root, report_dir), recursive=True)
-    bodies = {"json": json.dumps(summary, indent=2, default=str), "md": to_markdown(summary),
-              "html": to_html(summary)}
+    bodies = {
+        "json": json.dumps(summary, indent=2, default=str),
+        "md": to_markdown(summary),
+        "html": to_html(summary),
+    }
     paths = {}
     for ext, body in bodies.items():
         path = f"{report_dir}/summary.{ext}"

@@ -44,7 +44,12 @@ from schemas.settings import Settings
 log = logging.getLogger("recflow.validate")
 
 ENGINES = ("pandas", "spark")
-SUITE_ALIASES = {"raw_events": "raw", "clean_events": "clean", "model_metrics": "metrics", "recs": "recommendations"}
+SUITE_ALIASES = {
+    "raw_events": "raw",
+    "clean_events": "clean",
+    "model_metrics": "metrics",
+    "recs": "recommendations",
+}
 DOCS_SITE = "recflow"
 SAMPLE_VALUES = 10  # unexpected values quoted per failed expectation
 SCORE_TOLERANCE = 1e-6  # float32 scores: a rise smaller than this is rounding, not misordering
@@ -114,9 +119,11 @@ class ValidationReport:
         lines = [f"validation {self.suite} dt={self.date} ({self.engine}): {status} in {self.seconds:.1f}s"]
         for t in self.tables:
             stats = t.result.statistics
-            lines.append(f"  {t.suite}: {'ok' if t.success else 'FAILED'} "
-                         f"({stats['successful_expectations']}/{stats['evaluated_expectations']} expectations, "
-                         f"{t.rows} rows) {t.table_path}" + (f" [{t.info}]" if t.info else ""))
+            lines.append(
+                f"  {t.suite}: {'ok' if t.success else 'FAILED'} "
+                f"({stats['successful_expectations']}/{stats['evaluated_expectations']} expectations, "
+                f"{t.rows} rows) {t.table_path}" + (f" [{t.info}]" if t.info else "")
+            )
         lines += [f"  - {f}" for f in self.failures]
         if self.data_docs:
             lines.append(f"Data Docs: {self.data_docs}")
@@ -130,14 +137,18 @@ class ValidationReport:
 def describe_failure(suite: str, result: Any) -> str:
     """One line: which expectation failed, on which column, with what observed and unexpected values."""
     config = result.expectation_config
-    shown = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "result_format") and v is not None}
+    shown = {
+        k: v for k, v in config.kwargs.items() if k not in ("batch_id", "result_format") and v is not None
+    }
     text = f"{suite}: {config.type}({', '.join(f'{k}={_short(v)}' for k, v in shown.items())})"
     info = result.result or {}
     if info.get("observed_value") is not None:
         text += f" observed {_short(info['observed_value'])}"
     if info.get("unexpected_count"):
-        text += (f" unexpected {info['unexpected_count']} of {info.get('element_count')}"
-                 f" ({info.get('unexpected_percent', 0.0):.2f}%)")
+        text += (
+            f" unexpected {info['unexpected_count']} of {info.get('element_count')}"
+            f" ({info.get('unexpected_percent', 0.0):.2f}%)"
+        )
     values = info.get("partial_unexpected_counts") or info.get("partial_unexpected_list")
     if values:
         text += f" e.g. {_short(values[:SAMPLE_VALUES], 400)}"
@@ -162,7 +173,7 @@ def _short(value: Any, limit: int = 160) -> str:
 
 # ---- reading the lake with either engine ---------------------------------------------------------------------
 def _local(path: str) -> str:
-    return path[len("file://"):] if path.startswith("file://") else path
+    return path[len("file://") :] if path.startswith("file://") else path
 
 
 def _partitions_before(root: str, name: str, date: dt.date) -> list[dt.date]:
@@ -198,7 +209,7 @@ class PandasLake:
         return self.arrow(path, columns).to_pandas()
 
     def count(self, path: str) -> int:
-        from models.lake_io import count_rows
+        from storage.lake_io import count_rows
 
         return count_rows(path)
 
@@ -223,7 +234,11 @@ class SparkLake:
         return int(self.spark.read.parquet(path).count())
 
     def frame(self, df: pd.DataFrame) -> Any:
-        return self.spark.createDataFrame(df) if len(df) else self.spark.createDataFrame(df, schema=_spark_schema(df))
+        return (
+            self.spark.createDataFrame(df)
+            if len(df)
+            else self.spark.createDataFrame(df, schema=_spark_schema(df))
+        )
 
 
 def _spark_schema(df: pd.DataFrame) -> Any:
@@ -244,20 +259,30 @@ def _day_bounds(date: dt.date) -> tuple[pd.Timestamp, pd.Timestamp]:
 
 def prepare_raw_events(io: Lake, settings: Settings, path: str | None) -> Prepared:
     path = path or lake.raw_events(settings.lake_root, settings.run_date)
-    params = {"min_good_share": 1.0 - settings.raw_max_bad_share,
-              "event_types": list(SCENARIO_EVENT_TYPES[settings.scenario])}
+    params = {
+        "min_good_share": 1.0 - settings.raw_max_bad_share,
+        "event_types": list(SCENARIO_EVENT_TYPES[settings.scenario]),
+    }
     if isinstance(io, SparkLake):
         from pyspark.sql import functions as F
         from pyspark.sql import types as T
 
-        schema = T.StructType([T.StructField(f.name, T.StringType()) for f in RAW_EVENT
-                               if f.name != "price"] + [T.StructField("price", T.DoubleType()),
-                                                        T.StructField("_corrupt_record", T.StringType())])
-        df = (io.spark.read.schema(schema).option("mode", "PERMISSIVE")
-              .option("columnNameOfCorruptRecord", "_corrupt_record").json(path).cache())
-        df = (df.withColumn(S.RAW_PARSED, F.col("_corrupt_record").isNull())
-                .withColumn(S.RAW_TIME_VALID, F.expr("try_to_timestamp(event_time)").isNotNull())
-                .drop("_corrupt_record"))
+        schema = T.StructType(
+            [T.StructField(f.name, T.StringType()) for f in RAW_EVENT if f.name != "price"]
+            + [T.StructField("price", T.DoubleType()), T.StructField("_corrupt_record", T.StringType())]
+        )
+        df = (
+            io.spark.read.schema(schema)
+            .option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", "_corrupt_record")
+            .json(path)
+            .cache()
+        )
+        df = (
+            df.withColumn(S.RAW_PARSED, F.col("_corrupt_record").isNull())
+            .withColumn(S.RAW_TIME_VALID, F.expr("try_to_timestamp(event_time)").isNotNull())
+            .drop("_corrupt_record")
+        )
         return path, df, params
     return path, _parse_raw_lines(path), params
 
@@ -266,7 +291,9 @@ def _parse_raw_lines(path: str) -> pd.DataFrame:
     """JSON lines, tolerant: a line that is not a JSON object is a row with ``parsed`` False."""
     import gzip
 
-    files = sorted(p for p in glob.glob(f"{_local(path)}/*") if not os.path.basename(p).startswith(("_", ".")))
+    files = sorted(
+        p for p in glob.glob(f"{_local(path)}/*") if not os.path.basename(p).startswith(("_", "."))
+    )
     if not files:
         raise FileNotFoundError(f"no raw files at {path}")
     names = [f.name for f in RAW_EVENT]
@@ -286,8 +313,11 @@ def _parse_raw_lines(path: str) -> pd.DataFrame:
                 for name in names:
                     value = record.get(name)
                     if name == "price":
-                        value = float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+                        value = (
+                            float(value)
+                            if isinstance(value, int | float) and not isinstance(value, bool)
                             else None
+                        )
                     elif value is not None:
                         value = str(value)
                     columns[name].append(value)
@@ -314,8 +344,11 @@ def volume_band(io: Lake, settings: Settings, name: str) -> dict[str, Any]:
     if len(counts) < settings.volume_min_history:
         return {"min_rows": 1, "max_rows": None, "previous_counts": counts}
     median = statistics.median(counts)
-    return {"min_rows": max(1, math.floor(median * (1.0 - settings.volume_band))),
-            "max_rows": math.ceil(median * (1.0 + settings.volume_band)), "previous_counts": counts}
+    return {
+        "min_rows": max(1, math.floor(median * (1.0 - settings.volume_band))),
+        "max_rows": math.ceil(median * (1.0 + settings.volume_band)),
+        "previous_counts": counts,
+    }
 
 
 def _latest_partition(root: str, name: str, date: dt.date) -> str:
@@ -334,16 +367,23 @@ def prepare_clean_events(io: Lake, settings: Settings, path: str | None) -> Prep
     root = settings.lake_root
     path = path or lake.partition(root, lake.CLEAN_EVENTS, settings.run_date)
     day_start, day_end = _day_bounds(settings.run_date)
-    params = {"event_types": list(SCENARIO_EVENT_TYPES[settings.scenario]), "day_start": day_start,
-              "day_end": day_end, "max_price": settings.max_price,
-              **volume_band(io, settings, lake.CLEAN_EVENTS)}
+    params = {
+        "event_types": list(SCENARIO_EVENT_TYPES[settings.scenario]),
+        "day_start": day_start,
+        "day_end": day_end,
+        "max_price": settings.max_price,
+        **volume_band(io, settings, lake.CLEAN_EVENTS),
+    }
     catalogue = _latest_partition(root, lake.CLEAN_ITEMS, settings.run_date)
     if isinstance(io, SparkLake):
         from pyspark.sql import functions as F
 
         items = io.read(catalogue, ["item_id"]).distinct().withColumn(S.ITEM_KNOWN, F.lit(True))
-        df = (io.read(path).join(items, "item_id", "left")
-              .withColumn(S.ITEM_KNOWN, F.coalesce(F.col(S.ITEM_KNOWN), F.lit(False))))
+        df = (
+            io.read(path)
+            .join(items, "item_id", "left")
+            .withColumn(S.ITEM_KNOWN, F.coalesce(F.col(S.ITEM_KNOWN), F.lit(False)))
+        )
         return path, df, params
     df = io.read(path)
     known = set(io.arrow(catalogue, ["item_id"]).column("item_id").to_pylist())
@@ -399,11 +439,17 @@ def prepare_vocabulary(name: str, idx: str) -> Callable[[Lake, Settings, str | N
         path = path or lake.partition(root, name, settings.run_date)
         rows, _ = _vocab_stats(io, path, idx)
         earlier = _partitions_before(root, name, settings.run_date)
-        previous_rows, previous_max = (_vocab_stats(io, lake.partition(root, name, earlier[0]), idx)
-                                       if earlier else (0, None))
-        params = {"rows": rows, "previous_rows": previous_rows, "previous_max_idx": previous_max,
-                  "previous_dt": earlier[0].isoformat() if earlier else None}
+        previous_rows, previous_max = (
+            _vocab_stats(io, lake.partition(root, name, earlier[0]), idx) if earlier else (0, None)
+        )
+        params = {
+            "rows": rows,
+            "previous_rows": previous_rows,
+            "previous_max_idx": previous_max,
+            "previous_dt": earlier[0].isoformat() if earlier else None,
+        }
         return path, io.read(path), params
+
     return prepare
 
 
@@ -412,8 +458,13 @@ def _feature_params(io: Lake, settings: Settings) -> dict[str, Any]:
     _, max_item = _vocab_stats(io, lake.partition(root, lake.VOCAB_ITEMS, date), "item_idx")
     _, max_user = _vocab_stats(io, lake.partition(root, lake.VOCAB_USERS, date), "user_idx")
     day_start, _ = _day_bounds(date)
-    return {"max_item_idx": max_item or 0, "max_user_idx": max_user or 0, "price_buckets": settings.price_buckets,
-            "day_start": day_start, "window_start": day_start - pd.Timedelta(days=settings.window_days)}
+    return {
+        "max_item_idx": max_item or 0,
+        "max_user_idx": max_user or 0,
+        "price_buckets": settings.price_buckets,
+        "day_start": day_start,
+        "window_start": day_start - pd.Timedelta(days=settings.window_days),
+    }
 
 
 def prepare_item_features(io: Lake, settings: Settings, path: str | None) -> Prepared:
@@ -431,8 +482,9 @@ def prepare_train_examples(io: Lake, settings: Settings, path: str | None) -> Pr
 
 def prepare_user_histories(io: Lake, settings: Settings, path: str | None) -> Prepared:
     path = path or lake.partition(settings.lake_root, lake.USER_HISTORIES, settings.run_date)
-    df = _with_list_extremes(io, path, {"history": (S.HISTORY_MIN, S.HISTORY_MAX),
-                                        "seen": (S.SEEN_MIN, S.SEEN_MAX)})
+    df = _with_list_extremes(
+        io, path, {"history": (S.HISTORY_MIN, S.HISTORY_MAX), "seen": (S.SEEN_MIN, S.SEEN_MAX)}
+    )
     return path, df, _feature_params(io, settings)
 
 
@@ -442,32 +494,44 @@ def prepare_model_metrics(io: Lake, settings: Settings, path: str | None) -> Pre
     rows = PandasLake().read(path)
     rows = rows[rows["segment"] == "all"]
     k = settings.eval_k
-    wide = rows.pivot_table(index=["model", "model_version", "role"], columns="metric", values="value",
-                            aggfunc="max").reset_index()
+    wide = rows.pivot_table(
+        index=["model", "model_version", "role"], columns="metric", values="value", aggfunc="max"
+    ).reset_index()
     for name in (f"recall_at_{k}", f"ndcg_at_{k}", settings.gate_metric):
         if name not in wide:
             wide[name] = np.nan
     popularity = wide[wide["model"] == "popularity"]
-    models = wide[wide["role"].isin(["candidate", "baseline", "production"]) & (wide["model"] != "popularity")]
+    models = wide[
+        wide["role"].isin(["candidate", "baseline", "production"]) & (wide["model"] != "popularity")
+    ]
     best = models.sort_values(settings.gate_metric, ascending=False, na_position="last").head(1)
-    out = pd.DataFrame({
-        "model": best["model"].astype(str), "model_version": best["model_version"].astype(str),
-        "role": best["role"].astype(str),
-        S.RECALL: best[f"recall_at_{k}"].astype(float), S.NDCG: best[f"ndcg_at_{k}"].astype(float),
-    })
+    out = pd.DataFrame(
+        {
+            "model": best["model"].astype(str),
+            "model_version": best["model_version"].astype(str),
+            "role": best["role"].astype(str),
+            S.RECALL: best[f"recall_at_{k}"].astype(float),
+            S.NDCG: best[f"ndcg_at_{k}"].astype(float),
+        }
+    )
     pop_recall = popularity[f"recall_at_{k}"].max() if len(popularity) else np.nan
     pop_ndcg = popularity[f"ndcg_at_{k}"].max() if len(popularity) else np.nan
     out["popularity_" + S.RECALL] = float(pop_recall)
     out["popularity_" + S.NDCG] = float(pop_ndcg)
     out[S.RECALL_LIFT] = out[S.RECALL] - float(pop_recall)
     out[S.NDCG_LIFT] = out[S.NDCG] - float(pop_ndcg)
-    params: dict[str, Any] = {"min_recall": settings.min_recall_at_k, "min_ndcg": settings.min_ndcg_at_k,
-              "min_lift": settings.min_lift_over_popularity, "checked_model": None}
+    params: dict[str, Any] = {
+        "min_recall": settings.min_recall_at_k,
+        "min_ndcg": settings.min_ndcg_at_k,
+        "min_lift": settings.min_lift_over_popularity,
+        "checked_model": None,
+    }
     if len(out):
         row = out.iloc[0]
         params["checked_model"] = (
             f"{row['model']}/{row['model_version']} ({row['role']}): recall@{k}={row[S.RECALL]:.4f} "
-            f"ndcg@{k}={row[S.NDCG]:.4f}; popularity recall@{k}={pop_recall:.4f} ndcg@{k}={pop_ndcg:.4f}")
+            f"ndcg@{k}={row[S.NDCG]:.4f}; popularity recall@{k}={pop_recall:.4f} ndcg@{k}={pop_ndcg:.4f}"
+        )
     return path, io.frame(out.reset_index(drop=True)), params
 
 
@@ -487,8 +551,12 @@ def prepare_recommendations(io: Lake, settings: Settings, path: str | None) -> P
     path = path or staging_path(settings)
     items_path = lake.partition(root, lake.ITEM_FEATURES, date)
     histories_path = lake.partition(root, lake.USER_HISTORIES, date)
-    params = {"top_n": settings.top_n, "max_rows_short": settings.top_n if settings.category_cap else 0,
-              "score_tolerance": SCORE_TOLERANCE, "max_cold_start_share": settings.max_cold_start_share}
+    params = {
+        "top_n": settings.top_n,
+        "max_rows_short": settings.top_n if settings.category_cap else 0,
+        "score_tolerance": SCORE_TOLERANCE,
+        "max_cold_start_share": settings.max_cold_start_share,
+    }
     if isinstance(io, SparkLake):
         df, users = _recommendation_helpers_spark(io, settings, path, items_path, histories_path)
     else:
@@ -497,17 +565,25 @@ def prepare_recommendations(io: Lake, settings: Settings, path: str | None) -> P
     return path, df, params
 
 
-def _recommendation_helpers_pandas(io: PandasLake, settings: Settings, path: str, items_path: str,
-                                   histories_path: str) -> tuple[pd.DataFrame, int]:
+def _recommendation_helpers_pandas(
+    io: PandasLake, settings: Settings, path: str, items_path: str, histories_path: str
+) -> tuple[pd.DataFrame, int]:
     recs = io.read(path)
     items = io.read(items_path, ["item_id", "item_idx", "available"])
     available_idx = pa.array(items.loc[items["available"], "item_idx"].to_numpy(), pa.int32())
     histories = io.arrow(histories_path, ["user_id", "seen"])
-    seen = pa.table({"user_id": pc.take(histories.column("user_id"),
-                                        pc.list_parent_indices(histories.column("seen"))),
-                     "item_idx": pc.list_flatten(histories.column("seen"))}).to_pandas()
-    seen_available = (seen[seen["item_idx"].isin(available_idx.to_numpy())].groupby("user_id").size()
-                      .rename("seen_available"))
+    seen = pa.table(
+        {
+            "user_id": pc.take(histories.column("user_id"), pc.list_parent_indices(histories.column("seen"))),
+            "item_idx": pc.list_flatten(histories.column("seen")),
+        }
+    ).to_pandas()
+    seen_available = (
+        seen[seen["item_idx"].isin(available_idx.to_numpy())]
+        .groupby("user_id")
+        .size()
+        .rename("seen_available")
+    )
 
     recs = recs.sort_values(["user_id", "rank"], kind="stable").reset_index(drop=True)
     by_user = recs.groupby("user_id", sort=False)
@@ -532,8 +608,9 @@ def _recommendation_helpers_pandas(io: PandasLake, settings: Settings, path: str
     return recs, expected_users
 
 
-def _recommendation_helpers_spark(io: SparkLake, settings: Settings, path: str, items_path: str,
-                                  histories_path: str) -> tuple[Any, int]:
+def _recommendation_helpers_spark(
+    io: SparkLake, settings: Settings, path: str, items_path: str, histories_path: str
+) -> tuple[Any, int]:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -543,23 +620,30 @@ def _recommendation_helpers_spark(io: SparkLake, settings: Settings, path: str, 
     n_available = available.count()
     histories = io.read(histories_path, ["user_id", "seen"])
     seen = histories.select("user_id", F.explode("seen").alias("item_idx")).distinct()
-    seen_available = seen.join(available, "item_idx").groupBy("user_id").agg(F.count("*").alias("seen_available"))
+    seen_available = (
+        seen.join(available, "item_idx").groupBy("user_id").agg(F.count("*").alias("seen_available"))
+    )
     per_user = Window.partitionBy("user_id")
     by_rank = per_user.orderBy("rank")
-    df = (recs
-          .withColumn(S.USER_ROWS, F.count("*").over(per_user))
-          .withColumn(S.SCORE_RISE, F.col("score").cast("double") - F.lag(F.col("score").cast("double")).over(by_rank))
-          .join(items.withColumnRenamed("available", S.ITEM_AVAILABLE), "item_id", "left")
-          .withColumn(S.ITEM_KNOWN, F.col("item_idx").isNotNull())
-          .withColumn(S.ITEM_AVAILABLE, F.coalesce(F.col(S.ITEM_AVAILABLE), F.lit(False)))
-          .join(seen.withColumn(S.ITEM_SEEN, F.lit(True)), ["user_id", "item_idx"], "left")
-          .withColumn(S.ITEM_SEEN, F.coalesce(F.col(S.ITEM_SEEN), F.lit(False)))
-          .join(seen_available, "user_id", "left")
-          .withColumn(S.ROWS_SHORT, F.least(F.lit(settings.top_n),
-                                            F.lit(n_available) - F.coalesce(F.col("seen_available"), F.lit(0)))
-                      - F.col(S.USER_ROWS))
-          .withColumn(S.IS_COLD_START, (F.col("strategy") == "cold_start").cast("long"))
-          .drop("item_idx", "seen_available"))
+    df = (
+        recs.withColumn(S.USER_ROWS, F.count("*").over(per_user))
+        .withColumn(
+            S.SCORE_RISE, F.col("score").cast("double") - F.lag(F.col("score").cast("double")).over(by_rank)
+        )
+        .join(items.withColumnRenamed("available", S.ITEM_AVAILABLE), "item_id", "left")
+        .withColumn(S.ITEM_KNOWN, F.col("item_idx").isNotNull())
+        .withColumn(S.ITEM_AVAILABLE, F.coalesce(F.col(S.ITEM_AVAILABLE), F.lit(False)))
+        .join(seen.withColumn(S.ITEM_SEEN, F.lit(True)), ["user_id", "item_idx"], "left")
+        .withColumn(S.ITEM_SEEN, F.coalesce(F.col(S.ITEM_SEEN), F.lit(False)))
+        .join(seen_available, "user_id", "left")
+        .withColumn(
+            S.ROWS_SHORT,
+            F.least(F.lit(settings.top_n), F.lit(n_available) - F.coalesce(F.col("seen_available"), F.lit(0)))
+            - F.col(S.USER_ROWS),
+        )
+        .withColumn(S.IS_COLD_START, (F.col("strategy") == "cold_start").cast("long"))
+        .drop("item_idx", "seen_available")
+    )
     expected_users = histories.select("user_id").union(recs.select("user_id")).distinct().count()
     return df.cache(), expected_users
 
@@ -607,11 +691,17 @@ def _validation_definition(context: Any, engine: str, suite_name: str) -> Any:
     try:
         source = context.data_sources.get(engine)
     except KeyError:
-        source = context.data_sources.add_spark(engine) if engine == "spark" else context.data_sources.add_pandas(engine)
+        source = (
+            context.data_sources.add_spark(engine)
+            if engine == "spark"
+            else context.data_sources.add_pandas(engine)
+        )
     asset = source.add_dataframe_asset(suite_name)
     batch_definition = asset.add_batch_definition_whole_dataframe("whole")
     suite = context.suites.get(suite_name)
-    return context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_definition, suite=suite))
+    return context.validation_definitions.add(
+        gx.ValidationDefinition(name=name, data=batch_definition, suite=suite)
+    )
 
 
 def _use_report_dir(context: Any, settings: Settings) -> str | None:
@@ -621,12 +711,26 @@ def _use_report_dir(context: Any, settings: Settings) -> str | None:
         return None
     store = f"validations_{settings.ds}_{abs(hash(report))}"
     if store not in context.stores:
-        context.add_store(store, {"class_name": "ValidationResultsStore", "store_backend": {
-            "class_name": "TupleFilesystemStoreBackend", "base_directory": f"{report}/gx_validations"}})
+        context.add_store(
+            store,
+            {
+                "class_name": "ValidationResultsStore",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": f"{report}/gx_validations",
+                },
+            },
+        )
     context.variables.validation_results_store_name = store
     context.config.validation_results_store_name = store
-    site = {"class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": f"{report}/data_docs"}}
+    site = {
+        "class_name": "SiteBuilder",
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "store_backend": {
+            "class_name": "TupleFilesystemStoreBackend",
+            "base_directory": f"{report}/data_docs",
+        },
+    }
     if DOCS_SITE in context.list_data_docs_sites():
         context.update_data_docs_site(DOCS_SITE, site)
     else:
@@ -643,8 +747,14 @@ def suite_names(name: str) -> tuple[str, ...]:
     raise ValueError(f"unknown suite {name!r}; one of {sorted(S.SUITE_GROUPS)} or {sorted(S.SUITES)}")
 
 
-def validate(settings: Settings, suite_name: str, spark: Any = None, table_path: str | None = None,
-             engine: str | None = None, build_docs: bool = True) -> ValidationReport:
+def validate(
+    settings: Settings,
+    suite_name: str,
+    spark: Any = None,
+    table_path: str | None = None,
+    engine: str | None = None,
+    build_docs: bool = True,
+) -> ValidationReport:
     """Run the suite (or suite group) on the run date's partition(s); returns the report, never raises on failure.
 
     ``spark``: a SparkSession for the Spark engine (created from settings when the engine is spark and none is
@@ -660,7 +770,7 @@ def validate(settings: Settings, suite_name: str, spark: Any = None, table_path:
     if table_path and len(names) > 1:
         raise ValueError(f"--table-path needs a single-table suite; {suite_name!r} validates {names}")
     if engine == "spark" and spark is None:
-        from jobs.spark import spark_session
+        from storage.spark import spark_session
 
         spark = spark_session(settings, "validate")
     io: Lake = SparkLake(spark) if engine == "spark" else PandasLake()
@@ -676,13 +786,23 @@ def validate(settings: Settings, suite_name: str, spark: Any = None, table_path:
         rows = len(frame) if isinstance(frame, pd.DataFrame) else int(frame.count())
         gx_params = {k: v for k, v in params.items() if k not in INFO_KEYS}
         definition = _validation_definition(context, engine, name)
-        result = definition.run(batch_parameters={"dataframe": frame}, expectation_parameters=gx_params,
-                                result_format="SUMMARY", run_id=run_id)
+        result = definition.run(
+            batch_parameters={"dataframe": frame},
+            expectation_parameters=gx_params,
+            result_format="SUMMARY",
+            run_id=run_id,
+        )
         if hasattr(frame, "unpersist"):  # Spark: a cached helper frame must not outlive its run
             frame.unpersist()
         tables.append(TableResult(name, path, rows, params, result))
-        log.info("%s: %s on %s rows (%s) params=%s", name, "ok" if result.success else "FAILED", rows, path,
-                 {k: _short(v, 80) for k, v in params.items()})
+        log.info(
+            "%s: %s on %s rows (%s) params=%s",
+            name,
+            "ok" if result.success else "FAILED",
+            rows,
+            path,
+            {k: _short(v, 80) for k, v in params.items()},
+        )
     docs = None
     if report_dir is not None:
         docs = context.build_data_docs(site_names=[DOCS_SITE]).get(DOCS_SITE)
@@ -700,7 +820,11 @@ def _widen_numbers(df: pd.DataFrame) -> pd.DataFrame:
         if pd.api.types.is_datetime64_dtype(dtype) and not isinstance(dtype, pd.DatetimeTZDtype):
             df = df.assign(**{str(name): df[name].dt.tz_localize("UTC")})
             continue
-        if pd.api.types.is_integer_dtype(dtype) and dtype != np.int64 and not isinstance(dtype, pd.api.extensions.ExtensionDtype):
+        if (
+            pd.api.types.is_integer_dtype(dtype)
+            and dtype != np.int64
+            and not isinstance(dtype, pd.api.extensions.ExtensionDtype)
+        ):
             changes[name] = np.int64
         elif pd.api.types.is_float_dtype(dtype) and dtype != np.float64:
             changes[name] = np.float64
@@ -718,7 +842,9 @@ def check(settings: Settings, suite_name: str, **kwargs: Any) -> ValidationRepor
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", required=True, help=f"one of {sorted(S.SUITE_GROUPS)} or a suite name")
-    parser.add_argument("--table-path", default=None, help="validate this folder instead of the lake partition")
+    parser.add_argument(
+        "--table-path", default=None, help="validate this folder instead of the lake partition"
+    )
     parser.add_argument("--engine", choices=ENGINES, default=None, help="overrides --validation-engine")
     Settings.add_arguments(parser)
     args = vars(parser.parse_args(argv))

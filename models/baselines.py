@@ -1,4 +1,4 @@
-"""Baselines, each exported through the scoring contract (``models.scoring.ScoringModule``, score = dot product).
+"""Baselines, each exported through the scoring contract (``scoring.contract.ScoringModule``, score = dot product).
 
 | name                 | user embedding                         | item embedding                              |
 |----------------------|----------------------------------------|---------------------------------------------|
@@ -29,10 +29,11 @@ import scipy.linalg
 import scipy.sparse as sp
 import tensorflow as tf
 
-from models import lake_io, registry
-from models.scoring import ScoringModule, in_vocab, multi_hot
+from models import registry
 from schemas import lake
 from schemas.settings import Settings
+from scoring.contract import ScoringModule, in_vocab, multi_hot
+from storage import lake_io
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +44,24 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "ease": {"lam": 400.0},  # best on ml-100k (sweep 50..1000); retune per scenario
     "als": {"rank": 64, "reg": 0.05, "alpha": 10.0, "iterations": 15, "blocks": 2, "seed": 42},
 }
-NIGHTLY_BASELINES = ("popularity", "segment_popularity", "item_cosine", "ease")  # + "als" when a session is given
+NIGHTLY_BASELINES = (
+    "popularity",
+    "segment_popularity",
+    "item_cosine",
+    "ease",
+)  # + "als" when a session is given
 
 
 # ---- data ---------------------------------------------------------------------------------------------
-def interaction_matrix(user_idx: np.ndarray, item_idx: np.ndarray, n_users: int, n_items: int,
-                       values: np.ndarray | None = None) -> sp.csr_matrix:
+def interaction_matrix(
+    user_idx: np.ndarray, item_idx: np.ndarray, n_users: int, n_items: int, values: np.ndarray | None = None
+) -> sp.csr_matrix:
     """CSR [n_users + 1, n_items + 1] (row/column 0 = padding); binary unless ``values`` are given."""
     user_idx = np.asarray(user_idx, dtype=np.int64)
     item_idx = np.asarray(item_idx, dtype=np.int64)
-    data = np.ones(len(user_idx), dtype=np.float32) if values is None else np.asarray(values, dtype=np.float32)
+    data = (
+        np.ones(len(user_idx), dtype=np.float32) if values is None else np.asarray(values, dtype=np.float32)
+    )
     matrix = sp.csr_matrix((data, (user_idx, item_idx)), shape=(n_users + 1, n_items + 1), dtype=np.float32)
     matrix.sum_duplicates()
     if values is None:
@@ -96,7 +105,9 @@ class SegmentPopularityModule(ScoringModule):
         self.segment_popularity = _table(table)
 
     def _users(self, user_idx, history, seen, age_bucket_idx, region_idx):  # type: ignore[no-untyped-def]
-        segment = in_vocab(age_bucket_idx, self.n_ages) * self.n_regions + in_vocab(region_idx, self.n_regions)
+        segment = in_vocab(age_bucket_idx, self.n_ages) * self.n_regions + in_vocab(
+            region_idx, self.n_regions
+        )
         return tf.one_hot(segment, self.n_segments, dtype=tf.float32)
 
     def _items(self, item_idx, category_idx, price_bucket, title_tokens, age_days):  # type: ignore[no-untyped-def]
@@ -145,12 +156,15 @@ def fit_popularity(interactions: sp.spmatrix) -> PopularityModule:
     return PopularityModule(item_counts(interactions))
 
 
-def segment_table(interactions: sp.spmatrix, user_segment: np.ndarray, n_segments: int,
-                  prior: float = 10.0) -> np.ndarray:
+def segment_table(
+    interactions: sp.spmatrix, user_segment: np.ndarray, n_segments: int, prior: float = 10.0
+) -> np.ndarray:
     """[n_items + 1, n_segments]: each segment's item shares, shrunk towards global shares by ``prior`` users."""
     binary = (interactions > 0).astype(np.float32).tocsr()
-    membership = sp.csr_matrix((np.ones(binary.shape[0], np.float32), (np.asarray(user_segment), np.arange(binary.shape[0]))),
-                               shape=(n_segments, binary.shape[0]))
+    membership = sp.csr_matrix(
+        (np.ones(binary.shape[0], np.float32), (np.asarray(user_segment), np.arange(binary.shape[0]))),
+        shape=(n_segments, binary.shape[0]),
+    )
     counts = np.asarray((membership @ binary).todense(), dtype=np.float64)  # [segments, items]
     users_per_segment = np.asarray(membership.sum(axis=1), dtype=np.float64)  # [segments, 1]
     global_share = counts.sum(axis=0, keepdims=True) / max(binary.shape[0], 1)
@@ -159,12 +173,15 @@ def segment_table(interactions: sp.spmatrix, user_segment: np.ndarray, n_segment
     return shares.T
 
 
-def fit_segment_popularity(interactions: sp.spmatrix, user_age: np.ndarray, user_region: np.ndarray,
-                           prior: float = 10.0) -> SegmentPopularityModule:
+def fit_segment_popularity(
+    interactions: sp.spmatrix, user_age: np.ndarray, user_region: np.ndarray, prior: float = 10.0
+) -> SegmentPopularityModule:
     """``user_age``/``user_region``: per user index (0 = unknown), length n_users + 1."""
     n_ages, n_regions = int(np.max(user_age, initial=0)) + 1, int(np.max(user_region, initial=0)) + 1
     segment = np.asarray(user_age, np.int64) * n_regions + np.asarray(user_region, np.int64)
-    return SegmentPopularityModule(segment_table(interactions, segment, n_ages * n_regions, prior), n_ages, n_regions)
+    return SegmentPopularityModule(
+        segment_table(interactions, segment, n_ages * n_regions, prior), n_ages, n_regions
+    )
 
 
 def cosine_similarity(interactions: sp.spmatrix, neighbours: int = 100) -> np.ndarray:
@@ -217,8 +234,16 @@ def fit_ease(interactions: sp.spmatrix, lam: float = 400.0) -> ItemToItemModule:
     return ItemToItemModule(ease_weights(interactions, lam))
 
 
-def als_factors(spark: Any, interactions: sp.spmatrix, rank: int = 64, reg: float = 0.05, alpha: float = 10.0,
-                iterations: int = 15, blocks: int = 2, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+def als_factors(
+    spark: Any,
+    interactions: sp.spmatrix,
+    rank: int = 64,
+    reg: float = 0.05,
+    alpha: float = 10.0,
+    iterations: int = 15,
+    blocks: int = 2,
+    seed: int = 42,
+) -> tuple[np.ndarray, np.ndarray]:
     """Spark MLlib implicit ALS on the matrix's non-zeros; factor arrays indexed by user/item index.
 
     ``blocks``: user and item blocks; MLlib's default of 10 makes hundreds of tiny tasks on a small machine.
@@ -231,12 +256,30 @@ def als_factors(spark: Any, interactions: sp.spmatrix, rank: int = 64, reg: floa
         # without a checkpoint dir ALS never truncates its lineage; 15 iterations can overflow the JVM stack
         context.setCheckpointDir(tempfile.mkdtemp(prefix="recflow-als-checkpoints-"))
     coo = interactions.tocoo()
-    ratings = pd.DataFrame({"user_idx": coo.row.astype(np.int32), "item_idx": coo.col.astype(np.int32),
-                            "rating": coo.data.astype(np.float64)})
+    ratings = pd.DataFrame(
+        {
+            "user_idx": coo.row.astype(np.int32),
+            "item_idx": coo.col.astype(np.int32),
+            "rating": coo.data.astype(np.float64),
+        }
+    )
     frame = spark.createDataFrame(ratings).repartition(blocks)
-    als = ALS(rank=rank, regParam=reg, alpha=alpha, maxIter=iterations, seed=seed, implicitPrefs=True,
-              userCol="user_idx", itemCol="item_idx", ratingCol="rating", coldStartStrategy="drop",
-              nonnegative=False, numUserBlocks=blocks, numItemBlocks=blocks, checkpointInterval=5)
+    als = ALS(
+        rank=rank,
+        regParam=reg,
+        alpha=alpha,
+        maxIter=iterations,
+        seed=seed,
+        implicitPrefs=True,
+        userCol="user_idx",
+        itemCol="item_idx",
+        ratingCol="rating",
+        coldStartStrategy="drop",
+        nonnegative=False,
+        numUserBlocks=blocks,
+        numItemBlocks=blocks,
+        checkpointInterval=5,
+    )
     fitted = als.fit(frame)
     users = np.zeros((interactions.shape[0], rank), np.float32)
     items = np.zeros((interactions.shape[1], rank), np.float32)
@@ -247,27 +290,45 @@ def als_factors(spark: Any, interactions: sp.spmatrix, rank: int = 64, reg: floa
     return users, items
 
 
-def fit_als(spark: Any, interactions: sp.spmatrix, rank: int = 64, reg: float = 0.05, alpha: float = 10.0,
-            iterations: int = 15, blocks: int = 2, seed: int = 42) -> FactorModule:
+def fit_als(
+    spark: Any,
+    interactions: sp.spmatrix,
+    rank: int = 64,
+    reg: float = 0.05,
+    alpha: float = 10.0,
+    iterations: int = 15,
+    blocks: int = 2,
+    seed: int = 42,
+) -> FactorModule:
     return FactorModule(*als_factors(spark, interactions, rank, reg, alpha, iterations, blocks, seed))
 
 
-def fit(name: str, interactions: sp.spmatrix, params: dict[str, Any], spark: Any = None,
-        user_age: np.ndarray | None = None, user_region: np.ndarray | None = None) -> ScoringModule:
+def fit(
+    name: str,
+    interactions: sp.spmatrix,
+    params: dict[str, Any],
+    spark: Any = None,
+    user_age: np.ndarray | None = None,
+    user_region: np.ndarray | None = None,
+) -> ScoringModule:
     """Fit one baseline by name (the harness and the nightly job share this dispatch)."""
     if name == "popularity":
         return fit_popularity(interactions)
     if name == "segment_popularity":
         zeros = np.zeros(interactions.shape[0], np.int64)
-        return fit_segment_popularity(interactions, zeros if user_age is None else user_age,
-                                      zeros if user_region is None else user_region, **params)
+        return fit_segment_popularity(
+            interactions,
+            zeros if user_age is None else user_age,
+            zeros if user_region is None else user_region,
+            **params,
+        )
     if name == "item_cosine":
         return fit_item_cosine(interactions, **params)
     if name == "ease":
         return fit_ease(interactions, **params)
     if name == "als":
         if spark is None:
-            raise ValueError("ALS needs a SparkSession (jobs.spark.spark_session)")
+            raise ValueError("ALS needs a SparkSession (storage.spark.spark_session)")
         return fit_als(spark, interactions, **params)
     raise ValueError(f"unknown baseline {name!r}")
 
@@ -276,9 +337,13 @@ def fit(name: str, interactions: sp.spmatrix, params: dict[str, Any], spark: Any
 def load_training_data(settings: Settings) -> dict[str, Any]:
     """The window's interactions for run date D as a CSR matrix, plus per-user profile indices."""
     root, ds = settings.lake_root, settings.ds
-    interactions = lake_io.read_partition(root, lake.INTERACTIONS, ds, columns=["user_idx", "item_idx", "strength"])
+    interactions = lake_io.read_partition(
+        root, lake.INTERACTIONS, ds, columns=["user_idx", "item_idx", "strength"]
+    )
     items = lake_io.read_partition(root, lake.ITEM_FEATURES, ds, columns=["item_idx"])
-    users = lake_io.read_partition(root, lake.USER_FEATURES, ds, columns=["user_idx", "age_bucket_idx", "region_idx"])
+    users = lake_io.read_partition(
+        root, lake.USER_FEATURES, ds, columns=["user_idx", "age_bucket_idx", "region_idx"]
+    )
     user_idx = interactions.column("user_idx").to_numpy()
     item_idx = interactions.column("item_idx").to_numpy()
     n_items = int(max(np.max(items.column("item_idx").to_numpy(), initial=0), np.max(item_idx, initial=0)))
@@ -288,39 +353,78 @@ def load_training_data(settings: Settings) -> dict[str, Any]:
     region = np.zeros(n_users + 1, np.int64)
     age[profile_users] = users.column("age_bucket_idx").to_numpy()
     region[profile_users] = users.column("region_idx").to_numpy()
-    return {"interactions": interaction_matrix(user_idx, item_idx, n_users, n_items),
-            "strength": interaction_matrix(user_idx, item_idx, n_users, n_items,
-                                           interactions.column("strength").to_numpy()),
-            "user_age": age, "user_region": region, "n_users": n_users, "n_items": n_items,
-            "rows": interactions.num_rows}
+    return {
+        "interactions": interaction_matrix(user_idx, item_idx, n_users, n_items),
+        "strength": interaction_matrix(
+            user_idx, item_idx, n_users, n_items, interactions.column("strength").to_numpy()
+        ),
+        "user_age": age,
+        "user_region": region,
+        "n_users": n_users,
+        "n_items": n_items,
+        "rows": interactions.num_rows,
+    }
 
 
-def train_baselines(settings: Settings, data: Any = None, spark: Any = None, names: tuple[str, ...] | None = None,
-                    params: dict[str, dict[str, Any]] | None = None) -> list[str]:
+def train_baselines(
+    settings: Settings,
+    data: Any = None,
+    spark: Any = None,
+    names: tuple[str, ...] | None = None,
+    params: dict[str, dict[str, Any]] | None = None,
+) -> list[str]:
     """Fit the baselines on the window before ``settings.run_date`` and register each; returns model dirs.
 
     ``data`` is accepted for ``models.train.train``'s call and not used: the baselines read the window aggregate
-    ``features/interactions`` themselves. ALS runs only when a SparkSession is given (``jobs.spark.spark_session``).
+    ``features/interactions`` themselves. ALS runs only when a SparkSession is given (``storage.spark.spark_session``).
     """
     names = names or (NIGHTLY_BASELINES + (("als",) if spark is not None else ()))
     training = load_training_data(settings)
-    log.info("baselines on %d interactions, %d users, %d items", training["rows"], training["n_users"], training["n_items"])
+    log.info(
+        "baselines on %d interactions, %d users, %d items",
+        training["rows"],
+        training["n_users"],
+        training["n_items"],
+    )
     dirs = []
     for name in names:
         model_params = {**DEFAULT_PARAMS[name], **(params or {}).get(name, {})}
         started = time.perf_counter()
         # ALS uses decayed strength as its implicit confidence; the others use binary interactions
         matrix = training["strength"] if name == "als" else training["interactions"]
-        module = fit(name, matrix, model_params, spark=spark, user_age=training["user_age"],
-                     user_region=training["user_region"])
+        module = fit(
+            name,
+            matrix,
+            model_params,
+            spark=spark,
+            user_age=training["user_age"],
+            user_region=training["user_region"],
+        )
         seconds = time.perf_counter() - started
-        folder = registry.register(settings, module, name, model_params, kind="baseline",
-                                   train_seconds=round(seconds, 3), n_users=training["n_users"],
-                                   n_items=training["n_items"], interactions=training["rows"])
+        folder = registry.register(
+            settings,
+            module,
+            name,
+            model_params,
+            kind="baseline",
+            train_seconds=round(seconds, 3),
+            n_users=training["n_users"],
+            n_items=training["n_items"],
+            interactions=training["rows"],
+        )
         log.info("baseline %s trained in %.1f s -> %s", name, seconds, folder)
         dirs.append(folder)
     return dirs
 
 
-__all__ = ["DEFAULT_PARAMS", "fit", "fit_als", "fit_ease", "fit_item_cosine", "fit_popularity",
-           "fit_segment_popularity", "interaction_matrix", "train_baselines"]
+__all__ = [
+    "DEFAULT_PARAMS",
+    "fit",
+    "fit_als",
+    "fit_ease",
+    "fit_item_cosine",
+    "fit_popularity",
+    "fit_segment_popularity",
+    "interaction_matrix",
+    "train_baselines",
+]

@@ -19,10 +19,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from models import features as F
-from models import lake_io
 from schemas import lake
 from schemas.features import pad_ids
 from schemas.settings import Settings
+from storage import lake_io
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +58,30 @@ class Catalogue:
 
     def inputs(self, item_idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Item-tower inputs for ``item_idx`` (default: every row 0..N)."""
-        idx = np.arange(self.num_items + 1, dtype=np.int32) if item_idx is None else np.asarray(item_idx, np.int32)
-        return {F.ITEM_IDX: idx, F.CATEGORY_IDX: self.category_idx[idx], F.PRICE_BUCKET: self.price_bucket[idx],
-                F.TITLE_TOKENS: self.title_tokens[idx], F.AGE_DAYS: self.age_days[idx]}
+        idx = (
+            np.arange(self.num_items + 1, dtype=np.int32)
+            if item_idx is None
+            else np.asarray(item_idx, np.int32)
+        )
+        return {
+            F.ITEM_IDX: idx,
+            F.CATEGORY_IDX: self.category_idx[idx],
+            F.PRICE_BUCKET: self.price_bucket[idx],
+            F.TITLE_TOKENS: self.title_tokens[idx],
+            F.AGE_DAYS: self.age_days[idx],
+        }
 
     @classmethod
     def ids_only(cls, num_items: int, title_tokens: int = 1) -> Catalogue:
         """A catalogue without content (MovieLens ids only): every content feature is 'unknown'."""
         n = num_items + 1
-        return cls(np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros((n, title_tokens), np.int32),
-                   np.zeros(n, np.float32), np.ones(n, bool))
+        return cls(
+            np.zeros(n, np.int32),
+            np.zeros(n, np.int32),
+            np.zeros((n, title_tokens), np.int32),
+            np.zeros(n, np.float32),
+            np.ones(n, bool),
+        )
 
 
 @dataclasses.dataclass
@@ -95,8 +109,13 @@ class Interactions:
     weight: np.ndarray  # float32 [M]
 
     @classmethod
-    def build(cls, user_idx: np.ndarray, item_idx: np.ndarray, order: np.ndarray | None = None,
-              weight: np.ndarray | None = None) -> Interactions:
+    def build(
+        cls,
+        user_idx: np.ndarray,
+        item_idx: np.ndarray,
+        order: np.ndarray | None = None,
+        weight: np.ndarray | None = None,
+    ) -> Interactions:
         user_idx = np.asarray(user_idx, np.int32)
         item_idx = np.asarray(item_idx, np.int32)
         order = np.arange(len(user_idx)) if order is None else np.asarray(order)
@@ -139,16 +158,25 @@ def _list_column(table: pa.Table, name: str) -> list[np.ndarray]:
     column = table.column(name).combine_chunks()
     offsets = column.offsets.to_numpy()
     values = column.values.to_numpy(zero_copy_only=False).astype(np.int32)
-    return [values[offsets[i]:offsets[i + 1]] for i in range(len(column))]
+    return [values[offsets[i] : offsets[i + 1]] for i in range(len(column))]
 
 
 def load_catalogue(settings: Settings, num_items: int = 0) -> Catalogue:
-    table = read_partition(settings.lake_root, lake.ITEM_FEATURES, settings.run_date,
-                           ["item_idx", "category_idx", "price_bucket", "title_tokens", "age_days", "available"])
+    table = read_partition(
+        settings.lake_root,
+        lake.ITEM_FEATURES,
+        settings.run_date,
+        ["item_idx", "category_idx", "price_bucket", "title_tokens", "age_days", "available"],
+    )
     idx = table.column("item_idx").to_numpy().astype(np.int64)
     n = max(int(idx.max(initial=0)), num_items) + 1
-    catalogue = Catalogue(np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros((n, settings.title_tokens), np.int32),
-                          np.zeros(n, np.float32), np.zeros(n, bool))
+    catalogue = Catalogue(
+        np.zeros(n, np.int32),
+        np.zeros(n, np.int32),
+        np.zeros((n, settings.title_tokens), np.int32),
+        np.zeros(n, np.float32),
+        np.zeros(n, bool),
+    )
     catalogue.category_idx[idx] = table.column("category_idx").to_numpy()
     catalogue.price_bucket[idx] = table.column("price_bucket").to_numpy()
     catalogue.title_tokens[idx] = pad_ids(_list_column(table, "title_tokens"), settings.title_tokens)
@@ -159,8 +187,12 @@ def load_catalogue(settings: Settings, num_items: int = 0) -> Catalogue:
 
 def load_profiles(settings: Settings) -> Profiles:
     try:
-        table = read_partition(settings.lake_root, lake.USER_FEATURES, settings.run_date,
-                               ["user_idx", "age_bucket_idx", "region_idx"])
+        table = read_partition(
+            settings.lake_root,
+            lake.USER_FEATURES,
+            settings.run_date,
+            ["user_idx", "age_bucket_idx", "region_idx"],
+        )
     except FileNotFoundError:
         log.warning("no user features for %s: profile inputs are 'unknown'", settings.ds)
         return Profiles.empty()
@@ -181,25 +213,44 @@ def load_validation(settings: Settings) -> EvalSet | None:
     table = table.filter(pc.greater(pc.list_value_length(table.column("targets")), 0))
     if table.num_rows == 0:
         return None
-    return EvalSet(table.column("user_idx").to_numpy().astype(np.int32), _list_column(table, "history"),
-                   _list_column(table, "seen"), _list_column(table, "targets"))
+    return EvalSet(
+        table.column("user_idx").to_numpy().astype(np.int32),
+        _list_column(table, "history"),
+        _list_column(table, "seen"),
+        _list_column(table, "targets"),
+    )
 
 
 def load_training_data(settings: Settings) -> TrainingData:
     """Everything the deep model trains on for ``settings.run_date``."""
-    examples = read_partition(settings.lake_root, lake.TRAIN_EXAMPLES, settings.run_date,
-                              ["user_idx", "item_idx", "weight", "event_time"])
+    examples = read_partition(
+        settings.lake_root,
+        lake.TRAIN_EXAMPLES,
+        settings.run_date,
+        ["user_idx", "item_idx", "weight", "event_time"],
+    )
     if examples.num_rows == 0:
         raise ValueError(f"no training examples for {settings.ds} under {settings.lake_root}")
     interactions = Interactions.build(
-        examples.column("user_idx").to_numpy(), examples.column("item_idx").to_numpy(),
+        examples.column("user_idx").to_numpy(),
+        examples.column("item_idx").to_numpy(),
         order=pc.cast(examples.column("event_time"), pa.int64()).to_numpy(),
-        weight=examples.column("weight").to_numpy(zero_copy_only=False))
+        weight=examples.column("weight").to_numpy(zero_copy_only=False),
+    )
     catalogue = load_catalogue(settings, int(interactions.item_idx.max()))
     window = settings.window_dates()
-    return TrainingData(interactions, catalogue, load_profiles(settings), load_validation(settings),
-                        {"run_date": settings.ds, "train_start": window[0].isoformat(),
-                         "train_end": window[-1].isoformat(), "validation_date": settings.ds})
+    return TrainingData(
+        interactions,
+        catalogue,
+        load_profiles(settings),
+        load_validation(settings),
+        {
+            "run_date": settings.ds,
+            "train_start": window[0].isoformat(),
+            "train_end": window[-1].isoformat(),
+            "validation_date": settings.ds,
+        },
+    )
 
 
 # ---- examples ------------------------------------------------------------------------------------------------
@@ -210,13 +261,22 @@ class ExampleShape:
     max_targets: int
 
 
-def user_inputs(user_idx: np.ndarray, histories: Sequence[np.ndarray], seens: Sequence[np.ndarray],
-                profiles: Profiles, shape: ExampleShape) -> dict[str, np.ndarray]:
+def user_inputs(
+    user_idx: np.ndarray,
+    histories: Sequence[np.ndarray],
+    seens: Sequence[np.ndarray],
+    profiles: Profiles,
+    shape: ExampleShape,
+) -> dict[str, np.ndarray]:
     """User-tower inputs (the scoring contract's names) for lists of per-user item sequences."""
     age, region = profiles.lookup(np.asarray(user_idx))
-    return {F.USER_IDX: np.asarray(user_idx, np.int32), F.HISTORY: pad_ids(histories, shape.history_length),
-            F.SEEN: pad_ids(seens, shape.seen_length), F.AGE_BUCKET_IDX: age.astype(np.int32),
-            F.REGION_IDX: region.astype(np.int32)}
+    return {
+        F.USER_IDX: np.asarray(user_idx, np.int32),
+        F.HISTORY: pad_ids(histories, shape.history_length),
+        F.SEEN: pad_ids(seens, shape.seen_length),
+        F.AGE_BUCKET_IDX: age.astype(np.int32),
+        F.REGION_IDX: region.astype(np.int32),
+    }
 
 
 def _next_examples(data: TrainingData, shape: ExampleShape) -> dict[str, np.ndarray]:
@@ -233,20 +293,27 @@ def _next_examples(data: TrainingData, shape: ExampleShape) -> dict[str, np.ndar
     column_pos = positions[:, None] - length + np.arange(length)[None, :]
     context = np.where(column_pos >= user_start[positions][:, None], windows, 0).astype(np.int32)
     age, region = data.profiles.lookup(inter.user_idx[positions])
-    return {F.USER_IDX: inter.user_idx[positions], F.HISTORY: context[:, length - shape.history_length:],
-            F.SEEN: context[:, length - shape.seen_length:], F.AGE_BUCKET_IDX: age, F.REGION_IDX: region,
-            F.TARGETS: inter.item_idx[positions][:, None], F.TARGET_WEIGHTS: inter.weight[positions][:, None]}
+    return {
+        F.USER_IDX: inter.user_idx[positions],
+        F.HISTORY: context[:, length - shape.history_length :],
+        F.SEEN: context[:, length - shape.seen_length :],
+        F.AGE_BUCKET_IDX: age,
+        F.REGION_IDX: region,
+        F.TARGETS: inter.item_idx[positions][:, None],
+        F.TARGET_WEIGHTS: inter.weight[positions][:, None],
+    }
 
 
-def _set_examples(data: TrainingData, shape: ExampleShape, holdout: float,
-                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _set_examples(
+    data: TrainingData, shape: ExampleShape, holdout: float, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """One row per user: a random ``holdout`` share of their items are targets, the rest (in time order) input."""
     inter = data.interactions
     users, starts = inter.user_offsets()
     histories, seens, targets, weights = [], [], [], []
     for u in range(len(users)):
-        items = inter.item_idx[starts[u]:starts[u + 1]]
-        w = inter.weight[starts[u]:starts[u + 1]]
+        items = inter.item_idx[starts[u] : starts[u + 1]]
+        w = inter.weight[starts[u] : starts[u + 1]]
         n = len(items)
         k = min(n, max(1, int(round(holdout * n))))
         held = np.zeros(n, bool)
@@ -264,13 +331,14 @@ def _set_examples(data: TrainingData, shape: ExampleShape, holdout: float,
     padded_w = np.zeros((len(users), shape.max_targets), np.float32)
     for i, w in enumerate(weights):
         if len(w):
-            padded_w[i, shape.max_targets - len(w):] = w
+            padded_w[i, shape.max_targets - len(w) :] = w
     out[F.TARGET_WEIGHTS] = padded_w
     return out
 
 
-def make_dataset(data: TrainingData, objective: str, shape: ExampleShape, batch_size: int, holdout: float,
-                 seed: int):  # type: ignore[no-untyped-def]
+def make_dataset(
+    data: TrainingData, objective: str, shape: ExampleShape, batch_size: int, holdout: float, seed: int
+):  # type: ignore[no-untyped-def]
     """A ``tf.data.Dataset`` of dict batches; each pass (epoch) reshuffles and, for ``set``, redraws the holdout.
 
     Returns (dataset, batches per epoch).
@@ -291,15 +359,18 @@ def make_dataset(data: TrainingData, objective: str, shape: ExampleShape, batch_
         arrays = fixed if fixed is not None else _set_examples(data, shape, holdout, rng)
         order = rng.permutation(rows)
         for start in range(0, rows, batch_size):
-            take = order[start:start + batch_size]
+            take = order[start : start + batch_size]
             yield {name: value[take] for name, value in arrays.items()}
 
     targets = 1 if objective == "next" else shape.max_targets
     signature = {
-        F.USER_IDX: tf.TensorSpec([None], tf.int32), F.HISTORY: tf.TensorSpec([None, shape.history_length], tf.int32),
+        F.USER_IDX: tf.TensorSpec([None], tf.int32),
+        F.HISTORY: tf.TensorSpec([None, shape.history_length], tf.int32),
         F.SEEN: tf.TensorSpec([None, shape.seen_length], tf.int32),
-        F.AGE_BUCKET_IDX: tf.TensorSpec([None], tf.int32), F.REGION_IDX: tf.TensorSpec([None], tf.int32),
-        F.TARGETS: tf.TensorSpec([None, targets], tf.int32), F.TARGET_WEIGHTS: tf.TensorSpec([None, targets], tf.float32),
+        F.AGE_BUCKET_IDX: tf.TensorSpec([None], tf.int32),
+        F.REGION_IDX: tf.TensorSpec([None], tf.int32),
+        F.TARGETS: tf.TensorSpec([None, targets], tf.int32),
+        F.TARGET_WEIGHTS: tf.TensorSpec([None, targets], tf.float32),
     }
     steps = -(-rows // batch_size)
     dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
@@ -310,9 +381,14 @@ def make_dataset(data: TrainingData, objective: str, shape: ExampleShape, batch_
 
 
 # ---- in-memory sources ---------------------------------------------------------------------------------------
-def from_interactions(user_idx: np.ndarray, item_idx: np.ndarray, order: np.ndarray | None = None,
-                      catalogue: Catalogue | None = None, profiles: Profiles | None = None,
-                      validation: EvalSet | None = None) -> TrainingData:
+def from_interactions(
+    user_idx: np.ndarray,
+    item_idx: np.ndarray,
+    order: np.ndarray | None = None,
+    catalogue: Catalogue | None = None,
+    profiles: Profiles | None = None,
+    validation: EvalSet | None = None,
+) -> TrainingData:
     """TrainingData from arrays (indices start at 1), e.g. MovieLens ratings ordered by timestamp."""
     interactions = Interactions.build(user_idx, item_idx, order)
     catalogue = catalogue or Catalogue.ids_only(int(interactions.item_idx.max()))
@@ -321,4 +397,4 @@ def from_interactions(user_idx: np.ndarray, item_idx: np.ndarray, order: np.ndar
 
 def user_sequences(interactions: Interactions) -> dict[int, np.ndarray]:
     users, starts = interactions.user_offsets()
-    return {int(u): interactions.item_idx[starts[i]:starts[i + 1]] for i, u in enumerate(users)}
+    return {int(u): interactions.item_idx[starts[i] : starts[i + 1]] for i, u in enumerate(users)}

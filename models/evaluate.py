@@ -7,7 +7,7 @@ items on D are the relevant set. Metrics (``models.metrics``) overall, for cold 
 ``schemas.outputs.METRIC``) and to an HTML report with PNG plots under ``reports/dt=D/``.
 
 ``topk_for`` is the one way to get top K from any model through the scoring contract: blocked matrix product of
-user and item embeddings (:class:`models.dot_scores.CatalogueProduct`), exclusion, then ``tf.math.top_k`` per
+user and item embeddings (:class:`scoring.dot_scores.CatalogueProduct`), exclusion, then ``tf.math.top_k`` per
 block.
 """
 
@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from models import lake_io, metrics, registry
+from models import metrics, registry
 from schemas import features as feature_schemas
 from schemas import lake
 from schemas.outputs import METRIC
 from schemas.settings import Settings
+from storage import lake_io
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +39,30 @@ PLOT_METRICS = ("precision", "recall", "ndcg", "map", "hit_rate", "mrr")
 # ---- top K through the scoring contract ---------------------------------------------------------------
 def _encode(model: Any, which: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
     """Call ``encode_users``/``encode_items`` on a ``LoadedModel`` (keywords) or an in-memory ScoringModule."""
-    from models import scoring
+    from scoring import contract
 
-    if isinstance(model, scoring.LoadedModel):
+    if isinstance(model, contract.LoadedModel):
         return getattr(model, which)(**inputs)
     import tensorflow as tf
 
-    names, specs = ((scoring.USER_INPUTS, scoring.USER_SIGNATURE) if which == "encode_users"
-                    else (scoring.ITEM_INPUTS, scoring.ITEM_SIGNATURE))
+    names, specs = (
+        (contract.USER_INPUTS, contract.USER_SIGNATURE)
+        if which == "encode_users"
+        else (contract.ITEM_INPUTS, contract.ITEM_SIGNATURE)
+    )
     args = [tf.convert_to_tensor(inputs[n], dtype=s.dtype) for n, s in zip(names, specs, strict=True)]
     return getattr(model, which)(*args).numpy()
 
 
-def topk_for(model: Any, users: Mapping[str, np.ndarray], items: Mapping[str, np.ndarray], k: int,
-             exclude_seen: bool = True, exclude: np.ndarray | None = None,
-             block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def topk_for(
+    model: Any,
+    users: Mapping[str, np.ndarray],
+    items: Mapping[str, np.ndarray],
+    k: int,
+    exclude_seen: bool = True,
+    exclude: np.ndarray | None = None,
+    block: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` item indices and scores [users, k] for a model (``LoadedModel`` or in-memory module).
 
     ``users``: the user inputs of the contract (``user_idx``, ``history``, ``seen``, ``age_bucket_idx``,
@@ -61,7 +71,7 @@ def topk_for(model: Any, users: Mapping[str, np.ndarray], items: Mapping[str, np
     """
     import tensorflow as tf
 
-    from models.dot_scores import CatalogueProduct
+    from scoring.dot_scores import CatalogueProduct
 
     item_idx = np.asarray(items["item_idx"], dtype=np.int64)
     product = CatalogueProduct(_encode(model, "encode_items", items))
@@ -91,43 +101,66 @@ def topk_for(model: Any, users: Mapping[str, np.ndarray], items: Mapping[str, np
     return top_items, top_scores
 
 
-def user_inputs(user_idx: np.ndarray, histories: Sequence[Sequence[int]], seen: Sequence[Sequence[int]],
-                history_length: int, age_bucket_idx: np.ndarray | None = None,
-                region_idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def user_inputs(
+    user_idx: np.ndarray,
+    histories: Sequence[Sequence[int]],
+    seen: Sequence[Sequence[int]],
+    history_length: int,
+    age_bucket_idx: np.ndarray | None = None,
+    region_idx: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """The contract's user inputs, padded with ``schemas.features.pad_ids``."""
     n = len(user_idx)
     seen_length = max(1, max((len(s) for s in seen), default=1))
     zeros = np.zeros(n, np.int32)
-    return {"user_idx": np.asarray(user_idx, np.int32),
-            "history": feature_schemas.pad_ids(histories, history_length),
-            "seen": feature_schemas.pad_ids(seen, seen_length),
-            "age_bucket_idx": zeros if age_bucket_idx is None else np.asarray(age_bucket_idx, np.int32),
-            "region_idx": zeros if region_idx is None else np.asarray(region_idx, np.int32)}
+    return {
+        "user_idx": np.asarray(user_idx, np.int32),
+        "history": feature_schemas.pad_ids(histories, history_length),
+        "seen": feature_schemas.pad_ids(seen, seen_length),
+        "age_bucket_idx": zeros if age_bucket_idx is None else np.asarray(age_bucket_idx, np.int32),
+        "region_idx": zeros if region_idx is None else np.asarray(region_idx, np.int32),
+    }
 
 
-def item_inputs(item_idx: np.ndarray, title_tokens: int, category_idx: np.ndarray | None = None,
-                price_bucket: np.ndarray | None = None, titles: Sequence[Sequence[int]] | None = None,
-                age_days: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def item_inputs(
+    item_idx: np.ndarray,
+    title_tokens: int,
+    category_idx: np.ndarray | None = None,
+    price_bucket: np.ndarray | None = None,
+    titles: Sequence[Sequence[int]] | None = None,
+    age_days: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """The contract's item inputs (missing content features are zeros)."""
     n = len(item_idx)
     zeros = np.zeros(n, np.int32)
-    return {"item_idx": np.asarray(item_idx, np.int32),
-            "category_idx": zeros if category_idx is None else np.asarray(category_idx, np.int32),
-            "price_bucket": zeros if price_bucket is None else np.asarray(price_bucket, np.int32),
-            "title_tokens": (np.zeros((n, title_tokens), np.int32) if titles is None
-                             else feature_schemas.pad_ids(titles, title_tokens)),
-            "age_days": np.zeros(n, np.float32) if age_days is None else np.asarray(age_days, np.float32)}
+    return {
+        "item_idx": np.asarray(item_idx, np.int32),
+        "category_idx": zeros if category_idx is None else np.asarray(category_idx, np.int32),
+        "price_bucket": zeros if price_bucket is None else np.asarray(price_bucket, np.int32),
+        "title_tokens": (
+            np.zeros((n, title_tokens), np.int32)
+            if titles is None
+            else feature_schemas.pad_ids(titles, title_tokens)
+        ),
+        "age_days": np.zeros(n, np.float32) if age_days is None else np.asarray(age_days, np.float32),
+    }
 
 
-def evaluate_topk(topk: np.ndarray, relevant: Sequence[Sequence[int]], cold: np.ndarray,
-                  item_counts: np.ndarray, n_items: int) -> dict[str, dict[str, float]]:
+def evaluate_topk(
+    topk: np.ndarray,
+    relevant: Sequence[Sequence[int]],
+    cold: np.ndarray,
+    item_counts: np.ndarray,
+    n_items: int,
+) -> dict[str, dict[str, float]]:
     """Metrics for all, cold and warm users."""
     cold = np.asarray(cold, bool)
     out = {}
     for segment, mask in (("all", np.ones_like(cold)), ("cold", cold), ("warm", ~cold)):
         chosen = np.flatnonzero(mask)
-        out[segment] = metrics.ranking_metrics(topk[chosen], [relevant[int(i)] for i in chosen],
-                                               item_counts=item_counts, n_items=n_items)
+        out[segment] = metrics.ranking_metrics(
+            topk[chosen], [relevant[int(i)] for i in chosen], item_counts=item_counts, n_items=n_items
+        )
     return out
 
 
@@ -139,12 +172,17 @@ def load_validation(settings: Settings) -> dict[str, Any]:
     items_table = lake_io.read_partition(root, lake.ITEM_FEATURES, ds)
     # candidates are the items scoring may recommend: the available ones (as jobs/score does)
     items = items_table.filter(items_table.column("available")).to_pydict()
-    profiles = lake_io.read_partition(root, lake.USER_FEATURES, ds,
-                                      columns=["user_idx", "age_bucket_idx", "region_idx"]).to_pydict()
+    profiles = lake_io.read_partition(
+        root, lake.USER_FEATURES, ds, columns=["user_idx", "age_bucket_idx", "region_idx"]
+    ).to_pydict()
     window = lake_io.read_partition(root, lake.INTERACTIONS, ds, columns=["item_idx"])
     user_idx = np.asarray(validation["user_idx"], np.int64)
-    profile = {u: (a, r) for u, a, r in zip(profiles["user_idx"], profiles["age_bucket_idx"],
-                                             profiles["region_idx"], strict=True)}
+    profile = {
+        u: (a, r)
+        for u, a, r in zip(
+            profiles["user_idx"], profiles["age_bucket_idx"], profiles["region_idx"], strict=True
+        )
+    }
     age = np.array([profile.get(u, (0, 0))[0] for u in user_idx], np.int32)
     region = np.array([profile.get(u, (0, 0))[1] for u in user_idx], np.int32)
     item_idx = np.asarray(items["item_idx"], np.int64)
@@ -152,10 +190,17 @@ def load_validation(settings: Settings) -> dict[str, Any]:
     counts = np.bincount(window.column("item_idx").to_numpy(), minlength=int(all_items.max(initial=0)) + 1)
     seen = [s or [] for s in validation["seen"]]
     return {
-        "users": user_inputs(user_idx, [h or [] for h in validation["history"]], seen, settings.history_length,
-                             age, region),
-        "items": item_inputs(item_idx, settings.title_tokens, items["category_idx"], items["price_bucket"],
-                             items["title_tokens"], items["age_days"]),
+        "users": user_inputs(
+            user_idx, [h or [] for h in validation["history"]], seen, settings.history_length, age, region
+        ),
+        "items": item_inputs(
+            item_idx,
+            settings.title_tokens,
+            items["category_idx"],
+            items["price_bucket"],
+            items["title_tokens"],
+            items["age_days"],
+        ),
         "relevant": [t or [] for t in validation["targets"]],
         "cold": np.array([len(s) < COLD_HISTORY_BELOW for s in seen]),
         "item_counts": counts.astype(np.float64),
@@ -169,7 +214,7 @@ def _role(meta: Mapping[str, Any]) -> str:
 
 def evaluate(settings: Settings, model_dirs: Sequence[str]) -> dict[str, Any]:
     """Evaluate candidates and the production model; write ``metrics/dt=D`` and ``reports/dt=D/index.html``."""
-    from models.scoring import LoadedModel
+    from scoring.contract import LoadedModel
 
     data = load_validation(settings)
     k = settings.eval_k
@@ -191,23 +236,41 @@ def evaluate(settings: Settings, model_dirs: Sequence[str]) -> dict[str, Any]:
         is_production = production is not None and folder == production.get("path")
         label = f"{meta['name']}/{meta['version']}"
         topks[meta["name"] + (" (prod)" if is_production else "")] = top
-        results.append({"name": meta["name"], "version": meta["version"], "path": folder,
-                        "kind": meta.get("kind", "unknown"), "role": forced_role or _role(meta),
-                        "is_production": is_production, "metrics": segments,
-                        "train_seconds": meta.get("train_seconds")})
+        results.append(
+            {
+                "name": meta["name"],
+                "version": meta["version"],
+                "path": folder,
+                "kind": meta.get("kind", "unknown"),
+                "role": forced_role or _role(meta),
+                "is_production": is_production,
+                "metrics": segments,
+                "train_seconds": meta.get("train_seconds"),
+            }
+        )
         if not forced_role:
             registry.record_metrics(folder, {"run_date": settings.ds, "k": k, **segments})
         log.info("%s: %s", label, {m: round(v, 4) for m, v in segments["all"].items()})
     production_result = next((r for r in results if r["is_production"]), None)
     result = {
-        "run_date": settings.ds, "k": k, "gate_metric": settings.gate_metric, "models": results,
-        "production": None if production is None else {
-            "name": production["name"], "version": production["version"], "path": production["path"],
-            "metrics": None if production_result is None else production_result["metrics"]},
-        "validation_users": len(data["relevant"]), "cold_users": int(np.sum(data["cold"])),
+        "run_date": settings.ds,
+        "k": k,
+        "gate_metric": settings.gate_metric,
+        "models": results,
+        "production": None
+        if production is None
+        else {
+            "name": production["name"],
+            "version": production["version"],
+            "path": production["path"],
+            "metrics": None if production_result is None else production_result["metrics"],
+        },
+        "validation_users": len(data["relevant"]),
+        "cold_users": int(np.sum(data["cold"])),
     }
-    result["metrics_path"] = lake_io.write_partition(metric_rows(results), settings.lake_root, lake.METRICS,
-                                                     settings.ds, METRIC)
+    result["metrics_path"] = lake_io.write_partition(
+        metric_rows(results), settings.lake_root, lake.METRICS, settings.ds, METRIC
+    )
     result["report"] = write_report(settings, result, topks, data["item_counts"])
     return result
 
@@ -240,15 +303,24 @@ def _k_of(metric: str) -> int:
 def format_table(result: Mapping[str, Any], segment: str = "all") -> str:
     """A plain-text table of the main metrics per model (what ``make run`` prints)."""
     k = result["k"]
-    columns = [f"recall_at_{k}", f"ndcg_at_{k}", f"precision_at_{k}", "map", f"hit_rate_at_{k}",
-               f"coverage_at_{k}"]
+    columns = [
+        f"recall_at_{k}",
+        f"ndcg_at_{k}",
+        f"precision_at_{k}",
+        "map",
+        f"hit_rate_at_{k}",
+        f"coverage_at_{k}",
+    ]
     header = f"{'model':<22}{'role':<12}" + "".join(f"{c:>15}" for c in columns) + f"{'users':>8}"
     lines = [f"segment: {segment}", header]
     for entry in result["models"]:
         values = entry["metrics"][segment]
         role = "production" if entry["is_production"] else entry["role"]
-        lines.append(f"{entry['name']:<22}{role:<12}" + "".join(f"{values.get(c, 0.0):>15.4f}" for c in columns)
-                     + f"{int(values.get('users', 0)):>8}")
+        lines.append(
+            f"{entry['name']:<22}{role:<12}"
+            + "".join(f"{values.get(c, 0.0):>15.4f}" for c in columns)
+            + f"{int(values.get('users', 0)):>8}"
+        )
     return "\n".join(lines)
 
 
@@ -280,8 +352,9 @@ def _history_of_metric(settings: Settings, metric: str) -> dict[str, list[tuple[
     return series
 
 
-def write_report(settings: Settings, result: Mapping[str, Any], topks: Mapping[str, np.ndarray],
-                 item_counts: np.ndarray) -> str:
+def write_report(
+    settings: Settings, result: Mapping[str, Any], topks: Mapping[str, np.ndarray], item_counts: np.ndarray
+) -> str:
     """``reports/dt=D/index.html`` with three PNG plots; returns the HTML path."""
     import matplotlib
 
@@ -296,7 +369,9 @@ def write_report(settings: Settings, result: Mapping[str, Any], topks: Mapping[s
     figure, axis = plt.subplots(figsize=(10, 4))
     width = 0.8 / max(len(models), 1)
     for i, (label, entry) in enumerate(zip(names, models, strict=True)):
-        values = [entry["metrics"]["all"].get("map" if m == "map" else f"{m}_at_{k}", 0.0) for m in PLOT_METRICS]
+        values = [
+            entry["metrics"]["all"].get("map" if m == "map" else f"{m}_at_{k}", 0.0) for m in PLOT_METRICS
+        ]
         axis.bar(np.arange(len(PLOT_METRICS)) + i * width, values, width, label=label)
     axis.set_xticks(np.arange(len(PLOT_METRICS)) + 0.4 - width / 2, [f"{m}@{k}" for m in PLOT_METRICS])
     axis.set_title(f"Metrics per model, all users, {settings.ds}")
@@ -317,7 +392,9 @@ def write_report(settings: Settings, result: Mapping[str, Any], topks: Mapping[s
     figure, axis = plt.subplots(figsize=(10, 4))
     catalogue = np.flatnonzero(np.ones(len(item_counts), bool))[1:]
     for i, (label, top) in enumerate(topks.items()):
-        axis.bar(np.arange(10) + i * width, popularity_deciles(top, item_counts, catalogue), width, label=label)
+        axis.bar(
+            np.arange(10) + i * width, popularity_deciles(top, item_counts, catalogue), width, label=label
+        )
     axis.set_xticks(np.arange(10) + 0.4 - width / 2, [f"D{d}" for d in range(1, 11)])
     axis.set_xlabel("item popularity decile in the training window (D10 = most popular)")
     axis.set_ylabel("share of recommended slots")
@@ -326,13 +403,15 @@ def write_report(settings: Settings, result: Mapping[str, Any], topks: Mapping[s
     lake_io.write_bytes_atomic(f"{folder}/popularity_bias.png", _png(figure))
     plt.close(figure)
 
-    tables = "".join(f"<h2>{segment} users</h2><pre>{html.escape(format_table(result, segment))}</pre>"
-                     for segment in SEGMENTS)
+    tables = "".join(
+        f"<h2>{segment} users</h2><pre>{html.escape(format_table(result, segment))}</pre>"
+        for segment in SEGMENTS
+    )
     production = result.get("production")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>recflow evaluation {settings.ds}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} pre{{background:#f5f5f5;padding:8px}}</style>
 </head><body><h1>recflow evaluation, run date {settings.ds}</h1>
-<p>Next-day split: {result['validation_users']} validation users ({result['cold_users']} cold: fewer than
+<p>Next-day split: {result["validation_users"]} validation users ({result["cold_users"]} cold: fewer than
 {COLD_HISTORY_BELOW} items in the window). Top {k} over the catalogue, window items excluded.
 Production before this run: {html.escape(str(production and f"{production['name']}/{production['version']}"))}.</p>
 {tables}

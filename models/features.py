@@ -1,6 +1,6 @@
 """Names and constants of the deep model's inputs, in one place (the towers, the data pipeline and tests use them).
 
-The user and item input names are the scoring contract's (:mod:`models.scoring`), so a batch built for training
+The user and item input names are the scoring contract's (:mod:`scoring.contract`), so a batch built for training
 feeds the exported model unchanged. Index 0 is padding / out of vocabulary everywhere (see schemas.features).
 """
 
@@ -18,7 +18,9 @@ USER_INPUTS = (USER_IDX, HISTORY, SEEN, AGE_BUCKET_IDX, REGION_IDX)
 ITEM_IDX = "item_idx"
 CATEGORY_IDX = "category_idx"
 PRICE_BUCKET = "price_bucket"
-TITLE_TOKENS = "title_tokens"  # int32 [N, title_tokens], hashed tokens in [1, title_hash_buckets], 0 = padding
+TITLE_TOKENS = (
+    "title_tokens"  # int32 [N, title_tokens], hashed tokens in [1, title_hash_buckets], 0 = padding
+)
 AGE_DAYS = "age_days"  # float32 days since publication at the run date
 ITEM_INPUTS = (ITEM_IDX, CATEGORY_IDX, PRICE_BUCKET, TITLE_TOKENS, AGE_DAYS)
 

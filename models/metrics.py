@@ -31,9 +31,15 @@ def hits_matrix(topk: np.ndarray, relevant: Sequence[Sequence[int] | np.ndarray]
     """Bool [users, K]: is ``topk[u, r]`` among user u's relevant items. One vectorised membership test."""
     topk = np.asarray(topk, dtype=np.int64)
     if topk.ndim != 2 or topk.shape[0] != len(relevant):
-        raise ValueError(f"topk must be [users, K] with one relevance set per user; got {topk.shape} and {len(relevant)}")
+        raise ValueError(
+            f"topk must be [users, K] with one relevance set per user; got {topk.shape} and {len(relevant)}"
+        )
     lengths = np.fromiter((len(r) for r in relevant), dtype=np.int64, count=len(relevant))
-    flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in relevant]) if lengths.sum() else np.zeros(0, np.int64)
+    flat = (
+        np.concatenate([np.asarray(r, dtype=np.int64) for r in relevant])
+        if lengths.sum()
+        else np.zeros(0, np.int64)
+    )
     stride = int(max(topk.max(initial=0), flat.max(initial=0))) + 1
     # encode (user, item) pairs as one int64 so membership is a single np.isin over all users
     relevant_codes = np.repeat(np.arange(len(relevant), dtype=np.int64), lengths) * stride + flat
@@ -68,8 +74,15 @@ def per_user_metrics(hits: np.ndarray, n_relevant: np.ndarray) -> dict[str, np.n
     has_hit = hits.any(axis=1)
     first_hit_rank = np.argmax(hits, axis=1) + 1.0
     mrr = np.where(has_hit, 1.0 / first_hit_rank, 0.0)
-    return {"precision": precision, "recall": recall, "f1": f1, "ndcg": ndcg, "map": average_precision,
-            "hit_rate": has_hit.astype(np.float64), "mrr": mrr}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "ndcg": ndcg,
+        "map": average_precision,
+        "hit_rate": has_hit.astype(np.float64),
+        "mrr": mrr,
+    }
 
 
 def coverage(topk: np.ndarray, n_items: int) -> float:
@@ -84,8 +97,12 @@ def novelty(topk: np.ndarray, item_counts: np.ndarray) -> float:
     return float(np.mean(-np.log2(share[np.asarray(topk)]))) if np.size(topk) else 0.0
 
 
-def ranking_metrics(topk: np.ndarray, relevant: Sequence[Sequence[int] | np.ndarray],
-                    item_counts: np.ndarray | None = None, n_items: int | None = None) -> dict[str, float]:
+def ranking_metrics(
+    topk: np.ndarray,
+    relevant: Sequence[Sequence[int] | np.ndarray],
+    item_counts: np.ndarray | None = None,
+    n_items: int | None = None,
+) -> dict[str, float]:
     """All metrics averaged over users with at least one relevant item.
 
     Keys: ``precision_at_K``, ``recall_at_K``, ``f1_at_K``, ``ndcg_at_K``, ``map``, ``hit_rate_at_K``,
@@ -98,8 +115,10 @@ def ranking_metrics(topk: np.ndarray, relevant: Sequence[Sequence[int] | np.ndar
     kept_relevant = [r for r, flag in zip(relevant, keep, strict=True) if flag]
     out: dict[str, float] = {"users": float(keep.sum())}
     if keep.any():
-        per_user = per_user_metrics(hits_matrix(kept_topk, kept_relevant),
-                                    np.fromiter((len(r) for r in kept_relevant), dtype=np.float64))
+        per_user = per_user_metrics(
+            hits_matrix(kept_topk, kept_relevant),
+            np.fromiter((len(r) for r in kept_relevant), dtype=np.float64),
+        )
         means = {name: float(values.mean()) for name, values in per_user.items()}
     else:
         means = dict.fromkeys(PER_USER_METRICS, 0.0)

@@ -2,7 +2,7 @@
 
 - A version is ``<run date>-<hash of name, params and data window>``: a rerun of the same night with the same
   parameters gets the same version and overwrites its folder (idempotent), a changed parameter a new one.
-- Each folder holds the exported model (``models.scoring``) and ``metadata.json``: name, version, kind, params,
+- Each folder holds the exported model (``scoring.contract``) and ``metadata.json``: name, version, kind, params,
   data window, metrics (added by evaluation), code version.
 - ``production.json`` names the production model; the gate rewrites it atomically (temporary file + rename) and
   appends every decision to ``production_history.jsonl`` beside it.
@@ -17,9 +17,9 @@ import json
 import subprocess
 from typing import Any
 
-from models import lake_io
 from schemas import lake
 from schemas.settings import REPO_ROOT, Settings
+from storage import lake_io
 
 HISTORY = "production_history.jsonl"
 
@@ -34,10 +34,21 @@ def data_window(settings: Settings) -> dict[str, str]:
 def code_version() -> str:
     """The git commit of the checkout (``+dirty`` with local changes), or ``unknown`` outside git."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -45,8 +56,11 @@ def code_version() -> str:
 
 def new_version(settings: Settings, name: str, params: dict[str, Any]) -> str:
     """Deterministic for the same run date, scenario, data window and params (idempotent reruns)."""
-    key = json.dumps({"name": name, "params": params, "window": data_window(settings), "scenario": settings.scenario},
-                     sort_keys=True, default=str)
+    key = json.dumps(
+        {"name": name, "params": params, "window": data_window(settings), "scenario": settings.scenario},
+        sort_keys=True,
+        default=str,
+    )
     return f"{settings.ds}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
@@ -54,22 +68,33 @@ def model_dir(settings: Settings, name: str, version: str) -> str:
     return lake.model_dir(settings.lake_root, name, version)
 
 
-def metadata(settings: Settings, name: str, version: str, kind: str, params: dict[str, Any],
-             **extra: Any) -> dict[str, Any]:
+def metadata(
+    settings: Settings, name: str, version: str, kind: str, params: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
     """The registry metadata every model folder carries (callers may add keys, e.g. training seconds)."""
-    return {"name": name, "version": version, "kind": kind, "params": params, "data_window": data_window(settings),
-            "scenario": settings.scenario, "metrics": {}, "code_version": code_version(),
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **extra}
+    return {
+        "name": name,
+        "version": version,
+        "kind": kind,
+        "params": params,
+        "data_window": data_window(settings),
+        "scenario": settings.scenario,
+        "metrics": {},
+        "code_version": code_version(),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **extra,
+    }
 
 
-def register(settings: Settings, module: Any, name: str, params: dict[str, Any], kind: str,
-             **extra: Any) -> str:
-    """Export ``module`` (a ``models.scoring.ScoringModule``) with its metadata into its versioned folder."""
-    from models import scoring  # TensorFlow only when a model is actually saved
+def register(
+    settings: Settings, module: Any, name: str, params: dict[str, Any], kind: str, **extra: Any
+) -> str:
+    """Export ``module`` (a ``scoring.contract.ScoringModule``) with its metadata into its versioned folder."""
+    from scoring import contract  # TensorFlow only when a model is actually saved
 
     version = new_version(settings, name, params)
     folder = model_dir(settings, name, version)
-    return scoring.save(module, folder, metadata(settings, name, version, kind, params, **extra))
+    return contract.save(module, folder, metadata(settings, name, version, kind, params, **extra))
 
 
 def read_metadata(folder: str) -> dict[str, Any]:
@@ -83,7 +108,9 @@ def record_metrics(folder: str, metrics: dict[str, Any]) -> None:
     """Store evaluation results in the model's metadata (so the registry shows how each version did)."""
     meta = read_metadata(folder)
     meta["metrics"] = metrics
-    lake_io.write_text_atomic(f"{folder}/metadata.json", json.dumps(meta, indent=2, sort_keys=True, default=str))
+    lake_io.write_text_atomic(
+        f"{folder}/metadata.json", json.dumps(meta, indent=2, sort_keys=True, default=str)
+    )
 
 
 def list_models(settings: Settings, name: str | None = None) -> list[dict[str, Any]]:
@@ -115,8 +142,15 @@ def promote(settings: Settings, name: str, version: str, reason: str, **details:
     folder = model_dir(settings, name, version)
     if not lake_io.exists(f"{folder}/metadata.json"):
         raise FileNotFoundError(f"cannot promote {name}/{version}: {folder} holds no model")
-    pointer = {"name": name, "version": version, "path": folder, "reason": reason, "run_date": settings.ds,
-               "promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **details}
+    pointer = {
+        "name": name,
+        "version": version,
+        "path": folder,
+        "reason": reason,
+        "run_date": settings.ds,
+        "promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **details,
+    }
     text = json.dumps(pointer, indent=2, sort_keys=True, default=str)
     lake_io.write_text_atomic(lake.production_pointer(settings.lake_root), text)
     log_decision(settings, {"action": "promote", **pointer})

@@ -23,11 +23,11 @@ import tensorflow as tf
 from models import data as D
 from models import features as F
 from models import metrics
-from models.allocator import retain_freed_memory
-from models.scoring import save
 from models.two_tower import ItemTower, TwoTowerModel, TwoTowerParams, TwoTowerScoring, UserTower, ease_matrix
 from schemas import lake
 from schemas.settings import REPO_ROOT, Settings
+from scoring.allocator import retain_freed_memory
+from scoring.contract import save
 
 log = logging.getLogger(__name__)
 BEST_WEIGHTS = "best.weights.h5"
@@ -71,8 +71,14 @@ def eval_inputs(evalset: D.EvalSet, data: D.TrainingData, params: TwoTowerParams
     return D.user_inputs(evalset.user_idx, evalset.history, evalset.seen, data.profiles, shape)
 
 
-def recall_at_k(model: TwoTowerModel, inputs: dict[str, np.ndarray], evalset: D.EvalSet, k: int,
-                part: str = "final", scores: np.ndarray | None = None) -> float:
+def recall_at_k(
+    model: TwoTowerModel,
+    inputs: dict[str, np.ndarray],
+    evalset: D.EvalSet,
+    k: int,
+    part: str = "final",
+    scores: np.ndarray | None = None,
+) -> float:
     """Mean over users of |top-k ∩ targets| / |targets|, the user's seen items excluded from the top-k.
 
     ``scores``: [U, N+1] by item index (column 0 is padding), as ``model.score_catalogue`` gives; not modified."""
@@ -108,10 +114,17 @@ class RecallEarlyStopping(keras.callbacks.Callback):
     without improvement, best weights restored at the end. Its state lives beside the checkpoint, so a resumed
     training remembers the best epoch so far."""
 
-    def __init__(self, inputs: dict[str, np.ndarray], evalset: D.EvalSet, k: int, patience: int,
-                 state_dir: str | None) -> None:
+    def __init__(
+        self, inputs: dict[str, np.ndarray], evalset: D.EvalSet, k: int, patience: int, state_dir: str | None
+    ) -> None:
         super().__init__()
-        self.inputs, self.evalset, self.k, self.patience, self.state_dir = inputs, evalset, k, patience, state_dir
+        self.inputs, self.evalset, self.k, self.patience, self.state_dir = (
+            inputs,
+            evalset,
+            k,
+            patience,
+            state_dir,
+        )
         self.best, self.best_epoch, self.wait, self.best_weights = -1.0, -1, 0, None
 
     def _path(self, name: str) -> str | None:
@@ -172,8 +185,16 @@ class TrainingProgress(keras.callbacks.Callback):
         loss = float((logs or {}).get("loss", float("nan")))
         if self.steps:
             eta = elapsed / step * (self.steps - step)
-            log.info("epoch %d: step %d/%d (%.0f%%), loss %.4f, %.0f s elapsed, ETA %.0f s", self.epoch + 1, step,
-                     self.steps, 100 * step / self.steps, loss, elapsed, eta)
+            log.info(
+                "epoch %d: step %d/%d (%.0f%%), loss %.4f, %.0f s elapsed, ETA %.0f s",
+                self.epoch + 1,
+                step,
+                self.steps,
+                100 * step / self.steps,
+                loss,
+                elapsed,
+                eta,
+            )
         else:
             log.info("epoch %d: step %d, loss %.4f, %.0f s elapsed", self.epoch + 1, step, loss, elapsed)
 
@@ -188,11 +209,17 @@ def choose_blend(model: TwoTowerModel, inputs: dict[str, np.ndarray], evalset: D
         scores = model.score_catalogue(inputs, part=part)[:, 1:]
         parts.append(scores / np.maximum(scores.std(axis=1, keepdims=True), 1e-6))
     grid = [round(0.1 * i, 1) for i in range(11)]
-    recalls = [masked_recall(share * parts[0] + (1 - share) * parts[1], evalset, k, first_item=1) for share in grid]
+    recalls = [
+        masked_recall(share * parts[0] + (1 - share) * parts[1], evalset, k, first_item=1) for share in grid
+    ]
     best = grid[int(np.argmax(recalls))]
     model.blend.assign(best)
-    log.info("blend (deep share) chosen on validation: %.1f (recall@%d by share: %s)", best, k,
-             dict(zip(grid, [round(r, 4) for r in recalls], strict=True)))
+    log.info(
+        "blend (deep share) chosen on validation: %.1f (recall@%d by share: %s)",
+        best,
+        k,
+        dict(zip(grid, [round(r, 4) for r in recalls], strict=True)),
+    )
     return best
 
 
@@ -206,25 +233,50 @@ def build_model(data: D.TrainingData, params: TwoTowerParams) -> TwoTowerModel:
             getattr(grown, field)[: catalogue.num_items + 1] = getattr(catalogue, field)
         catalogue = grown
     dim = params.embedding_dim
-    item_tower = ItemTower(num_items, int(catalogue.category_idx.max(initial=0)),
-                           int(catalogue.price_bucket.max(initial=0)), int(catalogue.title_tokens.max(initial=0)),
-                           dim, l2=params.l2, bias=params.item_bias, name="item_tower")
-    user_tower = UserTower(num_items, int(data.profiles.age_bucket_idx.max(initial=0)),
-                           int(data.profiles.region_idx.max(initial=0)), params.encoder, dim, params.history_length,
-                           hidden_dim=params.hidden_dim, dropout=params.dropout, l2=params.l2, name="user_tower")
+    item_tower = ItemTower(
+        num_items,
+        int(catalogue.category_idx.max(initial=0)),
+        int(catalogue.price_bucket.max(initial=0)),
+        int(catalogue.title_tokens.max(initial=0)),
+        dim,
+        l2=params.l2,
+        bias=params.item_bias,
+        name="item_tower",
+    )
+    user_tower = UserTower(
+        num_items,
+        int(data.profiles.age_bucket_idx.max(initial=0)),
+        int(data.profiles.region_idx.max(initial=0)),
+        params.encoder,
+        dim,
+        params.history_length,
+        hidden_dim=params.hidden_dim,
+        dropout=params.dropout,
+        l2=params.l2,
+        name="user_tower",
+    )
     counts = np.bincount(data.interactions.item_idx, minlength=num_items + 1).astype(np.float64)
     log_q = np.log(np.maximum(counts, 1.0) / max(counts.sum(), 1.0))
     wide = None
     if params.wide and num_items <= params.wide_max_items:
-        wide = ease_matrix(data.interactions.user_idx, data.interactions.item_idx, num_items, params.ease_lambda)
-    return TwoTowerModel(user_tower, item_tower, catalogue.inputs(), params, item_log_q=log_q, wide=wide,
-                         name="two_tower")
+        wide = ease_matrix(
+            data.interactions.user_idx, data.interactions.item_idx, num_items, params.ease_lambda
+        )
+    return TwoTowerModel(
+        user_tower, item_tower, catalogue.inputs(), params, item_log_q=log_q, wide=wide, name="two_tower"
+    )
 
 
-def fit_two_tower(data: D.TrainingData, settings: Settings | None = None, params: TwoTowerParams | None = None,
-                  checkpoint_dir: str | None = None, callbacks: list[keras.callbacks.Callback] | None = None,
-                  verbose: int = 0, run_eagerly: bool = False,
-                  progress: bool = False) -> tuple[TwoTowerScoring, dict[str, Any]]:
+def fit_two_tower(
+    data: D.TrainingData,
+    settings: Settings | None = None,
+    params: TwoTowerParams | None = None,
+    checkpoint_dir: str | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    verbose: int = 0,
+    run_eagerly: bool = False,
+    progress: bool = False,
+) -> tuple[TwoTowerScoring, dict[str, Any]]:
     """Trains the two-tower model on in-memory data; returns the export module and a training summary.
     ``progress``: log every ~10% of an epoch's steps (:class:`TrainingProgress`; the pipeline turns it on)."""
     params = params or TwoTowerParams.from_settings(settings or Settings.load())
@@ -233,11 +285,14 @@ def fit_two_tower(data: D.TrainingData, settings: Settings | None = None, params
     strategy, device = training_strategy()
     started = time.perf_counter()
     shape = D.ExampleShape(params.history_length, params.seen_length, params.max_targets)
-    dataset, steps = D.make_dataset(data, params.objective, shape, params.batch_size, params.holdout, params.seed)
+    dataset, steps = D.make_dataset(
+        data, params.objective, shape, params.batch_size, params.holdout, params.seed
+    )
     with strategy.scope():
         model = build_model(data, params)
-        model.compile(optimizer=DenseGradientAdam(params.learning_rate), jit_compile=False,
-                      run_eagerly=run_eagerly)
+        model.compile(
+            optimizer=DenseGradientAdam(params.learning_rate), jit_compile=False, run_eagerly=run_eagerly
+        )
         # build every weight now (BackupAndRestore builds the optimizer from them before the first step)
         model(next(iter(dataset.take(1))))
         model.item_vectors(model.catalogue)
@@ -246,43 +301,75 @@ def fit_two_tower(data: D.TrainingData, settings: Settings | None = None, params
         all_callbacks.append(keras.callbacks.BackupAndRestore(checkpoint_dir, save_freq="epoch"))
     early = None
     if data.validation is not None and len(data.validation.user_idx):
-        early = RecallEarlyStopping(eval_inputs(data.validation, data, params), data.validation, params.eval_k,
-                                    params.patience, checkpoint_dir)
+        early = RecallEarlyStopping(
+            eval_inputs(data.validation, data, params),
+            data.validation,
+            params.eval_k,
+            params.patience,
+            checkpoint_dir,
+        )
         all_callbacks.append(early)
     all_callbacks += callbacks or []
     if progress:
         all_callbacks.append(TrainingProgress(steps))
-    history = model.fit(dataset, epochs=params.epochs, steps_per_epoch=None, callbacks=all_callbacks, verbose=verbose)
+    history = model.fit(
+        dataset, epochs=params.epochs, steps_per_epoch=None, callbacks=all_callbacks, verbose=verbose
+    )
     blend = float(model.blend.numpy())
     if model.wide is not None and early is not None and params.blend < 0:
         blend = choose_blend(model, early.inputs, data.validation, params.eval_k)  # type: ignore[arg-type]
     seconds = time.perf_counter() - started
-    if checkpoint_dir and tf.io.gfile.exists(checkpoint_dir):  # finished: the checkpoint has served its purpose
+    if checkpoint_dir and tf.io.gfile.exists(
+        checkpoint_dir
+    ):  # finished: the checkpoint has served its purpose
         tf.io.gfile.rmtree(checkpoint_dir)
     summary = {
-        "device": device, "training_seconds": round(seconds, 2), "epochs_run": len(history.epoch),
-        "steps_per_epoch": steps, "loss": [float(v) for v in history.history.get("loss", [])],
+        "device": device,
+        "training_seconds": round(seconds, 2),
+        "epochs_run": len(history.epoch),
+        "steps_per_epoch": steps,
+        "loss": [float(v) for v in history.history.get("loss", [])],
         F.VAL_RECALL: [float(v) for v in history.history.get(F.VAL_RECALL, [])],
         "best_epoch": (early.best_epoch + 1) if early and early.best_epoch >= 0 else None,
-        "best_val_recall_at_k": early.best if early else None, "full_softmax": bool(model.full_softmax),
-        "wide": model.wide is not None, "blend": blend if model.wide is not None else None, "num_items": model.num_items,
+        "best_val_recall_at_k": early.best if early else None,
+        "full_softmax": bool(model.full_softmax),
+        "wide": model.wide is not None,
+        "blend": blend if model.wide is not None else None,
+        "num_items": model.num_items,
         "num_train_interactions": int(len(data.interactions.item_idx)),
     }
-    log.info("two-tower trained in %.1f s on %s: %s", seconds, device, {k: summary[k] for k in ("epochs_run", "best_epoch")})
+    log.info(
+        "two-tower trained in %.1f s on %s: %s",
+        seconds,
+        device,
+        {k: summary[k] for k in ("epochs_run", "best_epoch")},
+    )
     module = TwoTowerScoring(model)
     module.keras_model = model  # kept for in-process evaluation; not part of the export signatures
     return module, summary
 
 
 # ---- model selection on a fold of the training data ---------------------------------------------------------------
-# The deep model's configuration for MovieLens 100k (tests/benchmarks/bench_quality.py); epochs and the deep/wide
+# The deep model's configuration for MovieLens 100k (benchmarks/bench_quality.py); epochs and the deep/wide
 # blend are not fixed here: select_and_fit chooses them on a validation fold of the training data.
 # seen_length 256 (not 800, which covers every train.tsv user's items) measured: 13.4 s instead of 20.3 s CPU for
 # the final training, MAP 0.1533 instead of 0.1537, still above EASE on all four metrics.
 MOVIELENS_PARAMS: dict[str, Any] = dict(
-    objective="set", encoder="mean", embedding_dim=128, history_length=50, seen_length=256, max_targets=256,
-    holdout=0.25, temperature=0.1, epochs=25, batch_size=64, learning_rate=0.01, wide=True, ease_lambda=400.0,
-    patience=3)
+    objective="set",
+    encoder="mean",
+    embedding_dim=128,
+    history_length=50,
+    seen_length=256,
+    max_targets=256,
+    holdout=0.25,
+    temperature=0.1,
+    epochs=25,
+    batch_size=64,
+    learning_rate=0.01,
+    wide=True,
+    ease_lambda=400.0,
+    patience=3,
+)
 VALIDATION_SHARE = 0.1
 
 
@@ -291,18 +378,28 @@ def validation_fold(data: D.TrainingData, share: float, seed: int) -> D.Training
     (history and seen = the user's remaining interactions). Only training data is used: never the test set."""
     inter = data.interactions
     held = np.random.default_rng(seed).random(len(inter.item_idx)) < share
-    kept = D.Interactions(inter.user_idx[~held], inter.item_idx[~held], inter.weight[~held])  # order preserved
+    kept = D.Interactions(
+        inter.user_idx[~held], inter.item_idx[~held], inter.weight[~held]
+    )  # order preserved
     sequences = D.user_sequences(kept)
     empty = np.zeros(0, np.int32)
-    users, starts = D.Interactions(inter.user_idx[held], inter.item_idx[held], inter.weight[held]).user_offsets()
+    users, starts = D.Interactions(
+        inter.user_idx[held], inter.item_idx[held], inter.weight[held]
+    ).user_offsets()
     known = [sequences.get(int(u), empty) for u in users]
-    targets = [inter.item_idx[held][starts[i]:starts[i + 1]] for i in range(len(users))]
-    return D.TrainingData(kept, data.catalogue, data.profiles, D.EvalSet(users.astype(np.int32), known, known, targets),
-                          data.window)
+    targets = [inter.item_idx[held][starts[i] : starts[i + 1]] for i in range(len(users))]
+    return D.TrainingData(
+        kept,
+        data.catalogue,
+        data.profiles,
+        D.EvalSet(users.astype(np.int32), known, known, targets),
+        data.window,
+    )
 
 
-def select_and_fit(data: D.TrainingData, params: TwoTowerParams,
-                   validation_share: float = VALIDATION_SHARE) -> tuple[TwoTowerScoring, dict[str, Any]]:
+def select_and_fit(
+    data: D.TrainingData, params: TwoTowerParams, validation_share: float = VALIDATION_SHARE
+) -> tuple[TwoTowerScoring, dict[str, Any]]:
     """Two phases: (1) train on ``data`` minus a validation fold, early stopping and the deep/wide blend chosen on
     that fold; (2) train on all of ``data`` with the selected epochs and blend (no validation left to stop on).
 
@@ -311,25 +408,41 @@ def select_and_fit(data: D.TrainingData, params: TwoTowerParams,
     started, cpu_started = time.perf_counter(), time.process_time()
     _, selection = fit_two_tower(validation_fold(data, validation_share, params.seed), params=params)
     selection_wall, selection_cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    log.info("selection on a %.0f%% validation fold in %.1f s: best epoch %s, blend %s, val recall %s",
-             100 * validation_share, selection_wall, selection["best_epoch"], selection["blend"],
-             selection["best_val_recall_at_k"])
-    chosen = dataclasses.replace(params, epochs=selection["best_epoch"] or params.epochs,
-                                 blend=selection["blend"] if selection["blend"] is not None else -1.0)
+    log.info(
+        "selection on a %.0f%% validation fold in %.1f s: best epoch %s, blend %s, val recall %s",
+        100 * validation_share,
+        selection_wall,
+        selection["best_epoch"],
+        selection["blend"],
+        selection["best_val_recall_at_k"],
+    )
+    chosen = dataclasses.replace(
+        params,
+        epochs=selection["best_epoch"] or params.epochs,
+        blend=selection["blend"] if selection["blend"] is not None else -1.0,
+    )
     final_data = dataclasses.replace(data, validation=None)
     started, cpu_started = time.perf_counter(), time.process_time()
     module, final = fit_two_tower(final_data, params=chosen)
     final_wall, final_cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    summary = {"selection": selection, "final": final, "params": chosen.to_dict(),
-               "selection_seconds": selection_wall, "selection_cpu_seconds": selection_cpu,
-               "final_seconds": final_wall, "final_cpu_seconds": final_cpu}
+    summary = {
+        "selection": selection,
+        "final": final,
+        "params": chosen.to_dict(),
+        "selection_seconds": selection_wall,
+        "selection_cpu_seconds": selection_cpu,
+        "final_seconds": final_wall,
+        "final_cpu_seconds": final_cpu,
+    }
     return module, summary
 
 
 # ---- pipeline entry point -------------------------------------------------------------------------------------------
 def code_version() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
@@ -348,12 +461,19 @@ def train_two_tower(settings: Settings, data: D.TrainingData | None = None) -> s
     params = TwoTowerParams.from_settings(settings)
     version = model_version(params, data.window)
     model_dir = lake.model_dir(settings.lake_root, F.MODEL_NAME, version)
-    module, summary = fit_two_tower(data, params=params, checkpoint_dir=f"{model_dir}/_checkpoint",
-                                    progress=True)
+    module, summary = fit_two_tower(
+        data, params=params, checkpoint_dir=f"{model_dir}/_checkpoint", progress=True
+    )
     metadata = {
-        "name": F.MODEL_NAME, "version": version, "kind": F.MODEL_KIND, "data_window": data.window,
-        "params": params.to_dict(), "metrics": {f"val_recall_at_{params.eval_k}": summary["best_val_recall_at_k"]},
-        "training": summary, "code_version": code_version(), "device": summary["device"],
+        "name": F.MODEL_NAME,
+        "version": version,
+        "kind": F.MODEL_KIND,
+        "data_window": data.window,
+        "params": params.to_dict(),
+        "metrics": {f"val_recall_at_{params.eval_k}": summary["best_val_recall_at_k"]},
+        "training": summary,
+        "code_version": code_version(),
+        "device": summary["device"],
         "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     save(module, model_dir, metadata)

@@ -12,7 +12,7 @@
   its per-user standard deviation over the catalogue; ``blend`` is chosen on the validation set after training.
   (Training the deep part jointly on top of EASE was measured worse on MovieLens: EASE scores its own training
   pairs in-sample, so the joint model leans on it; the calibrated blend does not.)
-- :class:`TwoTowerScoring`: the export (``models.scoring.ScoringModule``); the score stays a dot product because the
+- :class:`TwoTowerScoring`: the export (``scoring.contract.ScoringModule``); the score stays a dot product because the
   wide part is appended: ``[blend * u / sd_deep(u), (1 - blend) * x_u B / sd_wide(u)] . [v, onehot(item)]``.
 """
 
@@ -28,8 +28,8 @@ import numpy as np
 import tensorflow as tf
 
 from models import features as F
-from models.scoring import ScoringModule, in_vocab, multi_hot_matmul
 from schemas.settings import Settings
+from scoring.contract import ScoringModule, in_vocab, multi_hot_matmul
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +55,9 @@ class TwoTowerParams:
     wide: bool = True  # add the EASE-initialised item-item part (catalogues up to wide_max_items)
     wide_max_items: int = 8_192
     ease_lambda: float = 400.0
-    blend: float = -1.0  # deep share of the blended score; < 0: chosen on the validation set (0.5 without one)
+    blend: float = (
+        -1.0
+    )  # deep share of the blended score; < 0: chosen on the validation set (0.5 without one)
     patience: int = 2
     eval_k: int = 10
     seed: int = 42
@@ -68,8 +70,19 @@ class TwoTowerParams:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> TwoTowerParams:
-        values: dict[str, Any] = {name: getattr(settings, name) for name in (
-            "encoder", "embedding_dim", "history_length", "epochs", "batch_size", "learning_rate", "eval_k", "seed")}
+        values: dict[str, Any] = {
+            name: getattr(settings, name)
+            for name in (
+                "encoder",
+                "embedding_dim",
+                "history_length",
+                "epochs",
+                "batch_size",
+                "learning_rate",
+                "eval_k",
+                "seed",
+            )
+        }
         for name in ("objective", "wide", "temperature", "patience"):  # optional settings fields
             if hasattr(settings, f"two_tower_{name}"):
                 values[name] = getattr(settings, f"two_tower_{name}")
@@ -95,15 +108,30 @@ def _masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
 class ItemTower(keras.layers.Layer):
     """Item embedding = id embedding (known items) + projection of the content features."""
 
-    def __init__(self, num_items: int, num_categories: int, num_price_buckets: int, title_buckets: int,
-                 dim: int, l2: float = 0.0, bias: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        num_categories: int,
+        num_price_buckets: int,
+        title_buckets: int,
+        dim: int,
+        l2: float = 0.0,
+        bias: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.sizes = (num_items + 1, num_categories + 1, num_price_buckets + 1, title_buckets + 1)
         # the bias rides as an extra last column: [embedding (d), bias (1)]; content gives new items a bias too
-        self.id_bias = keras.layers.Embedding(self.sizes[0], 1, embeddings_initializer="zeros", name="item_bias") if bias else None
+        self.id_bias = (
+            keras.layers.Embedding(self.sizes[0], 1, embeddings_initializer="zeros", name="item_bias")
+            if bias
+            else None
+        )
         self.content_bias = keras.layers.Dense(1, name="content_bias") if bias else None
         reg = keras.regularizers.L2(l2) if l2 else None
-        self.item_embedding = keras.layers.Embedding(self.sizes[0], dim, embeddings_regularizer=reg, name="item_id")
+        self.item_embedding = keras.layers.Embedding(
+            self.sizes[0], dim, embeddings_regularizer=reg, name="item_id"
+        )
         self.category_embedding = keras.layers.Embedding(self.sizes[1], dim, name="category")
         self.price_embedding = keras.layers.Embedding(self.sizes[2], dim, name="price_bucket")
         self.title_embedding = keras.layers.Embedding(self.sizes[3], dim, name="title_tokens")
@@ -114,10 +142,15 @@ class ItemTower(keras.layers.Layer):
         tokens = in_vocab(inputs[F.TITLE_TOKENS], self.sizes[3])
         known = tf.cast(item > 0, self.compute_dtype)[:, None]
         age = tf.math.log1p(tf.maximum(tf.cast(inputs[F.AGE_DAYS], self.compute_dtype), 0.0))[:, None]
-        content = tf.concat([
-            self.category_embedding(in_vocab(inputs[F.CATEGORY_IDX], self.sizes[1])),
-            self.price_embedding(in_vocab(inputs[F.PRICE_BUCKET], self.sizes[2])),
-            _masked_mean(self.title_embedding(tokens), tokens > 0), age], axis=-1)
+        content = tf.concat(
+            [
+                self.category_embedding(in_vocab(inputs[F.CATEGORY_IDX], self.sizes[1])),
+                self.price_embedding(in_vocab(inputs[F.PRICE_BUCKET], self.sizes[2])),
+                _masked_mean(self.title_embedding(tokens), tokens > 0),
+                age,
+            ],
+            axis=-1,
+        )
         embedding = self.item_embedding(item) * known + self.content(content)
         if self.id_bias is None:
             return embedding
@@ -135,14 +168,18 @@ class SequenceEncoder(keras.layers.Layer):
         elif kind == "lstm":
             self.rnn = keras.layers.LSTM(dim)
         elif kind == "cnn":
-            self.convs = [keras.layers.Conv1D(dim, 3, padding="causal", activation="relu", dilation_rate=r)
-                          for r in (1, 2)]
+            self.convs = [
+                keras.layers.Conv1D(dim, 3, padding="causal", activation="relu", dilation_rate=r)
+                for r in (1, 2)
+            ]
         elif kind == "attention":
             self.positions = keras.layers.Embedding(length, dim, name="positions")
             self.attention = keras.layers.MultiHeadAttention(num_heads=2, key_dim=max(dim // 2, 1))
             self.norm1 = keras.layers.LayerNormalization()
             self.norm2 = keras.layers.LayerNormalization()
-            self.ffn = keras.Sequential([keras.layers.Dense(2 * dim, activation="gelu"), keras.layers.Dense(dim)])
+            self.ffn = keras.Sequential(
+                [keras.layers.Dense(2 * dim, activation="gelu"), keras.layers.Dense(dim)]
+            )
         elif kind != "mean":
             raise ValueError(f"encoder must be one of {F.ENCODERS}, got {kind!r}")
 
@@ -161,7 +198,9 @@ class SequenceEncoder(keras.layers.Layer):
             hidden = embedded + self.positions(recency)[None]
             causal = tf.linalg.band_part(tf.ones((length, length), tf.bool), -1, 0)[None]
             attend = causal & mask[:, None, :]
-            hidden = self.norm1(hidden + self.attention(hidden, hidden, attention_mask=attend, training=training))
+            hidden = self.norm1(
+                hidden + self.attention(hidden, hidden, attention_mask=attend, training=training)
+            )
             hidden = self.norm2(hidden + self.ffn(hidden))
             return hidden[:, -1]  # the newest position has attended to the whole (causal) history
         return _masked_mean(embedded, mask)
@@ -170,15 +209,28 @@ class SequenceEncoder(keras.layers.Layer):
 class UserTower(keras.layers.Layer):
     """User embedding from the recent sequence, the bag of known items and the profile."""
 
-    def __init__(self, num_items: int, num_age_buckets: int, num_regions: int, encoder: str, dim: int,
-                 history_length: int, hidden_dim: int = 0, dropout: float = 0.0, l2: float = 0.0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        num_age_buckets: int,
+        num_regions: int,
+        encoder: str,
+        dim: int,
+        history_length: int,
+        hidden_dim: int = 0,
+        dropout: float = 0.0,
+        l2: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.sizes = (num_items + 1, num_age_buckets + 1, num_regions + 1)
         reg = keras.regularizers.L2(l2) if l2 else None
-        self.history_embedding = keras.layers.Embedding(self.sizes[0], dim, embeddings_regularizer=reg,
-                                                        name="history_items")
-        self.bag_embedding = keras.layers.Embedding(self.sizes[0], dim, embeddings_regularizer=reg, name="bag_items")
+        self.history_embedding = keras.layers.Embedding(
+            self.sizes[0], dim, embeddings_regularizer=reg, name="history_items"
+        )
+        self.bag_embedding = keras.layers.Embedding(
+            self.sizes[0], dim, embeddings_regularizer=reg, name="bag_items"
+        )
         self.encoder = SequenceEncoder(encoder, dim, history_length, name=f"encoder_{encoder}")
         self.age_embedding = keras.layers.Embedding(self.sizes[1], max(dim // 4, 4), name="age_bucket")
         self.region_embedding = keras.layers.Embedding(self.sizes[2], max(dim // 4, 4), name="region")
@@ -191,8 +243,15 @@ class UserTower(keras.layers.Layer):
         seen = in_vocab(inputs[F.SEEN], self.sizes[0])
         sequence = self.encoder(self.history_embedding(history), history > 0, training=training)
         bag = _masked_mean(self.bag_embedding(seen), seen > 0)
-        joined = tf.concat([sequence, bag, self.age_embedding(in_vocab(inputs[F.AGE_BUCKET_IDX], self.sizes[1])),
-                            self.region_embedding(in_vocab(inputs[F.REGION_IDX], self.sizes[2]))], axis=-1)
+        joined = tf.concat(
+            [
+                sequence,
+                bag,
+                self.age_embedding(in_vocab(inputs[F.AGE_BUCKET_IDX], self.sizes[1])),
+                self.region_embedding(in_vocab(inputs[F.REGION_IDX], self.sizes[2])),
+            ],
+            axis=-1,
+        )
         joined = self.dropout(joined, training=training)
         if self.hidden is not None:
             joined = self.hidden(joined)
@@ -208,8 +267,10 @@ def ease_matrix(user_idx: np.ndarray, item_idx: np.ndarray, num_items: int, lam:
     from models.baselines import ease_weights
 
     users = np.unique(user_idx, return_inverse=True)[1]
-    x = sp.csr_matrix((np.ones(len(users), np.float32), (users, np.asarray(item_idx))),
-                      shape=(int(users.max(initial=-1)) + 1, num_items + 1))
+    x = sp.csr_matrix(
+        (np.ones(len(users), np.float32), (users, np.asarray(item_idx))),
+        shape=(int(users.max(initial=-1)) + 1, num_items + 1),
+    )
     b = ease_weights(x, lam)
     b[0, :] = 0.0
     b[:, 0] = 0.0
@@ -220,7 +281,9 @@ def _set_entries(values: tf.Tensor, columns: tf.Tensor, value: float) -> tf.Tens
     """``values`` [B, N] with ``value`` at each (row, columns[row, j]); a scatter, far cheaper than a dense mask."""
     rows = tf.broadcast_to(tf.range(tf.shape(columns)[0])[:, None], tf.shape(columns))
     indices = tf.reshape(tf.stack([rows, columns], axis=-1), [-1, 2])
-    return tf.tensor_scatter_nd_update(values, indices, tf.fill([tf.shape(indices)[0]], tf.cast(value, values.dtype)))
+    return tf.tensor_scatter_nd_update(
+        values, indices, tf.fill([tf.shape(indices)[0]], tf.cast(value, values.dtype))
+    )
 
 
 def user_vector(tower_output: tf.Tensor, params: TwoTowerParams) -> tf.Tensor:
@@ -245,9 +308,16 @@ def item_vector(tower_output: tf.Tensor, params: TwoTowerParams) -> tf.Tensor:
 class TwoTowerModel(keras.Model):
     """Receives its towers; ``call`` gives user embeddings, ``compute_loss`` scores them against the catalogue."""
 
-    def __init__(self, user_tower: UserTower, item_tower: ItemTower, catalogue: dict[str, np.ndarray],
-                 params: TwoTowerParams, item_log_q: np.ndarray | None = None, wide: np.ndarray | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        user_tower: UserTower,
+        item_tower: ItemTower,
+        catalogue: dict[str, np.ndarray],
+        params: TwoTowerParams,
+        item_log_q: np.ndarray | None = None,
+        wide: np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.user_tower = user_tower
         self.item_tower = item_tower
@@ -255,14 +325,26 @@ class TwoTowerModel(keras.Model):
         self.num_items = len(catalogue[F.ITEM_IDX]) - 1
         self.catalogue = {name: tf.constant(value) for name, value in catalogue.items()}
         self.full_softmax = self.num_items <= params.full_softmax_max_items
-        log_q = np.zeros(self.num_items + 1, np.float32) if item_log_q is None else item_log_q.astype(np.float32)
+        log_q = (
+            np.zeros(self.num_items + 1, np.float32) if item_log_q is None else item_log_q.astype(np.float32)
+        )
         self.item_log_q = tf.constant(log_q)
         self.wide = None
         if wide is not None:
-            self.wide = self.add_weight(shape=wide.shape, initializer=keras.initializers.Constant(wide),
-                                        trainable=False, name="wide_item_item", dtype="float32")
-        self.blend = self.add_weight(shape=(), initializer=keras.initializers.Constant(
-            params.blend if params.blend >= 0 else 0.5), trainable=False, name="blend", dtype="float32")
+            self.wide = self.add_weight(
+                shape=wide.shape,
+                initializer=keras.initializers.Constant(wide),
+                trainable=False,
+                name="wide_item_item",
+                dtype="float32",
+            )
+        self.blend = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(params.blend if params.blend >= 0 else 0.5),
+            trainable=False,
+            name="blend",
+            dtype="float32",
+        )
 
     # -- embeddings in float32 and on the logit scale (temperature folded into the user side) --
     def user_vectors(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
@@ -274,7 +356,9 @@ class TwoTowerModel(keras.Model):
     def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         return self.user_vectors(inputs, training=training)
 
-    def catalogue_logits(self, inputs: dict[str, tf.Tensor], user: tf.Tensor, training: bool = False) -> tf.Tensor:
+    def catalogue_logits(
+        self, inputs: dict[str, tf.Tensor], user: tf.Tensor, training: bool = False
+    ) -> tf.Tensor:
         """Deep logits of every catalogue item [B, N+1] (column 0, padding, is -inf)."""
         logits = tf.matmul(user, self.item_vectors(self.catalogue, training=training), transpose_b=True)
         return tf.concat([tf.fill([tf.shape(logits)[0], 1], -np.inf), logits[:, 1:]], axis=1)
@@ -291,7 +375,9 @@ class TwoTowerModel(keras.Model):
             logits = self.catalogue_logits(x, user, training=training)
             positives = tf.gather(logits, targets, batch_dims=1)  # [B, T]
             excluded = [targets, tf.cast(x[F.SEEN], tf.int32)] if self.params.mask_seen else [targets]
-            negatives = _set_entries(logits, in_vocab(tf.concat(excluded, axis=1), self.num_items + 1), -np.inf)
+            negatives = _set_entries(
+                logits, in_vocab(tf.concat(excluded, axis=1), self.num_items + 1), -np.inf
+            )
         else:
             # in-batch candidates: every target of the batch, corrected by its sampling log-probability
             candidates = tf.reshape(targets, [-1])
@@ -313,21 +399,25 @@ class TwoTowerModel(keras.Model):
         return loss / tf.distribute.get_strategy().num_replicas_in_sync
 
     # -- evaluation helpers (numpy in, numpy out) --
-    def score_catalogue(self, user_inputs: dict[str, np.ndarray], batch_size: int = 1024,
-                        part: str = "final") -> np.ndarray:
+    def score_catalogue(
+        self, user_inputs: dict[str, np.ndarray], batch_size: int = 1024, part: str = "final"
+    ) -> np.ndarray:
         """[U, N+1] scores of every catalogue item: ``part`` = "deep", "wide" or "final" (what the export gives)."""
         out = []
         items = self.item_vectors(self.catalogue)
         for start in range(0, len(user_inputs[F.USER_IDX]), batch_size):
-            chunk = {k: tf.constant(v[start:start + batch_size]) for k, v in user_inputs.items()}
+            chunk = {k: tf.constant(v[start : start + batch_size]) for k, v in user_inputs.items()}
             user = self.user_vectors(chunk)
             if self.wide is None or part == "deep":
                 scores = tf.matmul(user, items, transpose_b=True)
             elif part == "wide":
                 scores = self.wide_scores(chunk[F.SEEN])
             else:
-                scores = tf.matmul(blended_user(user, self.wide_scores(chunk[F.SEEN]), items, self.blend),
-                                   wide_items(items, tf.range(self.num_items + 1)), transpose_b=True)
+                scores = tf.matmul(
+                    blended_user(user, self.wide_scores(chunk[F.SEEN]), items, self.blend),
+                    wide_items(items, tf.range(self.num_items + 1)),
+                    transpose_b=True,
+                )
             scores = scores.numpy()
             scores[:, 0] = -np.inf
             out.append(scores)
@@ -338,12 +428,14 @@ def _per_user_std(scores: tf.Tensor) -> tf.Tensor:
     return tf.maximum(tf.math.reduce_std(scores[:, 1:], axis=1, keepdims=True), 1e-6)
 
 
-def blended_user(user: tf.Tensor, wide_user_scores: tf.Tensor, catalogue_items: tf.Tensor,
-                 blend: tf.Tensor) -> tf.Tensor:
+def blended_user(
+    user: tf.Tensor, wide_user_scores: tf.Tensor, catalogue_items: tf.Tensor, blend: tf.Tensor
+) -> tf.Tensor:
     """[blend * u / sd(deep scores), (1 - blend) * x_u B / sd(wide scores)]: per-user calibrated parts."""
     deep_sd = _per_user_std(tf.matmul(user, catalogue_items, transpose_b=True))
-    return tf.concat([blend * user / deep_sd, (1.0 - blend) * wide_user_scores / _per_user_std(wide_user_scores)],
-                     axis=1)
+    return tf.concat(
+        [blend * user / deep_sd, (1.0 - blend) * wide_user_scores / _per_user_std(wide_user_scores)], axis=1
+    )
 
 
 def wide_items(items: tf.Tensor, item_idx: tf.Tensor, vocab_size: int | None = None) -> tf.Tensor:
@@ -367,12 +459,20 @@ class TwoTowerScoring(ScoringModule):
         self.wide = model.wide
         self.blend = model.blend
         # the training catalogue's item vectors: the deep part's per-user scale is measured against them
-        self.catalogue_items = tf.Variable(model.item_vectors(model.catalogue), trainable=False) \
-            if model.wide is not None else None
+        self.catalogue_items = (
+            tf.Variable(model.item_vectors(model.catalogue), trainable=False)
+            if model.wide is not None
+            else None
+        )
 
     def _users(self, user_idx, history, seen, age_bucket_idx, region_idx):  # type: ignore[no-untyped-def]
-        inputs = {F.USER_IDX: user_idx, F.HISTORY: history, F.SEEN: seen, F.AGE_BUCKET_IDX: age_bucket_idx,
-                  F.REGION_IDX: region_idx}
+        inputs = {
+            F.USER_IDX: user_idx,
+            F.HISTORY: history,
+            F.SEEN: seen,
+            F.AGE_BUCKET_IDX: age_bucket_idx,
+            F.REGION_IDX: region_idx,
+        }
         u = user_vector(self.user_tower(inputs, training=False), self.params)
         if self.wide is None:
             return u
@@ -380,8 +480,13 @@ class TwoTowerScoring(ScoringModule):
         return blended_user(u, wide_scores, self.catalogue_items, self.blend)
 
     def _items(self, item_idx, category_idx, price_bucket, title_tokens, age_days):  # type: ignore[no-untyped-def]
-        inputs = {F.ITEM_IDX: item_idx, F.CATEGORY_IDX: category_idx, F.PRICE_BUCKET: price_bucket,
-                  F.TITLE_TOKENS: title_tokens, F.AGE_DAYS: age_days}
+        inputs = {
+            F.ITEM_IDX: item_idx,
+            F.CATEGORY_IDX: category_idx,
+            F.PRICE_BUCKET: price_bucket,
+            F.TITLE_TOKENS: title_tokens,
+            F.AGE_DAYS: age_days,
+        }
         v = item_vector(self.item_tower(inputs, training=False), self.params)
         if self.wide is None:
             return v

@@ -15,76 +15,96 @@ import pyarrow as pa
 
 IDS = pa.list_(pa.int32())
 
-DAILY_INTERACTION = pa.schema([  # one day's aggregate per (user, item); computed once per day, reused
-    pa.field("user_id", pa.string(), nullable=False),
-    pa.field("item_id", pa.string(), nullable=False),
-    pa.field("strength", pa.float64(), nullable=False),  # sum of event-type strengths that day
-    pa.field("events", pa.int64(), nullable=False),
-    pa.field("last_time", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("first_time", pa.timestamp("us", tz="UTC"), nullable=False),  # orders the day's items in histories
-])
+DAILY_INTERACTION = pa.schema(
+    [  # one day's aggregate per (user, item); computed once per day, reused
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("strength", pa.float64(), nullable=False),  # sum of event-type strengths that day
+        pa.field("events", pa.int64(), nullable=False),
+        pa.field("last_time", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field(
+            "first_time", pa.timestamp("us", tz="UTC"), nullable=False
+        ),  # orders the day's items in histories
+    ]
+)
 
-VOCAB_USER = pa.schema([
-    pa.field("user_id", pa.string(), nullable=False),
-    pa.field("user_idx", pa.int32(), nullable=False),
-    pa.field("first_seen", pa.date32(), nullable=False),
-])
-VOCAB_ITEM = pa.schema([
-    pa.field("item_id", pa.string(), nullable=False),
-    pa.field("item_idx", pa.int32(), nullable=False),
-    pa.field("first_seen", pa.date32(), nullable=False),
-])
+VOCAB_USER = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("first_seen", pa.date32(), nullable=False),
+    ]
+)
+VOCAB_ITEM = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("item_idx", pa.int32(), nullable=False),
+        pa.field("first_seen", pa.date32(), nullable=False),
+    ]
+)
 
-ITEM_FEATURE = pa.schema([
-    pa.field("item_idx", pa.int32(), nullable=False),
-    pa.field("item_id", pa.string(), nullable=False),
-    pa.field("category", pa.string()),
-    pa.field("category_idx", pa.int32(), nullable=False),  # 0 = unknown
-    pa.field("price_bucket", pa.int32(), nullable=False),  # 0 = no price
-    pa.field("title_tokens", IDS, nullable=False),  # hashed title tokens in [1, title_hash_buckets]
-    pa.field("age_days", pa.float32(), nullable=False),  # days since publish_time at the run date
-    pa.field("available", pa.bool_(), nullable=False),
-    pa.field("popularity", pa.float64(), nullable=False),  # decayed strength over the window through D
-    pa.field("title", pa.string()),
-])
+ITEM_FEATURE = pa.schema(
+    [
+        pa.field("item_idx", pa.int32(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("category", pa.string()),
+        pa.field("category_idx", pa.int32(), nullable=False),  # 0 = unknown
+        pa.field("price_bucket", pa.int32(), nullable=False),  # 0 = no price
+        pa.field("title_tokens", IDS, nullable=False),  # hashed title tokens in [1, title_hash_buckets]
+        pa.field("age_days", pa.float32(), nullable=False),  # days since publish_time at the run date
+        pa.field("available", pa.bool_(), nullable=False),
+        pa.field("popularity", pa.float64(), nullable=False),  # decayed strength over the window through D
+        pa.field("title", pa.string()),
+    ]
+)
 
-USER_FEATURE = pa.schema([
-    pa.field("user_idx", pa.int32(), nullable=False),
-    pa.field("user_id", pa.string(), nullable=False),
-    pa.field("age_bucket_idx", pa.int32(), nullable=False),  # 0 = unknown
-    pa.field("region_idx", pa.int32(), nullable=False),  # 0 = unknown
-    pa.field("segment", pa.string(), nullable=False),  # cold-start segment, e.g. "25-34|north"
-])
+USER_FEATURE = pa.schema(
+    [
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("age_bucket_idx", pa.int32(), nullable=False),  # 0 = unknown
+        pa.field("region_idx", pa.int32(), nullable=False),  # 0 = unknown
+        pa.field("segment", pa.string(), nullable=False),  # cold-start segment, e.g. "25-34|north"
+    ]
+)
 
-INTERACTION = pa.schema([  # the training window (days before D) aggregated per (user, item)
-    pa.field("user_idx", pa.int32(), nullable=False),
-    pa.field("item_idx", pa.int32(), nullable=False),
-    pa.field("strength", pa.float64(), nullable=False),  # time-decayed to D
-    pa.field("events", pa.int64(), nullable=False),
-    pa.field("last_time", pa.timestamp("us", tz="UTC"), nullable=False),
-])
+INTERACTION = pa.schema(
+    [  # the training window (days before D) aggregated per (user, item)
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("item_idx", pa.int32(), nullable=False),
+        pa.field("strength", pa.float64(), nullable=False),  # time-decayed to D
+        pa.field("events", pa.int64(), nullable=False),
+        pa.field("last_time", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
 
-TRAIN_EXAMPLE = pa.schema([  # one positive (user, next item) with the history before it
-    pa.field("user_idx", pa.int32(), nullable=False),
-    pa.field("history", IDS, nullable=False),
-    pa.field("item_idx", pa.int32(), nullable=False),
-    pa.field("weight", pa.float32(), nullable=False),
-    pa.field("event_time", pa.timestamp("us", tz="UTC"), nullable=False),
-])
+TRAIN_EXAMPLE = pa.schema(
+    [  # one positive (user, next item) with the history before it
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("history", IDS, nullable=False),
+        pa.field("item_idx", pa.int32(), nullable=False),
+        pa.field("weight", pa.float32(), nullable=False),
+        pa.field("event_time", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
 
-VALIDATION_EXAMPLE = pa.schema([  # per user active on day D: state before D and what they took up on D
-    pa.field("user_idx", pa.int32(), nullable=False),
-    pa.field("history", IDS, nullable=False),  # through D-1
-    pa.field("seen", IDS, nullable=False),  # distinct items in the window before D (excluded at eval)
-    pa.field("targets", IDS, nullable=False),  # distinct items on D not in seen
-])
+VALIDATION_EXAMPLE = pa.schema(
+    [  # per user active on day D: state before D and what they took up on D
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("history", IDS, nullable=False),  # through D-1
+        pa.field("seen", IDS, nullable=False),  # distinct items in the window before D (excluded at eval)
+        pa.field("targets", IDS, nullable=False),  # distinct items on D not in seen
+    ]
+)
 
-USER_HISTORY = pa.schema([  # scoring input: state through D
-    pa.field("user_idx", pa.int32(), nullable=False),
-    pa.field("user_id", pa.string(), nullable=False),
-    pa.field("history", IDS, nullable=False),
-    pa.field("seen", IDS, nullable=False),  # distinct items in the window through D (excluded at scoring)
-])
+USER_HISTORY = pa.schema(
+    [  # scoring input: state through D
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("history", IDS, nullable=False),
+        pa.field("seen", IDS, nullable=False),  # distinct items in the window through D (excluded at scoring)
+    ]
+)
 
 
 def pad_ids(lists: Iterable[Sequence[int] | None], length: int) -> np.ndarray:
@@ -100,5 +120,5 @@ def pad_ids(lists: Iterable[Sequence[int] | None], length: int) -> np.ndarray:
             continue
         tail = list(ids)[-length:]
         if tail:
-            out[i, length - len(tail):] = tail
+            out[i, length - len(tail) :] = tail
     return out

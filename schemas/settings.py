@@ -37,7 +37,7 @@ class Settings:
     events_per_day: int = 70_000
     compress: bool = False  # gzip the generated raw event files (part-00000.jsonl.gz)
     corrupt_share: float = 0.0  # share of bad rows the generator mixes into raw events (0 = clean)
-    # MovieLens input for jobs.movielens: the ml-100k folder or a folder holding it (never committed)
+    # MovieLens input for demo.movielens: the ml-100k folder or a folder holding it (never committed)
     movielens_dir: str = str(REPO_ROOT.parent / "shared" / "data")
     # cleaning
     bot_events_per_minute: int = 30
@@ -75,20 +75,41 @@ class Settings:
     score_block_users: int = 4096
     max_cold_start_share: float = 0.5
     # validation (Great Expectations suites in schemas/suites.py, run by jobs/validate.py)
-    validation_engine: str = "pandas"  # pandas: pyarrow read, no JVM start; spark: for tables too big for one process
-    volume_band: float = 0.5  # day's clean rows must lie within median*(1 -/+ band) of the previous days' counts
+    validation_engine: str = (
+        "pandas"  # pandas: pyarrow read, no JVM start; spark: for tables too big for one process
+    )
+    volume_band: float = (
+        0.5  # day's clean rows must lie within median*(1 -/+ band) of the previous days' counts
+    )
     volume_history_days: int = 7  # how many earlier daily partitions the median is taken over
     volume_min_history: int = 3  # with fewer earlier partitions than this, only "not empty" is checked
-    raw_max_bad_share: float = 0.05  # share of raw lines that may be unparseable or incomplete (cleaning quarantines)
+    raw_max_bad_share: float = (
+        0.05  # share of raw lines that may be unparseable or incomplete (cleaning quarantines)
+    )
     min_recall_at_k: float = 0.01  # absolute floor for the best model's Recall@eval_k
     min_ndcg_at_k: float = 0.005  # absolute floor for the best model's nDCG@eval_k
-    min_lift_over_popularity: float = 0.0  # best model's Recall/nDCG minus popularity's must be >= this (-1: off)
+    min_lift_over_popularity: float = (
+        0.0  # best model's Recall/nDCG minus popularity's must be >= this (-1: off)
+    )
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
             raise ValueError(f"scenario must be one of {SCENARIOS}, got {self.scenario!r}")
-        positive = ("users", "items", "days", "events_per_day", "window_days", "history_length", "top_n",
-                    "embedding_dim", "epochs", "batch_size", "eval_k", "similar_items_n", "score_block_users")
+        positive = (
+            "users",
+            "items",
+            "days",
+            "events_per_day",
+            "window_days",
+            "history_length",
+            "top_n",
+            "embedding_dim",
+            "epochs",
+            "batch_size",
+            "eval_k",
+            "similar_items_n",
+            "score_block_users",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -99,7 +120,9 @@ class Settings:
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
-    def load(cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    ) -> Settings:
         """Defaults, then ``RECFLOW_*`` environment variables, then ``overrides`` (None values are ignored)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
@@ -192,4 +215,6 @@ def _coerce(name: str, typ: Any, value: Any) -> Any:
             raise ValueError(value)
         return typ(value)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"setting {name!r}: cannot read {value!r} as {getattr(typ, '__name__', typ)}") from err
+        raise ValueError(
+            f"setting {name!r}: cannot read {value!r} as {getattr(typ, '__name__', typ)}"
+        ) from err

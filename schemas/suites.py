@@ -49,128 +49,187 @@ IS_COLD_START = "is_cold_start"  # 1 when the row came from the cold-start strat
 # ---- raw events: the parsed JSON lines of raw/events/dt=D --------------------------------------------------
 # Cleaning quarantines bad lines, so most checks allow a share of bad rows; a larger share means the
 # producer broke (format change, renamed field, new event vocabulary), which cleaning would turn into silent loss.
-RAW_EVENTS = gx.ExpectationSuite(name="raw_events", expectations=[
-    gxe.ExpectTableRowCountToBeBetween(min_value=1),
-    gxe.ExpectColumnValuesToBeInSet(column=RAW_PARSED, value_set=[True], mostly=_param("min_good_share")),
-    *[gxe.ExpectColumnValuesToNotBeNull(column=name, mostly=_param("min_good_share"))
-      for name in REQUIRED_EVENT_FIELDS],
-    gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=_param("event_types"),
-                                    mostly=_param("min_good_share")),
-    gxe.ExpectColumnValuesToBeInSet(column=RAW_TIME_VALID, value_set=[True], mostly=_param("min_good_share")),
-    gxe.ExpectColumnValuesToNotBeInSet(column="user_id", value_set=list(PLACEHOLDER_IDS),
-                                       mostly=_param("min_good_share")),
-])
+RAW_EVENTS = gx.ExpectationSuite(
+    name="raw_events",
+    expectations=[
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnValuesToBeInSet(column=RAW_PARSED, value_set=[True], mostly=_param("min_good_share")),
+        *[
+            gxe.ExpectColumnValuesToNotBeNull(column=name, mostly=_param("min_good_share"))
+            for name in REQUIRED_EVENT_FIELDS
+        ],
+        gxe.ExpectColumnValuesToBeInSet(
+            column="event_type", value_set=_param("event_types"), mostly=_param("min_good_share")
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column=RAW_TIME_VALID, value_set=[True], mostly=_param("min_good_share")
+        ),
+        gxe.ExpectColumnValuesToNotBeInSet(
+            column="user_id", value_set=list(PLACEHOLDER_IDS), mostly=_param("min_good_share")
+        ),
+    ],
+)
 
 # ---- clean events: clean/events/dt=D ----------------------------------------------------------------------
-CLEAN_EVENTS = gx.ExpectationSuite(name="clean_events", expectations=[
-    # volume: within a band around the median of the previous days' counts (jobs/validate.py computes it)
-    gxe.ExpectTableRowCountToBeBetween(min_value=_param("min_rows"), max_value=_param("max_rows")),
-    *[gxe.ExpectColumnValuesToNotBeNull(column=f.name) for f in CLEAN_EVENT if not f.nullable],
-    gxe.ExpectColumnValuesToBeUnique(column="event_id"),
-    gxe.ExpectColumnValuesToNotBeInSet(column="user_id", value_set=list(PLACEHOLDER_IDS)),
-    gxe.ExpectColumnValuesToNotBeInSet(column="item_id", value_set=list(PLACEHOLDER_IDS)),
-    gxe.ExpectColumnValuesToBeInSet(column=ITEM_KNOWN, value_set=[True]),
-    gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=_param("event_types")),
-    # the run's day, [D 00:00, D+1 00:00) UTC
-    gxe.ExpectColumnValuesToBeBetween(column="event_time", min_value=_param("day_start"),
-                                      max_value=_param("day_end"), strict_max=True),
-    gxe.ExpectColumnValuesToBeBetween(column="price", min_value=0, max_value=_param("max_price")),
-])
+CLEAN_EVENTS = gx.ExpectationSuite(
+    name="clean_events",
+    expectations=[
+        # volume: within a band around the median of the previous days' counts (jobs/validate.py computes it)
+        gxe.ExpectTableRowCountToBeBetween(min_value=_param("min_rows"), max_value=_param("max_rows")),
+        *[gxe.ExpectColumnValuesToNotBeNull(column=f.name) for f in CLEAN_EVENT if not f.nullable],
+        gxe.ExpectColumnValuesToBeUnique(column="event_id"),
+        gxe.ExpectColumnValuesToNotBeInSet(column="user_id", value_set=list(PLACEHOLDER_IDS)),
+        gxe.ExpectColumnValuesToNotBeInSet(column="item_id", value_set=list(PLACEHOLDER_IDS)),
+        gxe.ExpectColumnValuesToBeInSet(column=ITEM_KNOWN, value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=_param("event_types")),
+        # the run's day, [D 00:00, D+1 00:00) UTC
+        gxe.ExpectColumnValuesToBeBetween(
+            column="event_time", min_value=_param("day_start"), max_value=_param("day_end"), strict_max=True
+        ),
+        gxe.ExpectColumnValuesToBeBetween(column="price", min_value=0, max_value=_param("max_price")),
+    ],
+)
+
 
 # ---- features: five tables of features/*/dt=D ---------------------------------------------------------------
 def _vocabulary_suite(name: str, id_column: str, idx_column: str) -> gx.ExpectationSuite:
     """Indices are 1..rows (unique, >= 1, max <= rows) and the vocabulary never shrinks vs the previous dt."""
-    return gx.ExpectationSuite(name=name, expectations=[
-        gxe.ExpectTableRowCountToBeBetween(min_value=_param("previous_rows")),
-        gxe.ExpectColumnValuesToNotBeNull(column=id_column),
-        gxe.ExpectColumnValuesToNotBeNull(column=idx_column),
-        gxe.ExpectColumnValuesToBeUnique(column=id_column),
-        gxe.ExpectColumnValuesToBeUnique(column=idx_column),
-        gxe.ExpectColumnMinToBeBetween(column=idx_column, min_value=1),
-        gxe.ExpectColumnMaxToBeBetween(column=idx_column, min_value=_param("previous_max_idx"),
-                                       max_value=_param("rows")),
-    ])
+    return gx.ExpectationSuite(
+        name=name,
+        expectations=[
+            gxe.ExpectTableRowCountToBeBetween(min_value=_param("previous_rows")),
+            gxe.ExpectColumnValuesToNotBeNull(column=id_column),
+            gxe.ExpectColumnValuesToNotBeNull(column=idx_column),
+            gxe.ExpectColumnValuesToBeUnique(column=id_column),
+            gxe.ExpectColumnValuesToBeUnique(column=idx_column),
+            gxe.ExpectColumnMinToBeBetween(column=idx_column, min_value=1),
+            gxe.ExpectColumnMaxToBeBetween(
+                column=idx_column, min_value=_param("previous_max_idx"), max_value=_param("rows")
+            ),
+        ],
+    )
 
 
 VOCAB_ITEMS = _vocabulary_suite("features_vocab_items", "item_id", "item_idx")
 VOCAB_USERS = _vocabulary_suite("features_vocab_users", "user_id", "user_idx")
 
-ITEM_FEATURES = gx.ExpectationSuite(name="features_items", expectations=[
-    gxe.ExpectTableRowCountToBeBetween(min_value=1),
-    gxe.ExpectColumnValuesToBeUnique(column="item_idx"),
-    gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
-    gxe.ExpectColumnValuesToBeBetween(column="item_idx", min_value=1, max_value=_param("max_item_idx")),
-    gxe.ExpectColumnValuesToBeBetween(column="price_bucket", min_value=0, max_value=_param("price_buckets")),
-    gxe.ExpectColumnValuesToBeBetween(column="category_idx", min_value=0),
-    gxe.ExpectColumnValuesToBeBetween(column="popularity", min_value=0),
-    gxe.ExpectColumnValuesToNotBeNull(column="available"),
-])
+ITEM_FEATURES = gx.ExpectationSuite(
+    name="features_items",
+    expectations=[
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnValuesToBeUnique(column="item_idx"),
+        gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
+        gxe.ExpectColumnValuesToBeBetween(column="item_idx", min_value=1, max_value=_param("max_item_idx")),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="price_bucket", min_value=0, max_value=_param("price_buckets")
+        ),
+        gxe.ExpectColumnValuesToBeBetween(column="category_idx", min_value=0),
+        gxe.ExpectColumnValuesToBeBetween(column="popularity", min_value=0),
+        gxe.ExpectColumnValuesToNotBeNull(column="available"),
+    ],
+)
 
-TRAIN_EXAMPLES = gx.ExpectationSuite(name="features_train_examples", expectations=[
-    gxe.ExpectTableRowCountToBeBetween(min_value=1),
-    gxe.ExpectColumnValuesToBeBetween(column="user_idx", min_value=1, max_value=_param("max_user_idx")),
-    gxe.ExpectColumnValuesToBeBetween(column="item_idx", min_value=1, max_value=_param("max_item_idx")),
-    gxe.ExpectColumnValuesToBeBetween(column=HISTORY_MIN, min_value=0),
-    gxe.ExpectColumnValuesToBeBetween(column=HISTORY_MAX, min_value=0, max_value=_param("max_item_idx")),
-    gxe.ExpectColumnValuesToBeBetween(column="weight", min_value=0, strict_min=True),
-    # training examples come from the window's days before D
-    gxe.ExpectColumnValuesToBeBetween(column="event_time", min_value=_param("window_start"),
-                                      max_value=_param("day_start"), strict_max=True),
-])
+TRAIN_EXAMPLES = gx.ExpectationSuite(
+    name="features_train_examples",
+    expectations=[
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="user_idx", min_value=1, max_value=_param("max_user_idx")),
+        gxe.ExpectColumnValuesToBeBetween(column="item_idx", min_value=1, max_value=_param("max_item_idx")),
+        gxe.ExpectColumnValuesToBeBetween(column=HISTORY_MIN, min_value=0),
+        gxe.ExpectColumnValuesToBeBetween(column=HISTORY_MAX, min_value=0, max_value=_param("max_item_idx")),
+        gxe.ExpectColumnValuesToBeBetween(column="weight", min_value=0, strict_min=True),
+        # training examples come from the window's days before D
+        gxe.ExpectColumnValuesToBeBetween(
+            column="event_time",
+            min_value=_param("window_start"),
+            max_value=_param("day_start"),
+            strict_max=True,
+        ),
+    ],
+)
 
-USER_HISTORIES = gx.ExpectationSuite(name="features_user_histories", expectations=[
-    gxe.ExpectTableRowCountToBeBetween(min_value=1),
-    gxe.ExpectColumnValuesToBeUnique(column="user_idx"),
-    gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
-    gxe.ExpectColumnValuesToBeBetween(column="user_idx", min_value=1, max_value=_param("max_user_idx")),
-    gxe.ExpectColumnValuesToBeBetween(column=HISTORY_MIN, min_value=0),
-    gxe.ExpectColumnValuesToBeBetween(column=HISTORY_MAX, min_value=0, max_value=_param("max_item_idx")),
-    gxe.ExpectColumnValuesToBeBetween(column=SEEN_MIN, min_value=1),
-    gxe.ExpectColumnValuesToBeBetween(column=SEEN_MAX, min_value=1, max_value=_param("max_item_idx")),
-])
+USER_HISTORIES = gx.ExpectationSuite(
+    name="features_user_histories",
+    expectations=[
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnValuesToBeUnique(column="user_idx"),
+        gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
+        gxe.ExpectColumnValuesToBeBetween(column="user_idx", min_value=1, max_value=_param("max_user_idx")),
+        gxe.ExpectColumnValuesToBeBetween(column=HISTORY_MIN, min_value=0),
+        gxe.ExpectColumnValuesToBeBetween(column=HISTORY_MAX, min_value=0, max_value=_param("max_item_idx")),
+        gxe.ExpectColumnValuesToBeBetween(column=SEEN_MIN, min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column=SEEN_MAX, min_value=1, max_value=_param("max_item_idx")),
+    ],
+)
 
 # ---- model metrics: metrics/dt=D reduced to the best candidate/production model ---------------------------
-MODEL_METRICS = gx.ExpectationSuite(name="model_metrics", expectations=[
-    gxe.ExpectTableRowCountToEqual(value=1),  # a candidate or production model was evaluated
-    gxe.ExpectColumnValuesToBeBetween(column=RECALL, min_value=_param("min_recall"), max_value=1),
-    gxe.ExpectColumnValuesToBeBetween(column=NDCG, min_value=_param("min_ndcg"), max_value=1),
-    gxe.ExpectColumnValuesToNotBeNull(column=RECALL_LIFT),  # popularity was evaluated too
-    gxe.ExpectColumnValuesToBeBetween(column=RECALL_LIFT, min_value=_param("min_lift")),
-    gxe.ExpectColumnValuesToBeBetween(column=NDCG_LIFT, min_value=_param("min_lift")),
-])
+MODEL_METRICS = gx.ExpectationSuite(
+    name="model_metrics",
+    expectations=[
+        gxe.ExpectTableRowCountToEqual(value=1),  # a candidate or production model was evaluated
+        gxe.ExpectColumnValuesToBeBetween(column=RECALL, min_value=_param("min_recall"), max_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column=NDCG, min_value=_param("min_ndcg"), max_value=1),
+        gxe.ExpectColumnValuesToNotBeNull(column=RECALL_LIFT),  # popularity was evaluated too
+        gxe.ExpectColumnValuesToBeBetween(column=RECALL_LIFT, min_value=_param("min_lift")),
+        gxe.ExpectColumnValuesToBeBetween(column=NDCG_LIFT, min_value=_param("min_lift")),
+    ],
+)
 
 # ---- recommendations: the staging copy of recommendations/dt=D, before publish -----------------------------
-RECOMMENDATIONS = gx.ExpectationSuite(name="recommendations", expectations=[
-    gxe.ExpectTableRowCountToBeBetween(min_value=1),
-    *[gxe.ExpectColumnValuesToNotBeNull(column=name)
-      for name in ("user_id", "rank", "item_id", "score", "model_version", "strategy", "generated_at")],
-    gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id"]),  # no item twice for a user
-    gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "rank"]),
-    # every user with history is in the table (expected_users = users with history + the table's cold users)
-    gxe.ExpectColumnUniqueValueCountToBeBetween(column="user_id", min_value=_param("expected_users")),
-    # top_n rows per user, fewer only when the available unseen catalogue is smaller (rows_short = 0);
-    # with a per-category cap the table may be short by design (max_rows_short = top_n then)
-    gxe.ExpectColumnValuesToBeBetween(column=USER_ROWS, min_value=1, max_value=_param("top_n")),
-    gxe.ExpectColumnValuesToBeBetween(column=ROWS_SHORT, min_value=0, max_value=_param("max_rows_short")),
-    gxe.ExpectColumnValuesToBeBetween(column="rank", min_value=1, max_value=_param("top_n")),
-    gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A=USER_ROWS, column_B="rank", or_equal=True),
-    gxe.ExpectColumnValuesToBeBetween(column=SCORE_RISE, max_value=_param("score_tolerance")),
-    gxe.ExpectColumnValuesToBeInSet(column=ITEM_KNOWN, value_set=[True]),
-    gxe.ExpectColumnValuesToBeInSet(column=ITEM_AVAILABLE, value_set=[True]),
-    gxe.ExpectColumnValuesToBeInSet(column=ITEM_SEEN, value_set=[False]),
-    gxe.ExpectColumnValuesToBeInSet(column="strategy", value_set=list(STRATEGIES)),
-    gxe.ExpectColumnMeanToBeBetween(column=IS_COLD_START, min_value=0, max_value=_param("max_cold_start_share")),
-])
+RECOMMENDATIONS = gx.ExpectationSuite(
+    name="recommendations",
+    expectations=[
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        *[
+            gxe.ExpectColumnValuesToNotBeNull(column=name)
+            for name in ("user_id", "rank", "item_id", "score", "model_version", "strategy", "generated_at")
+        ],
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id"]),  # no item twice for a user
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "rank"]),
+        # every user with history is in the table (expected_users = users with history + the table's cold users)
+        gxe.ExpectColumnUniqueValueCountToBeBetween(column="user_id", min_value=_param("expected_users")),
+        # top_n rows per user, fewer only when the available unseen catalogue is smaller (rows_short = 0);
+        # with a per-category cap the table may be short by design (max_rows_short = top_n then)
+        gxe.ExpectColumnValuesToBeBetween(column=USER_ROWS, min_value=1, max_value=_param("top_n")),
+        gxe.ExpectColumnValuesToBeBetween(column=ROWS_SHORT, min_value=0, max_value=_param("max_rows_short")),
+        gxe.ExpectColumnValuesToBeBetween(column="rank", min_value=1, max_value=_param("top_n")),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A=USER_ROWS, column_B="rank", or_equal=True),
+        gxe.ExpectColumnValuesToBeBetween(column=SCORE_RISE, max_value=_param("score_tolerance")),
+        gxe.ExpectColumnValuesToBeInSet(column=ITEM_KNOWN, value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column=ITEM_AVAILABLE, value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column=ITEM_SEEN, value_set=[False]),
+        gxe.ExpectColumnValuesToBeInSet(column="strategy", value_set=list(STRATEGIES)),
+        gxe.ExpectColumnMeanToBeBetween(
+            column=IS_COLD_START, min_value=0, max_value=_param("max_cold_start_share")
+        ),
+    ],
+)
 
 # ---- the names jobs/validate.py accepts: a group validates one table per suite ------------------------------
-SUITES: dict[str, gx.ExpectationSuite] = {s.name: s for s in (
-    RAW_EVENTS, CLEAN_EVENTS, VOCAB_ITEMS, VOCAB_USERS, ITEM_FEATURES, TRAIN_EXAMPLES, USER_HISTORIES,
-    MODEL_METRICS, RECOMMENDATIONS)}
+SUITES: dict[str, gx.ExpectationSuite] = {
+    s.name: s
+    for s in (
+        RAW_EVENTS,
+        CLEAN_EVENTS,
+        VOCAB_ITEMS,
+        VOCAB_USERS,
+        ITEM_FEATURES,
+        TRAIN_EXAMPLES,
+        USER_HISTORIES,
+        MODEL_METRICS,
+        RECOMMENDATIONS,
+    )
+}
 SUITE_GROUPS: dict[str, tuple[str, ...]] = {
     "raw": ("raw_events",),
     "clean": ("clean_events",),
-    "features": ("features_vocab_items", "features_vocab_users", "features_items", "features_train_examples",
-                 "features_user_histories"),
+    "features": (
+        "features_vocab_items",
+        "features_vocab_users",
+        "features_items",
+        "features_train_examples",
+        "features_user_histories",
+    ),
     "metrics": ("model_metrics",),
     "recommendations": ("recommendations",),
 }

@@ -44,14 +44,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     finally:
         del _main.__file__
 
-SHARED_DATA = Path(os.environ.get("RECFLOW_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get("RECFLOW_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 
 
 @pytest.fixture(scope="session")
 def spark() -> Iterator[object]:
     from pyspark.sql import SparkSession
 
-    from jobs.class_archive import spark_jvm_options
+    from storage.spark_jvm import spark_jvm_options
 
     session = (
         SparkSession.builder.master("local[2]")
@@ -85,16 +87,18 @@ def tmp_lake(tmp_path: Path) -> str:
 def movielens_dir() -> Path:
     """``../shared/data`` (or RECFLOW_SHARED_DATA); tests that need it skip with a clear message without it."""
     if not (SHARED_DATA / "ml-100k-split" / "train.tsv").exists():
-        pytest.skip(f"MovieLens data not found at {SHARED_DATA} (set RECFLOW_SHARED_DATA); licence forbids shipping it")
+        pytest.skip(
+            f"MovieLens data not found at {SHARED_DATA} (set RECFLOW_SHARED_DATA); licence forbids shipping it"
+        )
     return SHARED_DATA
 
 
 # ---- Airflow: one metadata DB and one tiny end-to-end run for the whole session ----------------------------------
 @pytest.fixture(scope="session")
 def dagbag() -> Any:
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.dagbag import BundleDagBag
 
-    return DagBag(dag_folder=str(DAGS))
+    return BundleDagBag(dag_folder=str(DAGS), bundle_path=DAGS)  # as Airflow parses a bundle
 
 
 @pytest.fixture(scope="session")
@@ -102,15 +106,29 @@ def airflow_db() -> str:
     """A migrated SQLite metadata DB in the tests' Airflow home (``dag.test`` needs one)."""
     home = os.environ["AIRFLOW_HOME"]
     Path(home).mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
-                   stdout=subprocess.DEVNULL, env=dict(os.environ))
+    subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env=dict(os.environ),
+    )
     return home
 
 
 # Tiny sizes and relaxed quality thresholds: the run must finish in minutes, not prove model quality.
-TINY_NIGHTLY = {"users": 300, "items": 200, "events_per_day": 4000, "window_days": 3, "epochs": 2, "top_n": 10,
-                "min_recall_at_k": 0.0, "min_ndcg_at_k": 0.0, "min_lift_over_popularity": -1.0,
-                "max_cold_start_share": 1.0, "volume_band": 0.9}
+TINY_NIGHTLY = {
+    "users": 300,
+    "items": 200,
+    "events_per_day": 4000,
+    "window_days": 3,
+    "epochs": 2,
+    "top_n": 10,
+    "min_recall_at_k": 0.0,
+    "min_ndcg_at_k": 0.0,
+    "min_lift_over_popularity": -1.0,
+    "max_cold_start_share": 1.0,
+    "volume_band": 0.9,
+}
 TINY_RUN_DATE = "2026-01-08"
 
 
@@ -125,7 +143,8 @@ def run_nightly(dagbag: Any, lake_root: str, run_date: str, **conf: Any) -> Any:
     try:
         logical_date = dt.datetime.fromisoformat(run_date).replace(tzinfo=dt.UTC) + dt.timedelta(days=1)
         return dagbag.dags["recflow_nightly"].test(
-            logical_date=logical_date, run_conf={**TINY_NIGHTLY, "run_date": run_date, **conf})
+            logical_date=logical_date, run_conf={**TINY_NIGHTLY, "run_date": run_date, **conf}
+        )
     finally:
         for name, value in saved.items():
             if value is None:

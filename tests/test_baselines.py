@@ -10,11 +10,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from models import baselines, lake_io
+from models import baselines
 from models.evaluate import item_inputs, topk_for, user_inputs
 from schemas import features as fs
 from schemas import lake
 from schemas.settings import Settings
+from storage import lake_io
 
 pytestmark = pytest.mark.tf
 
@@ -35,36 +36,88 @@ def clustered_interactions(seed: int = 0) -> tuple[list[list[int]], list[list[in
         order = rng.permutation(cluster).tolist()
         taken = 1 if user <= 6 else 4
         window.append(order[:taken])
-        targets.append(order[taken:taken + 2])
+        targets.append(order[taken : taken + 2])
     return window, targets
 
 
-def write_feature_lake(root: str, run_date: str = RUN_DATE, seed: int = 0, unavailable: tuple[int, ...] = ()) -> Settings:
+def write_feature_lake(
+    root: str, run_date: str = RUN_DATE, seed: int = 0, unavailable: tuple[int, ...] = ()
+) -> Settings:
     """The four feature partitions evaluation and the baselines read, for a tiny clustered world."""
     window, targets = clustered_interactions(seed)
     settings = Settings.load({"lake_root": root, "run_date": run_date, "window_days": 3, "eval_k": 3})
     when = dt.datetime(2026, 1, 13, 12, tzinfo=dt.UTC)
     pairs = [(u, i) for u in range(1, N_USERS + 1) for i in window[u]]
-    lake_io.write_partition(pa.table({
-        "user_idx": [u for u, _ in pairs], "item_idx": [i for _, i in pairs], "strength": [1.0] * len(pairs),
-        "events": [1] * len(pairs), "last_time": [when] * len(pairs)}, schema=fs.INTERACTION),
-        root, lake.INTERACTIONS, run_date, fs.INTERACTION)
+    lake_io.write_partition(
+        pa.table(
+            {
+                "user_idx": [u for u, _ in pairs],
+                "item_idx": [i for _, i in pairs],
+                "strength": [1.0] * len(pairs),
+                "events": [1] * len(pairs),
+                "last_time": [when] * len(pairs),
+            },
+            schema=fs.INTERACTION,
+        ),
+        root,
+        lake.INTERACTIONS,
+        run_date,
+        fs.INTERACTION,
+    )
     items = list(range(1, N_ITEMS + 1))
-    lake_io.write_partition(pa.table({
-        "item_idx": items, "item_id": [f"i{i}" for i in items], "category": ["a" if i <= 6 else "b" for i in items],
-        "category_idx": [1 if i <= 6 else 2 for i in items], "price_bucket": [1] * N_ITEMS,
-        "title_tokens": [[i, i + 100] for i in items], "age_days": [1.0] * N_ITEMS, "available": [i not in unavailable for i in items],
-        "popularity": [1.0] * N_ITEMS, "title": [f"item {i}" for i in items]}, schema=fs.ITEM_FEATURE),
-        root, lake.ITEM_FEATURES, run_date, fs.ITEM_FEATURE)
+    lake_io.write_partition(
+        pa.table(
+            {
+                "item_idx": items,
+                "item_id": [f"i{i}" for i in items],
+                "category": ["a" if i <= 6 else "b" for i in items],
+                "category_idx": [1 if i <= 6 else 2 for i in items],
+                "price_bucket": [1] * N_ITEMS,
+                "title_tokens": [[i, i + 100] for i in items],
+                "age_days": [1.0] * N_ITEMS,
+                "available": [i not in unavailable for i in items],
+                "popularity": [1.0] * N_ITEMS,
+                "title": [f"item {i}" for i in items],
+            },
+            schema=fs.ITEM_FEATURE,
+        ),
+        root,
+        lake.ITEM_FEATURES,
+        run_date,
+        fs.ITEM_FEATURE,
+    )
     users = list(range(1, N_USERS + 1))
-    lake_io.write_partition(pa.table({
-        "user_idx": users, "user_id": [f"u{u}" for u in users], "age_bucket_idx": [1 + u % 2 for u in users],
-        "region_idx": [1] * N_USERS, "segment": [f"{u % 2}|north" for u in users]}, schema=fs.USER_FEATURE),
-        root, lake.USER_FEATURES, run_date, fs.USER_FEATURE)
-    lake_io.write_partition(pa.table({
-        "user_idx": users, "history": [window[u] for u in users], "seen": [window[u] for u in users],
-        "targets": [targets[u] for u in users]}, schema=fs.VALIDATION_EXAMPLE),
-        root, lake.VALIDATION, run_date, fs.VALIDATION_EXAMPLE)
+    lake_io.write_partition(
+        pa.table(
+            {
+                "user_idx": users,
+                "user_id": [f"u{u}" for u in users],
+                "age_bucket_idx": [1 + u % 2 for u in users],
+                "region_idx": [1] * N_USERS,
+                "segment": [f"{u % 2}|north" for u in users],
+            },
+            schema=fs.USER_FEATURE,
+        ),
+        root,
+        lake.USER_FEATURES,
+        run_date,
+        fs.USER_FEATURE,
+    )
+    lake_io.write_partition(
+        pa.table(
+            {
+                "user_idx": users,
+                "history": [window[u] for u in users],
+                "seen": [window[u] for u in users],
+                "targets": [targets[u] for u in users],
+            },
+            schema=fs.VALIDATION_EXAMPLE,
+        ),
+        root,
+        lake.VALIDATION,
+        run_date,
+        fs.VALIDATION_EXAMPLE,
+    )
     return settings
 
 
@@ -75,8 +128,14 @@ def tiny_matrix() -> tuple[np.ndarray, np.ndarray]:
 
 
 def recommend(module, seen: list[list[int]], k: int = 3, age=None, user_idx=None) -> np.ndarray:
-    users = user_inputs(np.arange(1, len(seen) + 1) if user_idx is None else np.asarray(user_idx), seen, seen, 5,
-                        age_bucket_idx=age, region_idx=None if age is None else np.ones(len(seen), np.int32))
+    users = user_inputs(
+        np.arange(1, len(seen) + 1) if user_idx is None else np.asarray(user_idx),
+        seen,
+        seen,
+        5,
+        age_bucket_idx=age,
+        region_idx=None if age is None else np.ones(len(seen), np.int32),
+    )
     top, scores = topk_for(module, users, item_inputs(np.arange(1, N_ITEMS + 1), 2), k)
     assert np.all(np.diff(scores, axis=1) <= 0), "scores must not increase with rank"
     return top
@@ -94,7 +153,9 @@ def test_segment_popularity_serves_each_segment_its_own_favourites() -> None:
     # segment (age 1) users take items 1-2, segment (age 2) users take items 7-8; region 1 everywhere
     users, items = [1, 1, 2, 2, 3, 3, 4, 4], [1, 2, 1, 2, 7, 8, 7, 8]
     matrix = baselines.interaction_matrix(users, items, n_users=4, n_items=N_ITEMS)
-    module = baselines.fit_segment_popularity(matrix, np.array([0, 1, 1, 2, 2]), np.array([0, 1, 1, 1, 1]), prior=1.0)
+    module = baselines.fit_segment_popularity(
+        matrix, np.array([0, 1, 1, 2, 2]), np.array([0, 1, 1, 1, 1]), prior=1.0
+    )
     # two brand-new users (not in training), one per segment, no history
     top = recommend(module, [[], []], k=2, age=np.array([1, 2]), user_idx=[99, 100])
     assert set(top[0].tolist()) == {1, 2}
@@ -141,17 +202,19 @@ def test_item_to_item_models_recommend_within_the_users_cluster(name: str) -> No
 def test_unknown_items_and_users_score_zero_not_fail() -> None:
     users, items = tiny_matrix()
     module = baselines.fit_ease(baselines.interaction_matrix(users, items, N_USERS, N_ITEMS), lam=1.0)
-    embeddings = module.encode_items(*[np.asarray(v) for v in item_inputs(np.array([1, 500]), 2).values()]).numpy()
+    embeddings = module.encode_items(
+        *[np.asarray(v) for v in item_inputs(np.array([1, 500]), 2).values()]
+    ).numpy()
     assert np.all(embeddings[1] == 0.0)  # item 500 is not in the model's vocabulary
 
 
 def test_saved_baseline_scores_like_the_in_memory_one(tmp_path: Path) -> None:
-    from models import scoring
+    from scoring import contract
 
     users, items = tiny_matrix()
     module = baselines.fit_ease(baselines.interaction_matrix(users, items, N_USERS, N_ITEMS), lam=1.0)
-    scoring.save(module, str(tmp_path / "ease"), {"name": "ease"})
-    loaded = scoring.LoadedModel(str(tmp_path / "ease"))
+    contract.save(module, str(tmp_path / "ease"), {"name": "ease"})
+    loaded = contract.LoadedModel(str(tmp_path / "ease"))
     seen = [[1, 2], [7], []]
     assert np.array_equal(recommend(loaded, seen, k=4), recommend(module, seen, k=4))
 
@@ -163,9 +226,15 @@ def test_als_learns_the_two_clusters(spark) -> None:  # type: ignore[no-untyped-
     matrix = baselines.interaction_matrix(users, items, N_USERS, N_ITEMS)
     module = baselines.fit_als(spark, matrix, rank=4, reg=0.01, alpha=5.0, iterations=5, blocks=1)
     odd_user, even_user = 11, 12  # warm users of cluster 1-6 and 7-12
-    scores_odd = module.encode_users(*[np.asarray(v) for v in user_inputs(
-        np.array([odd_user, even_user, 999]), [[], [], []], [[], [], []], 3).values()]).numpy()
-    item_vectors = module.encode_items(*[np.asarray(v) for v in item_inputs(np.arange(1, N_ITEMS + 1), 2).values()]).numpy()
+    scores_odd = module.encode_users(
+        *[
+            np.asarray(v)
+            for v in user_inputs(np.array([odd_user, even_user, 999]), [[], [], []], [[], [], []], 3).values()
+        ]
+    ).numpy()
+    item_vectors = module.encode_items(
+        *[np.asarray(v) for v in item_inputs(np.arange(1, N_ITEMS + 1), 2).values()]
+    ).numpy()
     scores = scores_odd @ item_vectors.T
     assert scores[0, :6].mean() > scores[0, 6:].mean()
     assert scores[1, 6:].mean() > scores[1, :6].mean()

@@ -11,37 +11,80 @@ from typing import Any
 import pyarrow.dataset as pads
 import pytest
 
-from jobs import manifest as manifests
 from jobs.pseudonymise import PseudonymKeyMissing, pseudonym, resolve_key
 from schemas import lake
 from schemas.clean import QUARANTINE_REASONS
 from schemas.settings import Settings
+from storage import manifest as manifests
 
 pytestmark = pytest.mark.spark
 
 D = "2026-01-14"
 KEY = b"test-only-pseudonym-key"  # what tests/conftest.py puts in RECFLOW_PSEUDONYM_KEY
 ITEMS = [
-    {"item_id": "i1", "category": "shoes", "price": 10.0, "title": "red shoe", "publish_time": "2025-12-01T00:00:00Z",
-     "available": True},
-    {"item_id": "i2", "category": "hats", "price": 20.5, "title": "blue hat", "publish_time": "2025-12-02T00:00:00Z",
-     "available": True},
+    {
+        "item_id": "i1",
+        "category": "shoes",
+        "price": 10.0,
+        "title": "red shoe",
+        "publish_time": "2025-12-01T00:00:00Z",
+        "available": True,
+    },
+    {
+        "item_id": "i2",
+        "category": "hats",
+        "price": 20.5,
+        "title": "blue hat",
+        "publish_time": "2025-12-02T00:00:00Z",
+        "available": True,
+    },
     {"item_id": "i3", "category": "hats", "price": 7.0, "title": "old hat", "available": None},
 ]
 USERS = [
-    {"user_id": "u1", "email": "ann@example.com", "phone": "+44 7700 900123", "name": "Ann Example",
-     "ip": "203.0.113.7", "address": "1 High Street, Exampleton", "age": 31, "region": "north",
-     "signup_time": "2025-01-01T00:00:00Z"},
-    {"user_id": "u2", "email": "bob@example.com", "phone": "+44 7700 900456", "name": "Bob Example",
-     "ip": "203.0.113.8", "address": "2 Low Road, Sampleville", "age": 67, "region": "south"},
+    {
+        "user_id": "u1",
+        "email": "ann@example.com",
+        "phone": "+44 7700 900123",
+        "name": "Ann Example",
+        "ip": "203.0.113.7",
+        "address": "1 High Street, Exampleton",
+        "age": 31,
+        "region": "north",
+        "signup_time": "2025-01-01T00:00:00Z",
+    },
+    {
+        "user_id": "u2",
+        "email": "bob@example.com",
+        "phone": "+44 7700 900456",
+        "name": "Bob Example",
+        "ip": "203.0.113.8",
+        "address": "2 Low Road, Sampleville",
+        "age": 67,
+        "region": "south",
+    },
 ]
 
 
-def event(event_id: str, user: str | None = "u1", time: str = "T10:00:00.000Z", kind: str = "view",
-          item: str = "i1", price: Any = 10.0, **extra: Any) -> dict[str, Any]:
-    row = {"event_id": event_id, "event_time": D + time if time.startswith("T") else time, "user_id": user,
-           "session_id": f"s-{user}", "event_type": kind, "item_id": item, "price": price,
-           "ip": "198.51.100.23", "user_agent": "Mozilla/5.0 (TestAgent)"}
+def event(
+    event_id: str,
+    user: str | None = "u1",
+    time: str = "T10:00:00.000Z",
+    kind: str = "view",
+    item: str = "i1",
+    price: Any = 10.0,
+    **extra: Any,
+) -> dict[str, Any]:
+    row = {
+        "event_id": event_id,
+        "event_time": D + time if time.startswith("T") else time,
+        "user_id": user,
+        "session_id": f"s-{user}",
+        "event_type": kind,
+        "item_id": item,
+        "price": price,
+        "ip": "198.51.100.23",
+        "user_agent": "Mozilla/5.0 (TestAgent)",
+    }
     row.update(extra)
     return row
 
@@ -50,24 +93,40 @@ def line(row: dict[str, Any]) -> bytes:
     return json.dumps(row).encode()
 
 
-def write_raw(root: str, ds: str, lines: list[bytes], items: list[dict[str, Any]] | None = None,
-              users: list[dict[str, Any]] | None = None, gz_lines: list[bytes] | None = None) -> Path:
+def write_raw(
+    root: str,
+    ds: str,
+    lines: list[bytes],
+    items: list[dict[str, Any]] | None = None,
+    users: list[dict[str, Any]] | None = None,
+    gz_lines: list[bytes] | None = None,
+) -> Path:
     folder = Path(lake.raw_events(root, ds))
     folder.mkdir(parents=True, exist_ok=True)
     if lines:
         (folder / "part-0.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     if gz_lines:
         (folder / "part-1.jsonl.gz").write_bytes(gzip.compress(b"\n".join(gz_lines) + b"\n"))
-    for path, rows in ((lake.raw_items(root, ds), ITEMS if items is None else items),
-                       (lake.raw_users(root, ds), USERS if users is None else users)):
+    for path, rows in (
+        (lake.raw_items(root, ds), ITEMS if items is None else items),
+        (lake.raw_users(root, ds), USERS if users is None else users),
+    ):
         Path(path).mkdir(parents=True, exist_ok=True)
         (Path(path) / "part-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
 
 
 def settings_for(root: str, **overrides: Any) -> Settings:
-    return Settings.load({"lake_root": root, "run_date": D, "window_days": 1, "bot_events_per_minute": 5,
-                          "max_field_chars": 200, **overrides})
+    return Settings.load(
+        {
+            "lake_root": root,
+            "run_date": D,
+            "window_days": 1,
+            "bot_events_per_minute": 5,
+            "max_field_chars": 200,
+            **overrides,
+        }
+    )
 
 
 def read(root: str, name: str, ds: str = D) -> list[dict[str, Any]]:
@@ -94,8 +153,11 @@ BAD: list[tuple[str, bytes]] = [
     ("unknown_item", line(event("b6", item="i999"))),
     ("null_user", line(event("b7", user=None))),
     ("oversized_field", line(event("b8", session_id="x" * 500))),
-    ("invalid_utf8", b'{"event_id": "b9", "event_time": "2026-01-14T10:00:00Z", "user_id": "u1", '
-                     b'"event_type": "view", "item_id": "i\xff\xfe"}'),
+    (
+        "invalid_utf8",
+        b'{"event_id": "b9", "event_time": "2026-01-14T10:00:00Z", "user_id": "u1", '
+        b'"event_type": "view", "item_id": "i\xff\xfe"}',
+    ),
     ("invalid_price", line(event("b10", price=-3))),
     ("invalid_price", line(event("b11", price=1e9))),
     *[("bot_user", line(event(f"bot{i}", "bot-user", f"T13:00:{i:02d}Z"))) for i in range(6)],
@@ -121,7 +183,7 @@ def dirty_run(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     mixed = [raw for _, raw in BAD]
     for i, row in enumerate(good):
         mixed.insert(3 * i, row)
-    write_raw(root, D, mixed[: len(mixed) // 2], gz_lines=mixed[len(mixed) // 2:])
+    write_raw(root, D, mixed[: len(mixed) // 2], gz_lines=mixed[len(mixed) // 2 :])
     written = clean.run(spark, settings_for(root))
     return {"root": root, "manifest": written[D], "tables": {name: read(root, name) for name in TABLES}}
 
@@ -135,19 +197,30 @@ def test_every_corruption_lands_in_quarantine_with_its_reason(dirty_run: dict[st
 
 
 def test_good_rows_come_through_unchanged_and_pseudonymised(dirty_run: dict[str, Any]) -> None:
-    expected_clean = [{
-        "event_id": r["event_id"],
-        "event_time": dt.datetime.fromisoformat(r["event_time"]).astimezone(dt.UTC),
-        "user_id": pseudonym(r["user_id"], KEY), "session_id": r["session_id"], "event_type": r["event_type"],
-        "item_id": r["item_id"], "price": r["price"]} for r in GOOD]
+    expected_clean = [
+        {
+            "event_id": r["event_id"],
+            "event_time": dt.datetime.fromisoformat(r["event_time"]).astimezone(dt.UTC),
+            "user_id": pseudonym(r["user_id"], KEY),
+            "session_id": r["session_id"],
+            "event_type": r["event_type"],
+            "item_id": r["item_id"],
+            "price": r["price"],
+        }
+        for r in GOOD
+    ]
     clean_rows = dirty_run["tables"][lake.CLEAN_EVENTS]
-    assert sorted(clean_rows, key=lambda r: r["event_id"]) == sorted(expected_clean, key=lambda r: r["event_id"])
+    assert sorted(clean_rows, key=lambda r: r["event_id"]) == sorted(
+        expected_clean, key=lambda r: r["event_id"]
+    )
     items = {r["item_id"]: r for r in dirty_run["tables"][lake.CLEAN_ITEMS]}
     assert set(items) == {"i1", "i2", "i3"} and items["i3"]["available"] is False
     assert items["i1"]["publish_time"] == dt.datetime(2025, 12, 1, tzinfo=dt.UTC)
     users = sorted(dirty_run["tables"][lake.CLEAN_USERS], key=lambda r: r["region"])
-    assert users == [{"user_id": pseudonym("u1", KEY), "age_bucket": "25-34", "region": "north"},
-                     {"user_id": pseudonym("u2", KEY), "age_bucket": "65+", "region": "south"}]
+    assert users == [
+        {"user_id": pseudonym("u1", KEY), "age_bucket": "25-34", "region": "north"},
+        {"user_id": pseudonym("u2", KEY), "age_bucket": "65+", "region": "south"},
+    ]
 
 
 def test_counts_reconcile_in_manifest_and_runs_table(dirty_run: dict[str, Any]) -> None:
@@ -158,10 +231,20 @@ def test_counts_reconcile_in_manifest_and_runs_table(dirty_run: dict[str, Any]) 
     assert counts["duplicates_dropped"] == 0
     by_reason = {reason: sum(1 for r, _ in BAD if r == reason) for reason in QUARANTINE_REASONS}
     assert counts["quarantined_by_reason"] == by_reason
-    assert counts["raw_events"] == counts["clean_events"] + sum(by_reason.values()) + counts["duplicates_dropped"]
-    assert (counts["raw_items"], counts["clean_items"], counts["raw_users"], counts["clean_users"]) == (3, 3, 2, 2)
+    assert (
+        counts["raw_events"]
+        == counts["clean_events"] + sum(by_reason.values()) + counts["duplicates_dropped"]
+    )
+    assert (counts["raw_items"], counts["clean_items"], counts["raw_users"], counts["clean_users"]) == (
+        3,
+        3,
+        2,
+        2,
+    )
     assert written["schema_drift"]["extra_keys"] == {"campaign": 1}
-    assert manifests.read_manifest(dirty_run["root"], "clean", D) == json.loads(json.dumps(written, default=str))
+    assert manifests.read_manifest(dirty_run["root"], "clean", D) == json.loads(
+        json.dumps(written, default=str)
+    )
     runs = manifests.read_runs(dirty_run["root"]).to_pylist()
     assert [(r["stage"], str(r["dt"]), r["run_id"]) for r in runs] == [("clean", D, written["run_id"])]
     assert json.loads(runs[0]["counts_json"]) == counts
@@ -240,14 +323,19 @@ def test_first_run_backfills_window_days_without_a_manifest(spark: Any, tmp_lake
 
     written = clean.run(spark, settings)
     assert sorted(written) == [d1, D]
-    assert written[D]["window"] == {"backfilled": [d1], "skipped_no_raw": ["2026-01-11"], "already_clean": [d2]}
+    assert written[D]["window"] == {
+        "backfilled": [d1],
+        "skipped_no_raw": ["2026-01-11"],
+        "already_clean": [d2],
+    }
     assert [r["event_id"] for r in read(tmp_lake, lake.CLEAN_EVENTS, d1)] == ["old1"]
     assert not Path(lake.partition(tmp_lake, lake.CLEAN_EVENTS, d2)).exists()
     assert sorted(clean.run(spark, settings)) == [D]  # d1 now has its manifest; D is always recomputed
 
 
-def test_key_comes_from_the_environment_and_its_absence_stops_the_run(spark: Any, tmp_lake: str,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_key_comes_from_the_environment_and_its_absence_stops_the_run(
+    spark: Any, tmp_lake: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from jobs import clean
 
     settings = settings_for(tmp_lake, pseudonym_key_env="RECFLOW_TEST_OTHER_KEY")
@@ -270,16 +358,30 @@ def test_reconcile_names_the_numbers() -> None:
 
 def test_generated_corruptions_are_quarantined_with_their_reasons(spark: Any, tmp_lake: str) -> None:
     """The generator's own bad rows (one recipe per reason, gzip file) reconcile kind by kind."""
-    from jobs import clean, generate
+    from demo import generate
+    from jobs import clean
 
-    settings = Settings.load({"lake_root": tmp_lake, "run_date": D, "days": 1, "window_days": 1, "users": 150,
-                              "items": 80, "events_per_day": 1_500, "seed": 5, "corrupt_share": 0.05,
-                              "compress": True})
+    settings = Settings.load(
+        {
+            "lake_root": tmp_lake,
+            "run_date": D,
+            "days": 1,
+            "window_days": 1,
+            "users": 150,
+            "items": 80,
+            "events_per_day": 1_500,
+            "seed": 5,
+            "corrupt_share": 0.05,
+            "compress": True,
+        }
+    )
     summary = generate.generate(settings)
     counts = clean.run(spark, settings)[D]
     injected = summary["corruptions"]
     assert all(injected[reason] > 0 for reason in QUARANTINE_REASONS)
-    assert counts["counts"]["quarantined_by_reason"] == {reason: injected[reason] for reason in QUARANTINE_REASONS}
+    assert counts["counts"]["quarantined_by_reason"] == {
+        reason: injected[reason] for reason in QUARANTINE_REASONS
+    }
     assert counts["counts"]["clean_events"] == summary["events"] + injected["extra_column"]
     assert counts["schema_drift"]["extra_keys"] == {"experiment": injected["extra_column"]}
 
@@ -289,19 +391,25 @@ def test_lines_read_again_are_checked_against_their_hash(spark: Any) -> None:
 
     from jobs import clean
 
-    raw = spark.createDataFrame([(D, "f.jsonl", '{"a": 1}'), (D, "f.jsonl", '{"b": 2}')],
-                                "dt string, source_file string, value string").coalesce(1)
+    raw = spark.createDataFrame(
+        [(D, "f.jsonl", '{"a": 1}'), (D, "f.jsonl", '{"b": 2}')],
+        "dt string, source_file string, value string",
+    ).coalesce(1)
     ids = clean.row_ids(raw).select("_row", F.xxhash64("value").alias("_line_hash")).collect()
     row, line_hash = ids[1]["_row"], ids[1]["_line_hash"]
     wanted = spark.createDataFrame([(row, line_hash)], "_row long, _line_hash long")
-    assert [(r["_row"], r["_line"]) for r in clean.recover_lines(raw, wanted).collect()] == [(row, '{"b": 2}')]
+    assert [(r["_row"], r["_line"]) for r in clean.recover_lines(raw, wanted).collect()] == [
+        (row, '{"b": 2}')
+    ]
 
     changed = spark.createDataFrame([(row, line_hash + 1)], "_row long, _line_hash long")
     with pytest.raises(Exception, match=r"raw file changed during the clean run: f\.jsonl"):
         clean.recover_lines(raw, changed).collect()
 
-    quarantined = spark.createDataFrame([(D, "bot_user", "d", "f.jsonl", None, row + 1, 0)],
-                                        "dt string, reason string, detail string, source_file string, "
-                                        "value string, _row long, _line_hash long")
+    quarantined = spark.createDataFrame(
+        [(D, "bot_user", "d", "f.jsonl", None, row + 1, 0)],
+        "dt string, reason string, detail string, source_file string, "
+        "value string, _row long, _line_hash long",
+    )
     with pytest.raises(Exception, match=r"a line of f\.jsonl is gone"):
         clean.quarantine_events(quarantined, clean.recover_lines(raw, wanted)).collect()

@@ -30,8 +30,16 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
-TINY = {"users": 200, "items": 150, "events_per_day": 2500, "window_days": 2, "days": 3, "epochs": 1,
-        "top_n": 5, "run_date": "2026-01-06"}
+TINY = {
+    "users": 200,
+    "items": 150,
+    "events_per_day": 2500,
+    "window_days": 2,
+    "days": 3,
+    "epochs": 1,
+    "top_n": 5,
+    "run_date": "2026-01-06",
+}
 
 
 def _free_port() -> int:
@@ -48,9 +56,15 @@ def _die_with_parent() -> None:
 
 def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
-        return subprocess.Popen([str(BIN / "spark-class"), *args], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        return subprocess.Popen(
+            [str(BIN / "spark-class"), *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -82,14 +96,45 @@ def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     import pyspark
 
     # spark-class finds pip's Spark through PYSPARK_DRIVER_PYTHON, else a bare `python3`: name it outright
-    env = {**os.environ, "SPARK_HOME": str(Path(pyspark.__file__).parent), "SPARK_LOCAL_IP": "127.0.0.1",
-           "SPARK_WORKER_DIR": str(work / "worker"), "PYSPARK_PYTHON": sys.executable,
-           "PYSPARK_DRIVER_PYTHON": sys.executable}
-    master = _start(["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-                     "--webui-port", str(web_port)], work / "master.log", env)
-    worker = _start(["org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", "--host", "127.0.0.1",
-                     "--cores", "1", "--memory", "2g", "--webui-port", str(worker_web_port),
-                     "--work-dir", str(work / "worker")], work / "worker.log", env)
+    env = {
+        **os.environ,
+        "SPARK_HOME": str(Path(pyspark.__file__).parent),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_WORKER_DIR": str(work / "worker"),
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+    }
+    master = _start(
+        [
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--webui-port",
+            str(web_port),
+        ],
+        work / "master.log",
+        env,
+    )
+    worker = _start(
+        [
+            "org.apache.spark.deploy.worker.Worker",
+            f"spark://127.0.0.1:{port}",
+            "--host",
+            "127.0.0.1",
+            "--cores",
+            "1",
+            "--memory",
+            "2g",
+            "--webui-port",
+            str(worker_web_port),
+            "--work-dir",
+            str(work / "worker"),
+        ],
+        work / "worker.log",
+        env,
+    )
     try:
         deadline = time.monotonic() + 120
         while _alive_workers(web_port) < 1:
@@ -97,8 +142,13 @@ def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
                 logs = "\n".join(p.read_text()[-2000:] for p in (work / "master.log", work / "worker.log"))
                 pytest.fail(f"the standalone cluster did not come up:\n{logs}")
             time.sleep(1)
-        yield {"master": f"spark://127.0.0.1:{port}", "port": port, "web_port": web_port, "work": work,
-               "env": env}
+        yield {
+            "master": f"spark://127.0.0.1:{port}",
+            "port": port,
+            "web_port": web_port,
+            "work": work,
+            "env": env,
+        }
     finally:
         _stop(worker)
         _stop(master)
@@ -108,23 +158,33 @@ def _submit(stage: str, settings: Any, cluster: dict[str, Any], py_files: str) -
     """spark-submit ``jobs/<stage>.py`` through the provider's hook, exactly as the DAG's operator does."""
     from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
-    from jobs.class_archive import spark_jvm_options
+    from storage.spark_jvm import spark_jvm_options
 
     jvm_options = spark_jvm_options()
     hook = SparkSubmitHook(
-        conn_id="spark_default", application_args=settings.to_cli(), py_files=py_files,
-        name=f"recflow-{stage}-cluster-test", spark_binary=str(BIN / "spark-submit"),
-        total_executor_cores=1, executor_memory="1g", driver_memory="1g",
-        conf={"spark.log.level": "WARN", "spark.driver.extraJavaOptions": jvm_options,
-              "spark.executor.extraJavaOptions": jvm_options})
+        conn_id="spark_default",
+        application_args=settings.to_cli(),
+        py_files=py_files,
+        name=f"recflow-{stage}-cluster-test",
+        spark_binary=str(BIN / "spark-submit"),
+        total_executor_cores=1,
+        executor_memory="1g",
+        driver_memory="1g",
+        conf={
+            "spark.log.level": "WARN",
+            "spark.driver.extraJavaOptions": jvm_options,
+            "spark.executor.extraJavaOptions": jvm_options,
+        },
+    )
     assert hook._connection["master"] == cluster["master"], "the connection must select the cluster"
     started = time.monotonic()
     hook.submit(str(REPO / "jobs" / f"{stage}.py"))
     return time.monotonic() - started
 
 
-def test_spark_stages_run_on_standalone_cluster(spark_cluster: dict[str, Any], tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_spark_stages_run_on_standalone_cluster(
+    spark_cluster: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for stage in ("clean", "features", "score"):
         if not (REPO / "jobs" / f"{stage}.py").exists():
             pytest.fail(f"jobs/{stage}.py does not exist yet")
@@ -137,19 +197,19 @@ def test_spark_stages_run_on_standalone_cluster(spark_cluster: dict[str, Any], t
         monkeypatch.setenv(key, spark_cluster["env"][key])
     host, port = spark_cluster["master"].rsplit(":", 1)
     # the switch: only the connection changes (URI form also works: spark://127.0.0.1:7077)
-    monkeypatch.setenv("AIRFLOW_CONN_SPARK_DEFAULT", json.dumps({"conn_type": "spark", "host": host,
-                                                                 "port": int(port)}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SPARK_DEFAULT", json.dumps({"conn_type": "spark", "host": host, "port": int(port)})
+    )
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow_home"))
     settings = Settings.load({**TINY, "lake_root": str(tmp_path / "lake")}, env={})
 
-    sys.path.insert(0, str(REPO / "dags"))
     from recflow_nightly import py_files_for, spark_master
 
     assert spark_master() == spark_cluster["master"]
     py_files = py_files_for(spark_master(), tmp_path / "py_files")
     assert py_files and Path(py_files).exists(), "a non-local master must get the code as a zip"
 
-    from jobs import generate
+    from demo import generate
 
     generate.main(settings.to_cli())
     seconds = {"clean": _submit("clean", settings, spark_cluster, py_files)}
@@ -165,7 +225,9 @@ def test_spark_stages_run_on_standalone_cluster(spark_cluster: dict[str, Any], t
     assert Path(lake.production_pointer(settings.lake_root)).exists(), decision
 
     seconds["score"] = _submit("score", settings, spark_cluster, py_files)
-    staged = sorted(Path(lake.table(settings.lake_root, lake.STAGING)).glob(f"{lake.RECOMMENDATIONS}/dt=*/run=*"))
+    staged = sorted(
+        Path(lake.table(settings.lake_root, lake.STAGING)).glob(f"{lake.RECOMMENDATIONS}/dt=*/run=*")
+    )
     assert staged, "score must have written recommendations into staging"
     recs = pq.read_table(staged[-1])
     assert recs.num_rows > 0
@@ -173,10 +235,13 @@ def test_spark_stages_run_on_standalone_cluster(spark_cluster: dict[str, Any], t
     assert max(per_user) == settings.top_n
 
     # the applications really ran on the cluster (a job that silently fell back to local[*] would not show)
-    with urllib.request.urlopen(f"http://127.0.0.1:{spark_cluster['web_port']}/json/", timeout=10) as response:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{spark_cluster['web_port']}/json/", timeout=10
+    ) as response:
         state = json.load(response)
     names = [app["name"] for app in state.get("completedapps", []) + state.get("activeapps", [])]
     for stage in ("clean", "features", "score"):
-        assert {f"recflow-{stage}", f"recflow-{stage}-cluster-test"} & set(names), \
+        assert {f"recflow-{stage}", f"recflow-{stage}-cluster-test"} & set(names), (
             f"{stage} did not run on the cluster: {names}"
+        )
     print(f"cluster stage seconds: {seconds}")

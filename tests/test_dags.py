@@ -22,7 +22,8 @@ DAGS = REPO / "dags"
 # (`make test` exports AIRFLOW_HOME for the demo; the tests must not share the demo's metadata DB.)
 if "airflow" not in sys.modules:
     os.environ["AIRFLOW_HOME"] = os.environ.get(
-        "RECFLOW_TEST_AIRFLOW_HOME", str(Path(tempfile.gettempdir()) / f"recflow-test-airflow-{os.getpid()}"))
+        "RECFLOW_TEST_AIRFLOW_HOME", str(Path(tempfile.gettempdir()) / f"recflow-test-airflow-{os.getpid()}")
+    )
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 # the DAGs folder, the spark_default connection and the shared fixtures (dagbag, airflow_db, tiny_run): conftest.py
 
@@ -50,11 +51,15 @@ def test_consumer_is_scheduled_on_the_published_asset(dagbag: Any) -> None:
 
 def test_dag_files_import_nothing_heavy() -> None:
     """Parsing must stay cheap: the scheduler re-parses DAG files all the time."""
-    code = ("import sys; from airflow.dag_processing.dagbag import DagBag; "
-            f"b = DagBag(dag_folder={str(DAGS)!r}); assert not b.import_errors, b.import_errors; "
-            f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ),
-                         check=True)
+    code = (
+        "import sys; from pathlib import Path; from airflow.dag_processing.dagbag import BundleDagBag; "
+        f"b = BundleDagBag(dag_folder={str(DAGS)!r}, bundle_path=Path({str(DAGS)!r})); "
+        "assert not b.import_errors, b.import_errors; "
+        f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), check=True
+    )
     heavy = [line for line in out.stdout.splitlines() if line.startswith("HEAVY=")]
     assert heavy == ["HEAVY="], f"heavy modules imported while parsing the DAGs: {heavy}"
 
@@ -69,8 +74,11 @@ def test_nightly_schedule_and_operations(nightly: Any) -> None:
     for task in nightly.tasks:
         assert task.execution_timeout is not None, f"{task.task_id} has no execution timeout"
         assert task.execution_timeout <= dt.timedelta(hours=1)
-    work = [t for t in nightly.tasks if t.task_id not in
-            ("resolve_settings", "summary", "fail_if_any_stage_failed")]
+    work = [
+        t
+        for t in nightly.tasks
+        if t.task_id not in ("resolve_settings", "summary", "fail_if_any_stage_failed")
+    ]
     for task in work:
         assert task.retries >= 1, f"{task.task_id} has no retries"
         assert task.retry_exponential_backoff, f"{task.task_id} retries without backoff"
@@ -113,8 +121,10 @@ def test_clean_gets_the_pseudonym_key_from_the_airflow_connection_masked(nightly
     monkeypatch.setenv("RECFLOW_PSEUDONYM_KEY", "key-from-the-worker-env")
     monkeypatch.delenv("AIRFLOW_CONN_RECFLOW_PSEUDONYM_KEY", raising=False)
     assert render() == "key-from-the-worker-env"  # no connection: as before
-    monkeypatch.setenv("AIRFLOW_CONN_RECFLOW_PSEUDONYM_KEY",
-                       json.dumps({"conn_type": "generic", "password": "key-from-the-connection"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RECFLOW_PSEUDONYM_KEY",
+        json.dumps({"conn_type": "generic", "password": "key-from-the-connection"}),
+    )
     key = render()
     assert key == "key-from-the-connection"
     # on YARN env vars travel as --conf on the command line: the command as the task log writes it is masked
@@ -129,11 +139,21 @@ def test_clean_gets_the_pseudonym_key_from_the_airflow_connection_masked(nightly
     assert key not in " ".join(local._build_spark_submit_command("clean.py"))
 
 
-@pytest.mark.parametrize("bad", [
-    {"top_n": 0}, {"top_n": "ten"}, {"scenario": "movies"}, {"run_date": "2026-13-40"},
-    {"run_date": "yesterday"}, {"epochs": 0}, {"encoder": "rnn"}, {"window_days": 400},
-    {"max_cold_start_share": 1.5}, {"generate_demo_data": "maybe"},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"top_n": 0},
+        {"top_n": "ten"},
+        {"scenario": "movies"},
+        {"run_date": "2026-13-40"},
+        {"run_date": "yesterday"},
+        {"epochs": 0},
+        {"encoder": "rnn"},
+        {"window_days": 400},
+        {"max_cold_start_share": 1.5},
+        {"generate_demo_data": "maybe"},
+    ],
+)
 def test_params_reject_bad_values(nightly: Any, bad: dict[str, Any]) -> None:
     from airflow.sdk.definitions.param import ParamValidationError
 
@@ -150,14 +170,18 @@ def test_params_accept_good_values_and_map_onto_settings(nightly: Any) -> None:
     params.update({"top_n": 7, "scenario": "news", "run_date": "2026-01-10", "encoder": "lstm"})
     resolved = params.validate()
     settings = Settings.from_params(resolved)
-    assert (settings.top_n, settings.scenario, settings.ds, settings.encoder) == (7, "news", "2026-01-10", "lstm")
+    assert (settings.top_n, settings.scenario, settings.ds, settings.encoder) == (
+        7,
+        "news",
+        "2026-01-10",
+        "lstm",
+    )
     names = {f for f in Settings.__dataclass_fields__}
     steering_only = {"generate_demo_data"}
     assert set(resolved) - names == steering_only, "every other param must be a Settings field"
 
 
 def test_params_cover_the_trainers_encoders() -> None:
-    sys.path.insert(0, str(DAGS))
     from _params import ENCODERS
 
     from models.features import ENCODERS as MODEL_ENCODERS
@@ -166,7 +190,6 @@ def test_params_cover_the_trainers_encoders() -> None:
 
 
 def test_run_date_resolution() -> None:
-    sys.path.insert(0, str(DAGS))
     from recflow_nightly import resolve_run_date
 
     end = dt.datetime(2026, 1, 15, 0, 0, tzinfo=dt.UTC)
@@ -179,8 +202,9 @@ def test_run_date_resolution() -> None:
         resolve_run_date({}, None, None)
 
 
-def test_bad_run_conf_fails_before_any_task(nightly: Any, airflow_db: str, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_run_conf_fails_before_any_task(
+    nightly: Any, airflow_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from airflow.sdk.definitions.param import ParamValidationError
 
     monkeypatch.setenv("RECFLOW_LAKE_ROOT", str(tmp_path / "lake"))
@@ -220,10 +244,13 @@ def test_end_to_end_published_table(tiny_run: dict[str, Any]) -> None:
     top_n = TINY["top_n"]
 
     # what each user had seen through D, and what is unavailable on D (later days of the shared lake excluded)
-    clean = pq.read_table(lake.table(root, lake.CLEAN_EVENTS), columns=["user_id", "item_id"],
-                          filters=[("dt", "<=", RUN_DATE)])
+    clean = pq.read_table(
+        lake.table(root, lake.CLEAN_EVENTS), columns=["user_id", "item_id"], filters=[("dt", "<=", RUN_DATE)]
+    )
     seen: dict[str, set[str]] = {}
-    for user, item in zip(clean.column("user_id").to_pylist(), clean.column("item_id").to_pylist(), strict=True):
+    for user, item in zip(
+        clean.column("user_id").to_pylist(), clean.column("item_id").to_pylist(), strict=True
+    ):
         seen.setdefault(user, set()).add(item)
     items = pq.read_table(lake.partition(root, lake.CLEAN_ITEMS, RUN_DATE), columns=["item_id", "available"])
     unavailable = set(items.filter(pc.invert(items.column("available"))).column("item_id").to_pylist())
@@ -284,11 +311,15 @@ def test_a_moved_lake_root_releases_the_old_asset_uris_for_a_run_without_schedul
     names) stop being active, so the run's publish can activate the new ones; other Assets are left alone."""
     import sqlite3
 
-    from jobs.local_airflow import airflow_env, ensure_airflow_db, release_moved_assets
+    from tools.local_airflow import airflow_env, ensure_airflow_db, release_moved_assets
 
     home, new_lake = tmp_path / "airflow_home", tmp_path / "lake"
-    env = {**airflow_env(), "AIRFLOW_HOME": str(home), "RECFLOW_LAKE_ROOT": str(new_lake),
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db"}
+    env = {
+        **airflow_env(),
+        "AIRFLOW_HOME": str(home),
+        "RECFLOW_LAKE_ROOT": str(new_lake),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+    }
     ensure_airflow_db(env, quiet=True)
     subprocess.run([sys.executable, "-c", SEED_OLD_ASSETS], env=env, check=True)
     release_moved_assets(env)

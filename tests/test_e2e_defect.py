@@ -29,8 +29,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.spark, pytest.m
 KEEP_SHARE = 0.02  # ~80 of ~4000 lines: far below the band (TINY_NIGHTLY's volume_band 0.9 keeps >= 10 %)
 OUTPUTS = (lake.RECOMMENDATIONS, lake.SIMILAR_ITEMS)
 # what must not run once validate_clean fails (publish above all)
-DOWNSTREAM = ("features", "validate_features", "train", "evaluate", "validate_metrics", "gate", "score",
-              "validate_recommendations", "publish")
+DOWNSTREAM = (
+    "features",
+    "validate_features",
+    "train",
+    "evaluate",
+    "validate_metrics",
+    "gate",
+    "score",
+    "validate_recommendations",
+    "publish",
+)
 
 
 def _states(dag_run: Any) -> dict[str, str]:
@@ -39,22 +48,27 @@ def _states(dag_run: Any) -> dict[str, str]:
 
 def _publication(root: str) -> dict[str, Any]:
     """What consumers see of each output table: the _LATEST pointer, its manifest and the full table."""
-    from jobs.publish import MANIFEST, latest_partition, read_latest
+    from storage.publish import MANIFEST, latest_partition, read_latest
 
     seen: dict[str, Any] = {}
     for name in OUTPUTS:
         path = latest_partition(root, name)
-        seen[name] = {"partition": Path(path).name, "table": read_latest(root, name),
-                      "manifest": json.loads((Path(path) / MANIFEST).read_text())}
+        seen[name] = {
+            "partition": Path(path).name,
+            "table": read_latest(root, name),
+            "manifest": json.loads((Path(path) / MANIFEST).read_text()),
+        }
     return seen
 
 
 @pytest.fixture(scope="module")
 def defective_day(dagbag: Any, tiny_run: dict[str, Any]) -> dict[str, Any]:
-    from jobs import generate
+    from demo import generate
 
     root, d1 = tiny_run["lake_root"], tiny_run["run_date"]
-    assert str(tiny_run["dag_run"].state) == "success", "the D1 run must have published for this test to mean much"
+    assert str(tiny_run["dag_run"].state) == "success", (
+        "the D1 run must have published for this test to mean much"
+    )
     d2 = (dt.date.fromisoformat(d1) + dt.timedelta(days=1)).isoformat()
     before = _publication(root)
 
@@ -67,8 +81,15 @@ def defective_day(dagbag: Any, tiny_run: dict[str, Any]) -> dict[str, Any]:
     kept = inject_volume_drop(root, d2, keep_share=KEEP_SHARE)
 
     dag_run = run_nightly(dagbag, root, d2, generate_demo_data=False)
-    return {"root": root, "d1": d1, "d2": d2, "before": before, "kept": kept, "dag_run": dag_run,
-            "states": _states(dag_run)}
+    return {
+        "root": root,
+        "d1": d1,
+        "d2": d2,
+        "before": before,
+        "kept": kept,
+        "dag_run": dag_run,
+        "states": _states(dag_run),
+    }
 
 
 def test_the_defect_fails_the_run_at_validate_clean(defective_day: dict[str, Any]) -> None:
@@ -102,7 +123,7 @@ def test_the_failed_expectation_is_the_volume_band(defective_day: dict[str, Any]
 
 
 def test_the_previous_publication_stays_complete(defective_day: dict[str, Any]) -> None:
-    from jobs.publish import MANIFEST
+    from storage.publish import MANIFEST
 
     root, d1, d2 = defective_day["root"], defective_day["d1"], defective_day["d2"]
     before, after = defective_day["before"], _publication(root)

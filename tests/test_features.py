@@ -17,12 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import features
-from jobs.spark import check_schema, in_parallel, write_partition
 from schemas import lake
 from schemas.clean import CLEAN_EVENT, CLEAN_ITEM, CLEAN_USER
 from schemas.raw import EVENT_STRENGTH
 from schemas.settings import Settings
 from schemas.spark import to_spark
+from storage.spark import check_schema, in_parallel, write_partition
 
 pytestmark = pytest.mark.spark
 
@@ -38,13 +38,22 @@ def at(day: int, hour: int, minute: int = 0) -> dt.datetime:
 
 # (day, hour, minute, user, event_type, item)
 EVENTS = [
-    (1, 10, 0, "u1", "view", "a"), (1, 10, 5, "u1", "cart", "a"), (1, 11, 0, "u1", "view", "b"),
-    (2, 9, 0, "u1", "click", "c"), (2, 10, 0, "u1", "view", "a"), (3, 9, 0, "u1", "purchase", "d"),
-    (4, 9, 0, "u1", "view", "a"), (4, 10, 0, "u1", "view", "e"),
-    (1, 12, 0, "u2", "view", "a"), (3, 12, 0, "u2", "view", "b"), (4, 12, 0, "u2", "view", "b"),
+    (1, 10, 0, "u1", "view", "a"),
+    (1, 10, 5, "u1", "cart", "a"),
+    (1, 11, 0, "u1", "view", "b"),
+    (2, 9, 0, "u1", "click", "c"),
+    (2, 10, 0, "u1", "view", "a"),
+    (3, 9, 0, "u1", "purchase", "d"),
+    (4, 9, 0, "u1", "view", "a"),
+    (4, 10, 0, "u1", "view", "e"),
+    (1, 12, 0, "u2", "view", "a"),
+    (3, 12, 0, "u2", "view", "b"),
+    (4, 12, 0, "u2", "view", "b"),
     (4, 8, 0, "u3", "view", "f"),
-    (2, 8, 0, "u4", "view", "c"), (3, 8, 0, "u4", "view", "c"),
-    (5, 9, 0, "u1", "view", "g"), (5, 9, 30, "u5", "view", "a"),
+    (2, 8, 0, "u4", "view", "c"),
+    (3, 8, 0, "u4", "view", "c"),
+    (5, 9, 0, "u1", "view", "g"),
+    (5, 9, 30, "u5", "view", "a"),
 ]
 # item -> (category, price, title, publish day, available)
 CATALOGUE = {
@@ -61,8 +70,10 @@ PROFILES = {"u1": ("25-34", "north"), "u2": (None, "south"), "u3": (None, None)}
 PROFILES_D2 = PROFILES | {"u5": ("18-24", "east")}
 
 
-def write_days(spark: Any, root: str, name: str, schema: pa.Schema, rows_by_day: dict[dt.date, list[tuple]]) -> None:
-    """Several dt= partitions of a clean table in one write (same layout as jobs.spark.write_partition)."""
+def write_days(
+    spark: Any, root: str, name: str, schema: pa.Schema, rows_by_day: dict[dt.date, list[tuple]]
+) -> None:
+    """Several dt= partitions of a clean table in one write (same layout as storage.spark.write_partition)."""
     rows = [(*row, day) for day, day_rows in rows_by_day.items() for row in day_rows]
     df = spark.createDataFrame(rows, to_spark(schema).add("dt", "date"))
     check_schema(df, schema, name)
@@ -70,14 +81,21 @@ def write_days(spark: Any, root: str, name: str, schema: pa.Schema, rows_by_day:
 
 
 def clean_events(days: list[int]) -> dict[dt.date, list[tuple]]:
-    return {dt.date(2026, 1, day): [(f"e{i}", at(d, h, m), u, f"s-{u}-{d}", t, item, None)
-                                    for i, (d, h, m, u, t, item) in enumerate(EVENTS) if d == day]
-            for day in days}
+    return {
+        dt.date(2026, 1, day): [
+            (f"e{i}", at(d, h, m), u, f"s-{u}-{d}", t, item, None)
+            for i, (d, h, m, u, t, item) in enumerate(EVENTS)
+            if d == day
+        ]
+        for day in days
+    }
 
 
 def catalogue_rows(catalogue: dict[str, tuple[Any, ...]]) -> list[tuple]:
-    return [(item, cat, price, title, at(pub, 0), available, None)
-            for item, (cat, price, title, pub, available) in catalogue.items()]
+    return [
+        (item, cat, price, title, at(pub, 0), available, None)
+        for item, (cat, price, title, pub, available) in catalogue.items()
+    ]
 
 
 def profile_rows(profiles: dict[str, tuple[Any, Any]]) -> list[tuple]:
@@ -85,8 +103,18 @@ def profile_rows(profiles: dict[str, tuple[Any, Any]]) -> list[tuple]:
 
 
 def settings_for(root: str, run_date: dt.date, **extra: Any) -> Settings:
-    return Settings.load({"lake_root": root, "run_date": run_date, "window_days": 3, "history_length": 2,
-                          "decay_half_life_days": HALF_LIFE, "price_buckets": 2, **extra}, env={})
+    return Settings.load(
+        {
+            "lake_root": root,
+            "run_date": run_date,
+            "window_days": 3,
+            "history_length": 2,
+            "decay_half_life_days": HALF_LIFE,
+            "price_buckets": 2,
+            **extra,
+        },
+        env={},
+    )
 
 
 def snapshot(spark: Any, root: str, run_date: dt.date) -> dict[str, list[tuple[Any, ...]]]:
@@ -107,16 +135,28 @@ def daily_mtimes(root: str) -> dict[str, float]:
 def runs(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = str(tmp_path_factory.mktemp("features") / "lake")
     write_days(spark, root, lake.CLEAN_EVENTS, CLEAN_EVENT, clean_events([1, 2, 3, 4, 5]))
-    write_days(spark, root, lake.CLEAN_ITEMS, CLEAN_ITEM,
-               {D1: catalogue_rows(CATALOGUE), D2: catalogue_rows(CATALOGUE_D2)})
-    write_days(spark, root, lake.CLEAN_USERS, CLEAN_USER, {D1: profile_rows(PROFILES), D2: profile_rows(PROFILES_D2)})
+    write_days(
+        spark,
+        root,
+        lake.CLEAN_ITEMS,
+        CLEAN_ITEM,
+        {D1: catalogue_rows(CATALOGUE), D2: catalogue_rows(CATALOGUE_D2)},
+    )
+    write_days(
+        spark, root, lake.CLEAN_USERS, CLEAN_USER, {D1: profile_rows(PROFILES), D2: profile_rows(PROFILES_D2)}
+    )
     result: dict[str, Any] = {"root": root}
     result["d1_summary"] = features.run(spark, settings_for(root, D1))
     result["d1"] = snapshot(spark, root, D1)
     result["mtimes_after_d1"] = daily_mtimes(root)
     # day 02 is cleaned again (same content, newer files): its daily aggregate is stale now, 01 and 03 are not
-    write_partition(spark.createDataFrame(clean_events([2])[dt.date(2026, 1, 2)], to_spark(CLEAN_EVENT)),
-                    root, lake.CLEAN_EVENTS, dt.date(2026, 1, 2), CLEAN_EVENT)
+    write_partition(
+        spark.createDataFrame(clean_events([2])[dt.date(2026, 1, 2)], to_spark(CLEAN_EVENT)),
+        root,
+        lake.CLEAN_EVENTS,
+        dt.date(2026, 1, 2),
+        CLEAN_EVENT,
+    )
     result["d1_again_summary"] = features.run(spark, settings_for(root, D1))
     result["d1_again"] = snapshot(spark, root, D1)
     result["mtimes_after_d1_again"] = daily_mtimes(root)
@@ -132,8 +172,12 @@ def rows_by_key(rows: list[tuple[Any, ...]], key: int = 0) -> dict[Any, tuple[An
 # ---- vocabularies --------------------------------------------------------------------------------------
 def test_vocab_indices_ordered_by_first_seen_then_id(runs: dict[str, Any]) -> None:
     users = {row[0]: (row[1], row[2]) for row in runs["d1"][lake.VOCAB_USERS]}
-    assert users == {"u1": (1, dt.date(2026, 1, 1)), "u2": (2, dt.date(2026, 1, 1)),
-                     "u4": (3, dt.date(2026, 1, 2)), "u3": (4, D1)}
+    assert users == {
+        "u1": (1, dt.date(2026, 1, 1)),
+        "u2": (2, dt.date(2026, 1, 1)),
+        "u4": (3, dt.date(2026, 1, 2)),
+        "u3": (4, D1),
+    }
     items = {row[0]: row[1] for row in runs["d1"][lake.VOCAB_ITEMS]}
     # h is only in the catalogue: it still gets an index, so a new item can be scored before its first click
     assert items == {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6, "h": 7}
@@ -154,8 +198,10 @@ def test_vocab_is_stable_and_extended_across_runs(runs: dict[str, Any]) -> None:
 
 # ---- strength and decay --------------------------------------------------------------------------------
 def test_daily_strength_follows_event_type_order(spark: Any) -> None:
-    rows = [(f"x{i}", at(1, 10, i), "u", None, t, f"item-{t}", None)
-            for i, t in enumerate(["view", "click", "cart", "purchase"])]
+    rows = [
+        (f"x{i}", at(1, 10, i), "u", None, t, f"item-{t}", None)
+        for i, t in enumerate(["view", "click", "cart", "purchase"])
+    ]
     rows.append(("x9", at(1, 11), "u", None, "view", "item-cart", None))
     events = spark.createDataFrame(rows, to_spark(CLEAN_EVENT)).withColumn("dt", features.F.lit(D1))
     daily = {r["item_id"]: r for r in features.daily_interactions(events).collect()}
@@ -240,15 +286,19 @@ def test_category_indices_stable_when_a_category_appears(runs: dict[str, Any]) -
 
 
 def test_news_items_without_price_get_bucket_zero(spark: Any) -> None:
-    rows = [("n1", "politics", None, "Vote today", at(4, 6), True, "paper"),
-            ("n2", "sport", None, "Cup final", at(4, 7), True, "paper")]
+    rows = [
+        ("n1", "politics", None, "Vote today", at(4, 6), True, "paper"),
+        ("n2", "sport", None, "Cup final", at(4, 7), True, "paper"),
+    ]
     catalogue = spark.createDataFrame(rows, to_spark(CLEAN_ITEM))
     vocab = spark.createDataFrame([("n1", 1), ("n2", 2)], "item_id string, item_idx int")
     popularity = spark.createDataFrame([(1, 3.0)], "item_idx int, popularity double")
     categories = features.extend_labels({}, ["sport", "politics"])
     settings = settings_for("/unused", D1, scenario="news", title_tokens=1)
-    out = {r["item_id"]: r for r in features.item_features(vocab, catalogue, categories, popularity,
-                                                           settings).collect()}
+    out = {
+        r["item_id"]: r
+        for r in features.item_features(vocab, catalogue, categories, popularity, settings).collect()
+    }
     assert {k: v["price_bucket"] for k, v in out.items()} == {"n1": 0, "n2": 0}
     assert {k: v["category_idx"] for k, v in out.items()} == {"n1": 1, "n2": 2}
     assert all(len(v["title_tokens"]) == 1 for v in out.values())
@@ -259,13 +309,21 @@ def test_news_items_without_price_get_bucket_zero(spark: Any) -> None:
 def test_extend_labels_keeps_indices_and_appends_by_name() -> None:
     assert features.extend_labels({}, ["toys", "books"]) == {"books": 1, "toys": 2}
     assert features.extend_labels({"toys": 1, "books": 2}, ["art", "books", "zoo"]) == {
-        "toys": 1, "books": 2, "art": 3, "zoo": 4}
+        "toys": 1,
+        "books": 2,
+        "art": 3,
+        "zoo": 4,
+    }
 
 
 def test_user_features_and_stable_profile_indices(runs: dict[str, Any]) -> None:
     d1 = {r[1]: r[2:] for r in runs["d1"][lake.USER_FEATURES]}
-    assert d1 == {"u1": (1, 1, "25-34|north"), "u2": (0, 2, "unknown|south"), "u3": (0, 0, "unknown"),
-                  "u4": (0, 0, "unknown")}
+    assert d1 == {
+        "u1": (1, 1, "25-34|north"),
+        "u2": (0, 2, "unknown|south"),
+        "u3": (0, 0, "unknown"),
+        "u4": (0, 0, "unknown"),
+    }
     d2 = {r[1]: r[2:] for r in runs["d2"][lake.USER_FEATURES]}
     assert d2["u1"] == d1["u1"]
     assert d2["u5"] == (2, 3, "18-24|east")  # new bucket and region appended, not slotted in by name
@@ -278,19 +336,26 @@ def test_daily_aggregates_are_reused(runs: dict[str, Any]) -> None:
     assert runs["d1_again_summary"]["daily_computed"] == ["2026-01-02", "2026-01-04"]
     assert runs["d2_summary"]["daily_computed"] == ["2026-01-05"]  # 02..04 reused
     before, after = runs["mtimes_after_d1"], runs["mtimes_after_d1_again"]
-    assert after["dt=2026-01-01"] == before["dt=2026-01-01"] and after["dt=2026-01-03"] == before["dt=2026-01-03"]
-    assert after["dt=2026-01-02"] > before["dt=2026-01-02"] and after["dt=2026-01-04"] > before["dt=2026-01-04"]
+    assert (
+        after["dt=2026-01-01"] == before["dt=2026-01-01"]
+        and after["dt=2026-01-03"] == before["dt=2026-01-03"]
+    )
+    assert (
+        after["dt=2026-01-02"] > before["dt=2026-01-02"] and after["dt=2026-01-04"] > before["dt=2026-01-04"]
+    )
 
 
 def test_run_manifest_counts(runs: dict[str, Any]) -> None:
-    from jobs import manifest as manifests
+    from storage import manifest as manifests
 
     run = manifests.read_manifest(runs["root"], "features", D2)
     assert run is not None and run["stage"] == "features" and run["seconds"] > 0
     counts = run["counts"]
     assert counts["rows_in"] == sum(1 for event in EVENTS if 2 <= event[0] <= 5)  # clean events of 02..05
     assert counts["rows_out"] == sum(counts["rows_by_table"].values()) > 0
-    assert counts["users"] == 5 and counts["items"] == len(CATALOGUE.keys() | CATALOGUE_D2.keys())  # vocab keeps f
+    assert counts["users"] == 5 and counts["items"] == len(
+        CATALOGUE.keys() | CATALOGUE_D2.keys()
+    )  # vocab keeps f
     assert counts["rows_by_table"][lake.TRAIN_EXAMPLES] == runs["d2_summary"]["rows"][lake.TRAIN_EXAMPLES]
 
 
@@ -337,7 +402,9 @@ def test_a_day_without_events_gives_empty_but_valid_tables(spark: Any, tmp_lake:
     assert rows[lake.USER_HISTORIES] == 3
     assert rows[lake.ITEM_FEATURES] == len(CATALOGUE)
     table = pq.read_table(lake.partition(tmp_lake, lake.VALIDATION, D1))
-    assert table.num_rows == 0 and set(features.OUTPUT_SCHEMAS[lake.VALIDATION].names) <= set(table.column_names)
+    assert table.num_rows == 0 and set(features.OUTPUT_SCHEMAS[lake.VALIDATION].names) <= set(
+        table.column_names
+    )
 
 
 def test_in_parallel_returns_results_in_order_and_reraises(spark: Any) -> None:

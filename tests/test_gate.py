@@ -18,8 +18,14 @@ from schemas.settings import Settings
 
 
 def _entry(name: str, value: float, production: bool = False, path: str = "") -> dict[str, Any]:
-    return {"name": name, "version": "v1", "path": path or f"/nowhere/{name}", "role": "candidate",
-            "is_production": production, "metrics": {"all": {"ndcg_at_10": value}}}
+    return {
+        "name": name,
+        "version": "v1",
+        "path": path or f"/nowhere/{name}",
+        "role": "candidate",
+        "is_production": production,
+        "metrics": {"all": {"ndcg_at_10": value}},
+    }
 
 
 def _settings(root: str, **extra: Any) -> Settings:
@@ -41,7 +47,9 @@ def test_without_production_the_best_must_beat_popularity(tmp_lake: str) -> None
     settings = _settings(tmp_lake)
     beats = gate.decide(settings, {"models": [_entry("popularity", 0.1), _entry("ease", 0.2)]}, apply=False)
     assert beats["promoted"]["name"] == "ease" and "beats popularity" in beats["reason"]
-    loses = gate.decide(settings, {"models": [_entry("popularity", 0.2), _entry("two_tower", 0.1)]}, apply=False)
+    loses = gate.decide(
+        settings, {"models": [_entry("popularity", 0.2), _entry("two_tower", 0.1)]}, apply=False
+    )
     assert loses["promoted"]["name"] == "popularity" and "fallback" in loses["reason"]
 
 
@@ -55,7 +63,9 @@ def test_new_version_is_deterministic_and_promote_is_atomic(tmp_lake: str) -> No
         registry.promote(settings, "ease", version, "no such model")
     folder = Path(registry.model_dir(settings, "ease", version))
     folder.mkdir(parents=True)
-    (folder / "metadata.json").write_text(json.dumps(registry.metadata(settings, "ease", version, "baseline", {})))
+    (folder / "metadata.json").write_text(
+        json.dumps(registry.metadata(settings, "ease", version, "baseline", {}))
+    )
     registry.promote(settings, "ease", version, "test")
     pointer = Path(lake.production_pointer(tmp_lake))
     assert json.loads(pointer.read_text())["version"] == version
@@ -85,7 +95,9 @@ def test_gate_keeps_production_against_a_model_trained_on_shuffled_interactions(
     users, items = tiny_matrix()
     shuffled = np.random.default_rng(1).permutation(items)
     module = baselines.fit_ease(baselines.interaction_matrix(users, shuffled, N_USERS, N_ITEMS), lam=1.0)
-    candidate = registry.register(settings, module, "ease_shuffled", {"lam": 1.0, "shuffled": True}, kind="deep")
+    candidate = registry.register(
+        settings, module, "ease_shuffled", {"lam": 1.0, "shuffled": True}, kind="deep"
+    )
     second = evaluate.evaluate(settings, [candidate])
     roles = {m["name"]: m["role"] for m in second["models"]}
     assert roles == {"ease_shuffled": "candidate", "ease": "production"}
@@ -100,7 +112,10 @@ def test_gate_keeps_production_against_a_model_trained_on_shuffled_interactions(
     table = pq.read_table(lake.partition(tmp_lake, lake.METRICS, settings.ds))
     assert table.schema.names == METRIC.names
     rows = table.to_pylist()
-    assert {r["role"] for r in rows} == {"candidate", "production"}  # rerun of the date replaced night 1's rows
+    assert {r["role"] for r in rows} == {
+        "candidate",
+        "production",
+    }  # rerun of the date replaced night 1's rows
     assert {r["segment"] for r in rows} == {"all", "cold", "warm"}
     cold_users = {r["users"] for r in rows if r["segment"] == "cold"}
     assert cold_users == {6}

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pytest
 
-from jobs import generate as gen
+from demo import generate as gen
 from schemas import lake
 from schemas.clean import QUARANTINE_REASONS
 from schemas.raw import (

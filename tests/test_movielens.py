@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow.json as pa_json
 import pytest
 
-from jobs import movielens
+from demo import movielens
 from schemas import lake
 from schemas.raw import RAW_EVENT, RAW_ITEM, RAW_USER
 from schemas.settings import Settings

@@ -19,6 +19,7 @@ from jobs import publish
 from schemas import lake
 from schemas.outputs import RECOMMENDATION, SIMILAR_ITEM
 from schemas.settings import Settings
+from storage import publish as published
 
 DAY1, DAY2 = dt.date(2026, 1, 14), dt.date(2026, 1, 15)
 REPO = Path(__file__).resolve().parents[1]
@@ -26,23 +27,47 @@ REPO = Path(__file__).resolve().parents[1]
 
 def recommendations(version: str, users: int = 3, n: int = 4) -> pa.Table:
     at = dt.datetime(2026, 1, 15, tzinfo=dt.UTC)
-    rows = [{"user_id": f"u{u}", "rank": r, "item_id": f"i{(u + r) % 9}", "score": float(10 - r),
-             "model_version": version, "strategy": "model", "generated_at": at}
-            for u in range(users) for r in range(1, n + 1)]
+    rows = [
+        {
+            "user_id": f"u{u}",
+            "rank": r,
+            "item_id": f"i{(u + r) % 9}",
+            "score": float(10 - r),
+            "model_version": version,
+            "strategy": "model",
+            "generated_at": at,
+        }
+        for u in range(users)
+        for r in range(1, n + 1)
+    ]
     return pa.Table.from_pylist(rows, schema=RECOMMENDATION)
 
 
 def similar(version: str) -> pa.Table:
     at = dt.datetime(2026, 1, 15, tzinfo=dt.UTC)
-    rows = [{"item_id": f"i{i}", "rank": r, "similar_item_id": f"i{i + r}", "score": 1.0 / r,
-             "model_version": version, "generated_at": at} for i in range(4) for r in (1, 2)]
+    rows = [
+        {
+            "item_id": f"i{i}",
+            "rank": r,
+            "similar_item_id": f"i{i + r}",
+            "score": 1.0 / r,
+            "model_version": version,
+            "generated_at": at,
+        }
+        for i in range(4)
+        for r in (1, 2)
+    ]
     return pa.Table.from_pylist(rows, schema=SIMILAR_ITEM)
 
 
-def stage(root: str, date: dt.date, run_id: str, recs: pa.Table, sims: pa.Table | None = None,
-          success: bool = True) -> None:
+def stage(
+    root: str, date: dt.date, run_id: str, recs: pa.Table, sims: pa.Table | None = None, success: bool = True
+) -> None:
     """What the score job leaves behind: Parquet parts plus the writer's _SUCCESS."""
-    for name, table in ((lake.RECOMMENDATIONS, recs), (lake.SIMILAR_ITEMS, sims if sims is not None else similar("v"))):
+    for name, table in (
+        (lake.RECOMMENDATIONS, recs),
+        (lake.SIMILAR_ITEMS, sims if sims is not None else similar("v")),
+    ):
         folder = Path(lake.staging(root, name, date, run_id))
         folder.mkdir(parents=True, exist_ok=True)
         half = table.num_rows // 2
@@ -66,10 +91,12 @@ def sorted_rows(table: pa.Table) -> list[dict]:
 
 def run_publish_killed_at(root: str, date: dt.date, run_id: str, step: str, exchange: bool = True) -> int:
     """Runs ``python -m jobs.publish`` in a child that SIGKILLs itself at ``step``; returns its exit code."""
-    patch = "" if exchange else "p._exchange = lambda a, b: False; "
-    code = (f"import jobs.publish as p; {patch}"
-            f"p.main(['--lake-root', {root!r}, '--date', {date.isoformat()!r}, '--run-id', {run_id!r}])")
-    env = {**os.environ, publish.CRASH_ENV: step, "PYTHONPATH": str(REPO)}
+    patch = "" if exchange else "import storage.publish as s; s._exchange = lambda a, b: False; "
+    code = (
+        f"import jobs.publish as p; {patch}"
+        f"p.main(['--lake-root', {root!r}, '--date', {date.isoformat()!r}, '--run-id', {run_id!r}])"
+    )
+    env = {**os.environ, published.CRASH_ENV: step, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True).returncode
 
 
@@ -78,17 +105,23 @@ def test_publish_moves_staging_into_place_with_marker_manifest_and_pointer(tmp_l
     summary = publish.publish(settings_for(tmp_lake, DAY1), run_id="r1")
     final = Path(lake.partition(tmp_lake, lake.RECOMMENDATIONS, DAY1))
     assert (final / "_SUCCESS").exists()
-    manifest = json.loads((final / publish.MANIFEST).read_text())
+    manifest = json.loads((final / published.MANIFEST).read_text())
     assert manifest["rows"] == 12 and manifest["run_id"] == "r1" and manifest["model_versions"] == ["v1"]
     assert summary[lake.RECOMMENDATIONS]["rows"] == 12
     assert not Path(lake.staging(tmp_lake, lake.RECOMMENDATIONS, DAY1, "r1")).exists()
     assert pointer(tmp_lake) == "dt=2026-01-14" and pointer(tmp_lake, lake.SIMILAR_ITEMS) == "dt=2026-01-14"
-    assert sorted_rows(publish.read_latest(tmp_lake)) == sorted_rows(recommendations("v1"))
-    assert publish.read_latest(tmp_lake, lake.SIMILAR_ITEMS).num_rows == similar("v").num_rows
+    assert sorted_rows(published.read_latest(tmp_lake)) == sorted_rows(recommendations("v1"))
+    assert published.read_latest(tmp_lake, lake.SIMILAR_ITEMS).num_rows == similar("v").num_rows
     # the stage's run manifest, and the run summary's rows in and out for it
     run = json.loads(Path(lake.run_manifest(tmp_lake, "publish", DAY1)).read_text())
-    assert run["counts"] == {"rows_in": 20, "rows_out": 20, "users": 3, "items": 6, "recommendations_rows": 12,
-                             "similar_items_rows": 8}, run["counts"]
+    assert run["counts"] == {
+        "rows_in": 20,
+        "rows_out": 20,
+        "users": 3,
+        "items": 6,
+        "recommendations_rows": 12,
+        "similar_items_rows": 8,
+    }, run["counts"]
     assert run["seconds"] >= 0 and run["publish_run_id"] == "r1" and run["already_published"] == []
     from jobs import summary as summary_job
 
@@ -104,7 +137,7 @@ def test_a_file_uri_lake_root_publishes_like_its_plain_path(tmp_lake: str) -> No
     assert summary[lake.RECOMMENDATIONS]["rows"] == 12
     assert pointer(tmp_lake) == "dt=2026-01-14"
     assert not Path(lake.staging(tmp_lake, lake.RECOMMENDATIONS, DAY1, "r1")).exists()
-    assert sorted_rows(publish.read_latest(uri)) == sorted_rows(publish.read_latest(tmp_lake))
+    assert sorted_rows(published.read_latest(uri)) == sorted_rows(published.read_latest(tmp_lake))
 
 
 @pytest.mark.parametrize("defect", ["no_success", "wrong_type", "empty", "missing"])
@@ -123,22 +156,25 @@ def test_a_bad_staging_copy_is_refused_and_nothing_moves(tmp_lake: str, defect: 
     assert not Path(lake.partition(tmp_lake, lake.RECOMMENDATIONS, DAY2)).exists()
     assert not Path(lake.partition(tmp_lake, lake.SIMILAR_ITEMS, DAY2)).exists()  # verified before any move
     assert pointer(tmp_lake) == "dt=2026-01-14"
-    assert sorted_rows(publish.read_latest(tmp_lake)) == sorted_rows(recommendations("v1"))
+    assert sorted_rows(published.read_latest(tmp_lake)) == sorted_rows(recommendations("v1"))
 
 
 @pytest.mark.parametrize("exchange", [True, False])
 def test_republishing_a_date_replaces_it_whole(tmp_lake: str, exchange: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     if not exchange:
-        monkeypatch.setattr(publish, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(published, "_exchange", lambda a, b: False)
     stage(tmp_lake, DAY1, "r1", recommendations("v1", users=5))
     publish.publish(settings_for(tmp_lake, DAY1), run_id="r1")
     stage(tmp_lake, DAY1, "r2", recommendations("v2", users=2))
     publish.publish(settings_for(tmp_lake, DAY1), run_id="r2")
-    assert sorted_rows(publish.read_latest(tmp_lake)) == sorted_rows(recommendations("v2", users=2))
+    assert sorted_rows(published.read_latest(tmp_lake)) == sorted_rows(recommendations("v2", users=2))
     table_dir = Path(lake.table(tmp_lake, lake.RECOMMENDATIONS))
-    assert sorted(p.name for p in table_dir.iterdir()) == ["_LATEST", publish.PREVIOUS, "dt=2026-01-14"] or \
-        sorted(p.name for p in table_dir.iterdir()) == ["_LATEST", "dt=2026-01-14"]
-    assert not any((table_dir / publish.PREVIOUS).glob("*"))  # nothing left aside
+    assert sorted(p.name for p in table_dir.iterdir()) == [
+        "_LATEST",
+        published.PREVIOUS,
+        "dt=2026-01-14",
+    ] or sorted(p.name for p in table_dir.iterdir()) == ["_LATEST", "dt=2026-01-14"]
+    assert not any((table_dir / published.PREVIOUS).glob("*"))  # nothing left aside
     assert not Path(lake.staging(tmp_lake, lake.RECOMMENDATIONS, DAY1, "r1")).exists()
 
 
@@ -151,16 +187,20 @@ def test_an_older_date_does_not_move_latest_back(tmp_lake: str) -> None:
     assert Path(lake.partition(tmp_lake, lake.RECOMMENDATIONS, DAY1)).exists()
 
 
-@pytest.mark.parametrize(("step", "exchange", "same_date"), [
-    ("after_verify", True, False),  # killed between staging and publish: nothing moved
-    ("before_rename", True, False),
-    ("between_renames", False, True),  # the non-exchange path, killed with dt=D set aside
-    ("after_exchange", True, True),
-    ("after_move", True, False),  # new partition in place, manifest and pointer not yet written
-    ("before_pointer", True, False),
-])
-def test_a_killed_publish_leaves_the_previous_publication_complete(tmp_lake: str, step: str, exchange: bool,
-                                                                   same_date: bool) -> None:
+@pytest.mark.parametrize(
+    ("step", "exchange", "same_date"),
+    [
+        ("after_verify", True, False),  # killed between staging and publish: nothing moved
+        ("before_rename", True, False),
+        ("between_renames", False, True),  # the non-exchange path, killed with dt=D set aside
+        ("after_exchange", True, True),
+        ("after_move", True, False),  # new partition in place, manifest and pointer not yet written
+        ("before_pointer", True, False),
+    ],
+)
+def test_a_killed_publish_leaves_the_previous_publication_complete(
+    tmp_lake: str, step: str, exchange: bool, same_date: bool
+) -> None:
     old = recommendations("v1", users=4)
     stage(tmp_lake, DAY1, "r1", old)
     publish.publish(settings_for(tmp_lake, DAY1), run_id="r1")
@@ -172,13 +212,13 @@ def test_a_killed_publish_leaves_the_previous_publication_complete(tmp_lake: str
 
     # consumers still get a complete table: the old one, or (once the swap happened) the whole new one
     assert pointer(tmp_lake) == "dt=2026-01-14"
-    seen = sorted_rows(publish.read_latest(tmp_lake))
+    seen = sorted_rows(published.read_latest(tmp_lake))
     assert seen in (sorted_rows(old), sorted_rows(new))
     if step in ("after_verify", "before_rename", "between_renames"):
         assert seen == sorted_rows(old)
     # and rerunning the publish finishes the job, whatever step it died at
     publish.publish(settings_for(tmp_lake, new_date), run_id="r2")
-    assert sorted_rows(publish.read_latest(tmp_lake)) == sorted_rows(new)
+    assert sorted_rows(published.read_latest(tmp_lake)) == sorted_rows(new)
     assert pointer(tmp_lake) == f"dt={new_date.isoformat()}"
-    assert not any(Path(lake.table(tmp_lake, lake.RECOMMENDATIONS), publish.PREVIOUS).glob("*"))
+    assert not any(Path(lake.table(tmp_lake, lake.RECOMMENDATIONS), published.PREVIOUS).glob("*"))
     assert not Path(lake.staging(tmp_lake, lake.RECOMMENDATIONS, new_date, "r2")).exists()

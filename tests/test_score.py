@@ -11,18 +11,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.topn import TopNScorer
 from schemas import lake
 from schemas.features import ITEM_FEATURE, USER_FEATURE, USER_HISTORY
 from schemas.outputs import RECOMMENDATION, SIMILAR_ITEM
 from schemas.settings import Settings
+from scoring.topn import TopNScorer
 
 DATE = dt.date(2026, 1, 14)
 
 
 # ---- the kernel --------------------------------------------------------------------------------------------
-def brute_force(users: np.ndarray, items: np.ndarray, n: int, excluded: set[tuple[int, int]],
-                categories: np.ndarray | None = None, cap: int = 0) -> list[list[int]]:
+def brute_force(
+    users: np.ndarray,
+    items: np.ndarray,
+    n: int,
+    excluded: set[tuple[int, int]],
+    categories: np.ndarray | None = None,
+    cap: int = 0,
+) -> list[list[int]]:
     scores = users @ items.T
     out = []
     for r, row in enumerate(scores):
@@ -43,8 +49,17 @@ def brute_force(users: np.ndarray, items: np.ndarray, n: int, excluded: set[tupl
     return out
 
 
-@pytest.mark.parametrize(("num_items", "rows", "n", "cap"), [
-    (2000, 90, 50, 0), (2000, 90, 50, 2), (37, 10, 50, 0), (37, 10, 50, 1), (333, 40, 7, 0), (333, 40, 7, 3)])
+@pytest.mark.parametrize(
+    ("num_items", "rows", "n", "cap"),
+    [
+        (2000, 90, 50, 0),
+        (2000, 90, 50, 2),
+        (37, 10, 50, 0),
+        (37, 10, 50, 1),
+        (333, 40, 7, 0),
+        (333, 40, 7, 3),
+    ],
+)
 def test_kernel_matches_brute_force(num_items: int, rows: int, n: int, cap: int) -> None:
     rng = np.random.default_rng(num_items + rows + n + cap)
     items = rng.standard_normal((num_items, 8)).astype(np.float32)
@@ -64,7 +79,7 @@ def test_kernel_matches_brute_force(num_items: int, rows: int, n: int, cap: int)
         assert not {(r, p) for p in got} & excluded
         assert len(set(got)) == len(got)
         assert np.all(np.diff(top.scores[r, : len(got)]) <= 0)
-        assert np.all(top.positions[r, len(got):] == -1)
+        assert np.all(top.positions[r, len(got) :] == -1)
 
 
 def test_kernel_with_an_indicator_tail_gathers_it_and_matches_brute_force() -> None:
@@ -104,7 +119,12 @@ NUM_ITEMS = 12  # item_idx 1..12
 UNAVAILABLE = {4, 9}
 CATEGORIES = {i: 1 + (i % 3) for i in range(1, NUM_ITEMS + 1)}
 HISTORIES = {  # user_idx -> seen (history = seen, oldest first)
-    1: [1, 2], 2: [3], 3: [5, 6, 7, 8], 4: [4, 10], 5: [11], 6: [1, 2, 3, 5, 6, 7, 8, 10],
+    1: [1, 2],
+    2: [3],
+    3: [5, 6, 7, 8],
+    4: [4, 10],
+    5: [11],
+    6: [1, 2, 3, 5, 6, 7, 8, 10],
 }
 SEGMENTS = {1: "a", 2: "a", 3: "b", 4: "b", 5: "b", 6: "a", 7: "a", 8: "b"}  # 7 and 8 have no history: cold
 POPULARITY = {i: float(100 - i) for i in range(1, NUM_ITEMS + 1)}
@@ -130,7 +150,7 @@ def tiny_vectors() -> tuple[np.ndarray, np.ndarray]:
 def save_tiny_model(model_dir: str) -> None:
     import tensorflow as tf
 
-    from models.scoring import ScoringModule, save
+    from scoring.contract import ScoringModule, save
 
     class FixedEmbeddings(ScoringModule):
         def __init__(self, users: np.ndarray, items: np.ndarray) -> None:
@@ -155,16 +175,50 @@ def write_table(root: str, name: str, table: pa.Table) -> None:
 
 def build_tiny_lake(root: str) -> str:
     ids = list(range(1, NUM_ITEMS + 1))
-    write_table(root, lake.ITEM_FEATURES, pa.Table.from_pylist([{
-        "item_idx": i, "item_id": item_id(i), "category": f"c{CATEGORIES[i]}", "category_idx": CATEGORIES[i],
-        "price_bucket": 1, "title_tokens": [1, 2], "age_days": 1.0, "available": i not in UNAVAILABLE,
-        "popularity": POPULARITY[i], "title": f"title {i}"} for i in ids], schema=ITEM_FEATURE))
-    write_table(root, lake.USER_FEATURES, pa.Table.from_pylist([{
-        "user_idx": u, "user_id": user_id(u), "age_bucket_idx": 1, "region_idx": 1, "segment": s}
-        for u, s in SEGMENTS.items()], schema=USER_FEATURE))
-    write_table(root, lake.USER_HISTORIES, pa.Table.from_pylist([{
-        "user_idx": u, "user_id": user_id(u), "history": seen, "seen": seen} for u, seen in HISTORIES.items()],
-        schema=USER_HISTORY))
+    write_table(
+        root,
+        lake.ITEM_FEATURES,
+        pa.Table.from_pylist(
+            [
+                {
+                    "item_idx": i,
+                    "item_id": item_id(i),
+                    "category": f"c{CATEGORIES[i]}",
+                    "category_idx": CATEGORIES[i],
+                    "price_bucket": 1,
+                    "title_tokens": [1, 2],
+                    "age_days": 1.0,
+                    "available": i not in UNAVAILABLE,
+                    "popularity": POPULARITY[i],
+                    "title": f"title {i}",
+                }
+                for i in ids
+            ],
+            schema=ITEM_FEATURE,
+        ),
+    )
+    write_table(
+        root,
+        lake.USER_FEATURES,
+        pa.Table.from_pylist(
+            [
+                {"user_idx": u, "user_id": user_id(u), "age_bucket_idx": 1, "region_idx": 1, "segment": s}
+                for u, s in SEGMENTS.items()
+            ],
+            schema=USER_FEATURE,
+        ),
+    )
+    write_table(
+        root,
+        lake.USER_HISTORIES,
+        pa.Table.from_pylist(
+            [
+                {"user_idx": u, "user_id": user_id(u), "history": seen, "seen": seen}
+                for u, seen in HISTORIES.items()
+            ],
+            schema=USER_HISTORY,
+        ),
+    )
     model_dir = lake.model_dir(root, "fixed", "tiny-1")
     save_tiny_model(model_dir)
     return model_dir
@@ -191,8 +245,11 @@ def expected_model_lists(top_n: int, cap: int = 0) -> dict[str, list[str]]:
 def expected_cold_lists(top_n: int) -> dict[str, list[str]]:
     out = {}
     for u in (7, 8):
-        segment_users = {i: sum(1 for v, seen in HISTORIES.items() if SEGMENTS[v] == SEGMENTS[u] and i in seen)
-                         for i in range(1, NUM_ITEMS + 1) if i not in UNAVAILABLE}
+        segment_users = {
+            i: sum(1 for v, seen in HISTORIES.items() if SEGMENTS[v] == SEGMENTS[u] and i in seen)
+            for i in range(1, NUM_ITEMS + 1)
+            if i not in UNAVAILABLE
+        }
         order = sorted(segment_users, key=lambda i: (-segment_users[i], -POPULARITY[i], i))
         out[user_id(u)] = [item_id(i) for i in order[:top_n]]
     return out
@@ -223,8 +280,10 @@ def scored(spark, tmp_path_factory) -> tuple[Settings, dict[str, str]]:  # type:
 
     root = str(tmp_path_factory.mktemp("score-lake"))
     model_dir = build_tiny_lake(root)
-    settings = Settings.load({"lake_root": root, "run_date": DATE, "top_n": 5, "similar_items_n": 3,
-                              "score_block_users": 4}, env={})
+    settings = Settings.load(
+        {"lake_root": root, "run_date": DATE, "top_n": 5, "similar_items_n": 3, "score_block_users": 4},
+        env={},
+    )
     return settings, score.run(settings, spark, model_dir=model_dir, run_id="test")
 
 
@@ -252,9 +311,13 @@ def test_recommendations_exclude_seen_and_unavailable_and_match_brute_force(scor
     assert set(table["generated_at"].to_pylist()) == {dt.datetime(2026, 1, 15, tzinfo=dt.UTC)}
     # the stage's run manifest: users in, staged rows out, users and items recommended
     counts = json.loads(Path(lake.run_manifest(settings.lake_root, "score", DATE)).read_text())["counts"]
-    assert counts["recommendations_rows"] == table.num_rows and counts["users"] == len(set(table["user_id"].to_pylist()))
+    assert counts["recommendations_rows"] == table.num_rows and counts["users"] == len(
+        set(table["user_id"].to_pylist())
+    )
     assert counts["rows_out"] == table.num_rows + read(paths[lake.SIMILAR_ITEMS]).num_rows
-    assert counts["rows_in"] >= counts["users"] > 0 and counts["items"] == len(set(table["item_id"].to_pylist()))
+    assert counts["rows_in"] >= counts["users"] > 0 and counts["items"] == len(
+        set(table["item_id"].to_pylist())
+    )
 
 
 @pytest.mark.spark
@@ -268,8 +331,12 @@ def test_users_without_history_get_popular_items_of_their_segment(scored) -> Non
     cold = table.filter(pa.compute.equal(table["strategy"], "cold_start"))
     assert lists_of(cold, "user_id", "item_id") == expected_cold_lists(settings.top_n)
     for u in (user_id(7), user_id(8)):
-        scores = [r["score"] for r in sorted(cold.filter(pa.compute.equal(cold["user_id"], u)).to_pylist(),
-                                             key=lambda r: r["rank"])]
+        scores = [
+            r["score"]
+            for r in sorted(
+                cold.filter(pa.compute.equal(cold["user_id"], u)).to_pylist(), key=lambda r: r["rank"]
+            )
+        ]
         assert scores == sorted(scores, reverse=True)
 
 
@@ -322,10 +389,21 @@ def test_task_files_commit_keeps_only_returned_attempts_and_marks_success_last(t
 
     def part(path: Path, users: list[str], strategy: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table({
-            "user_id": users, "rank": [1] * len(users), "item_id": ["i1"] * len(users), "score": [0.5] * len(users),
-            "model_version": ["v1"] * len(users), "strategy": [strategy] * len(users),
-            "generated_at": [at] * len(users)}, schema=RECOMMENDATION), path)
+        pq.write_table(
+            pa.table(
+                {
+                    "user_id": users,
+                    "rank": [1] * len(users),
+                    "item_id": ["i1"] * len(users),
+                    "score": [0.5] * len(users),
+                    "model_version": ["v1"] * len(users),
+                    "strategy": [strategy] * len(users),
+                    "generated_at": [at] * len(users),
+                },
+                schema=RECOMMENDATION,
+            ),
+            path,
+        )
 
     part(staging / score.TASKS / "part-00000-7.parquet", ["ua", "ub"], "model")  # the attempt that succeeded
     part(staging / score.TASKS / "part-00000-3.parquet", ["ua"], "model")  # a failed attempt's partial file
@@ -336,10 +414,22 @@ def test_task_files_commit_keeps_only_returned_attempts_and_marks_success_last(t
     assert pq.read_table(staging).num_rows == 0
     with pytest.raises(publish.StagingError, match="_SUCCESS"):
         publish.verify(str(staging), RECOMMENDATION)
-    returned = [{"file": str(staging / score.TASKS / name)} for name in ("part-00001-8.parquet", "part-00000-7.parquet")]
+    returned = [
+        {"file": str(staging / score.TASKS / name)}
+        for name in ("part-00001-8.parquet", "part-00000-7.parquet")
+    ]
     score.commit_task_files(returned, str(staging))
-    assert sorted(p.name for p in staging.iterdir()) == ["_SUCCESS", "part-00000.parquet", "part-00001.parquet",
-                                                         "part-00002.parquet"]
+    assert sorted(p.name for p in staging.iterdir()) == [
+        "_SUCCESS",
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
     table = pq.read_table(staging)
-    assert sorted(table["user_id"].to_pylist()) == ["ua", "ub", "uc", "ud"]  # the failed attempt's "ua" is gone
+    assert sorted(table["user_id"].to_pylist()) == [
+        "ua",
+        "ub",
+        "uc",
+        "ud",
+    ]  # the failed attempt's "ua" is gone
     assert publish.verify(str(staging), RECOMMENDATION)["rows"] == 4

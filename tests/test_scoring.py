@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow")
-from models.dot_scores import CatalogueProduct, indicator_tail  # noqa: E402
+from scoring.dot_scores import CatalogueProduct, indicator_tail  # noqa: E402
 
 pytestmark = pytest.mark.tf
 
@@ -25,7 +25,9 @@ def test_dense_users_and_items_give_the_plain_product() -> None:
 
 def test_multi_hot_users_take_the_sparse_path_and_match() -> None:
     rng = np.random.default_rng(1)
-    items = rng.standard_normal((300, 300), np.float32)  # an item-to-item model: item j's vector is a column of B
+    items = rng.standard_normal(
+        (300, 300), np.float32
+    )  # an item-to-item model: item j's vector is a column of B
     users = np.zeros((5, 300), np.float32)
     for row in range(5):
         users[row, rng.choice(300, size=4, replace=False)] = 1.0
@@ -59,7 +61,7 @@ def test_a_tail_with_two_non_zeros_in_a_row_is_not_an_indicator() -> None:
 def test_multi_hot_matmul_sums_each_rows_distinct_items() -> None:
     import tensorflow as tf
 
-    from models.scoring import multi_hot, multi_hot_matmul
+    from scoring.contract import multi_hot, multi_hot_matmul
 
     matrix = np.random.default_rng(2).standard_normal((6, 4)).astype(np.float32)
     # padding (0), a duplicate, an id outside the vocabulary (9), and an all-padding last row
@@ -75,7 +77,7 @@ def test_multi_hot_matmul_sums_each_rows_distinct_items() -> None:
 def test_freed_memory_is_retained_on_glibc() -> None:
     import platform
 
-    from models.allocator import retain_freed_memory
+    from scoring.allocator import retain_freed_memory
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt tuning applies to glibc only")
@@ -84,8 +86,8 @@ def test_freed_memory_is_retained_on_glibc() -> None:
 
 
 def test_local_airflow_processes_start_with_the_allocator_settings() -> None:
-    from jobs.local_airflow import airflow_env
-    from models.allocator import MMAP_THRESHOLD, allocator_env
+    from scoring.allocator import MMAP_THRESHOLD, allocator_env
+    from tools.local_airflow import airflow_env
 
     env = airflow_env()
     assert allocator_env().items() <= env.items()

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.topn import BUCKET_SORT_MAX, TopNScorer
+from scoring.topn import BUCKET_SORT_MAX, TopNScorer
 
 
 def full_sort(scores: np.ndarray, n: int, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -25,8 +25,9 @@ def full_sort(scores: np.ndarray, n: int, excluded: np.ndarray) -> tuple[np.ndar
     return pos, val
 
 
-def exclusions(rng: np.random.Generator, rows: int, items: int, per_row: int) -> tuple[np.ndarray, np.ndarray,
-                                                                                        np.ndarray]:
+def exclusions(
+    rng: np.random.Generator, rows: int, items: int, per_row: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ex_rows = np.repeat(np.arange(rows), per_row)
     ex_cols = rng.integers(0, items, rows * per_row)
     mask = np.zeros((rows, items), bool)
@@ -34,9 +35,13 @@ def exclusions(rng: np.random.Generator, rows: int, items: int, per_row: int) ->
     return ex_rows, ex_cols, mask
 
 
-@pytest.mark.parametrize(("items", "n", "threads", "step_rows"), [
-    (20000, 100, 2, None), (5003, 100, 1, 16), (997, 300, 2, 16), (64, 100, 1, 16), (1500, 7, 2, 40)])
-def test_top_n_equals_a_full_stable_sort_with_ties(items: int, n: int, threads: int, step_rows: int | None) -> None:
+@pytest.mark.parametrize(
+    ("items", "n", "threads", "step_rows"),
+    [(20000, 100, 2, None), (5003, 100, 1, 16), (997, 300, 2, 16), (64, 100, 1, 16), (1500, 7, 2, 40)],
+)
+def test_top_n_equals_a_full_stable_sort_with_ties(
+    items: int, n: int, threads: int, step_rows: int | None
+) -> None:
     rng = np.random.default_rng(items + n)
     dim = 4
     # small integer embeddings: many exactly equal scores, so ties must come out by position like a stable sort
@@ -61,7 +66,9 @@ def test_top_n_equals_a_full_stable_sort_on_random_scores() -> None:
     pos, _ = full_sort(scores, 100, mask)
     np.testing.assert_array_equal(top.positions, pos)
     np.testing.assert_allclose(top.scores, np.take_along_axis(scores, pos, axis=1), rtol=1e-6, atol=1e-6)
-    assert top.rescored < 0.05 * 300  # the screening settled (almost) every row: the fast path is what was checked
+    assert (
+        top.rescored < 0.05 * 300
+    )  # the screening settled (almost) every row: the fast path is what was checked
 
 
 def test_heavy_users_exclusions_in_any_order_across_chunks() -> None:
@@ -96,7 +103,9 @@ def test_a_blas_with_32_bit_ints_gives_the_same_lists() -> None:
     found = glob.glob(os.path.join(site, "scipy.libs", "libscipy_openblas-*.so"))
     if not found:
         pytest.skip("this scipy bundles no LP64 OpenBLAS (scipy.libs/libscipy_openblas-*.so)")
-    importlib.import_module("scipy.linalg")  # scipy's LP64 OpenBLAS loaded first: the kernel still finds numpy's
+    importlib.import_module(
+        "scipy.linalg"
+    )  # scipy's LP64 OpenBLAS loaded first: the kernel still finds numpy's
     lp64 = ctypes.CDLL(found[0])
     rng = np.random.default_rng(7)
     item_emb = rng.standard_normal((3000, 16), dtype=np.float32)
@@ -150,7 +159,9 @@ def test_many_candidates_use_the_key_sort_and_stay_exact() -> None:
 
 def test_all_equal_scores_come_in_position_order() -> None:
     item_emb = np.ones((3000, 2), np.float32)
-    top = TopNScorer(item_emb).top_n(np.ones((2, 2), np.float32), 100, np.array([0, 0, 1]), np.array([0, 5, 99]))
+    top = TopNScorer(item_emb).top_n(
+        np.ones((2, 2), np.float32), 100, np.array([0, 0, 1]), np.array([0, 5, 99])
+    )
     assert top.positions[0].tolist() == [j for j in range(102) if j not in (0, 5)]
     assert top.positions[1].tolist() == [j for j in range(101) if j != 99]
     assert (top.scores == 2.0).all()
@@ -168,13 +179,24 @@ def test_task_rows_read_back_as_the_contract(tmp_path) -> None:  # type: ignore[
     top = TopNScorer(item_emb).top_n(user_emb, 10, np.array([2] * 45), np.arange(45))  # user 2: 5 items left
     at = dt.datetime(2026, 1, 15, tzinfo=dt.UTC)
     constants = {"model_version": "v7", "strategy": "model", "generated_at": at}
-    batch = ranked_rows(top, pa.array([f"u{u}" for u in range(6)]), pa.array([f"i{i}" for i in range(50)]),
-                        RECOMMENDATION, constants)
+    batch = ranked_rows(
+        top,
+        pa.array([f"u{u}" for u in range(6)]),
+        pa.array([f"i{i}" for i in range(50)]),
+        RECOMMENDATION,
+        constants,
+    )
     with task_writer(str(tmp_path / "r.parquet"), RECOMMENDATION) as writer:
         writer.write_batch(batch)
     table = pq.read_table(tmp_path / "r.parquet")
-    assert table.schema.remove_metadata() == RECOMMENDATION.remove_metadata()  # plain strings, not dictionaries
-    expected = [(f"u{r}", k + 1, f"i{top.positions[r, k]}", float(top.scores[r, k]), "v7", "model", at)
-                for r in range(6) for k in range(10) if top.positions[r, k] >= 0]
+    assert (
+        table.schema.remove_metadata() == RECOMMENDATION.remove_metadata()
+    )  # plain strings, not dictionaries
+    expected = [
+        (f"u{r}", k + 1, f"i{top.positions[r, k]}", float(top.scores[r, k]), "v7", "model", at)
+        for r in range(6)
+        for k in range(10)
+        if top.positions[r, k] >= 0
+    ]
     assert len(expected) == 55
     assert list(zip(*[table.column(c).to_pylist() for c in table.column_names], strict=True)) == expected

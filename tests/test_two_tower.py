@@ -9,15 +9,23 @@ pytest.importorskip("tensorflow")
 
 from models import data as D  # noqa: E402
 from models import features as F  # noqa: E402
-from models.scoring import LoadedModel, save  # noqa: E402
 from models.train import fit_two_tower, recall_at_k  # noqa: E402
 from models.two_tower import TwoTowerParams, ease_matrix  # noqa: E402
+from scoring.contract import LoadedModel, save  # noqa: E402
 
 pytestmark = pytest.mark.tf
 
 GROUPS, GROUP_ITEMS, USERS, PER_USER = 4, 6, 48, 8
-TINY = dict(embedding_dim=16, history_length=4, seen_length=8, max_targets=4, batch_size=64, epochs=1,
-            learning_rate=0.02, patience=5)
+TINY = dict(
+    embedding_dim=16,
+    history_length=4,
+    seen_length=8,
+    max_targets=4,
+    batch_size=64,
+    epochs=1,
+    learning_rate=0.02,
+    patience=5,
+)
 
 
 def clustered_data(seed: int = 0, with_content: bool = True) -> D.TrainingData:
@@ -33,21 +41,38 @@ def clustered_data(seed: int = 0, with_content: bool = True) -> D.TrainingData:
         catalogue.price_bucket[1:] = rng.integers(1, 4, n)
         catalogue.title_tokens[1:, -1] = rng.integers(1, 20, n)
         catalogue.age_days[1:] = rng.uniform(0, 30, n)
-    profiles = D.Profiles(np.r_[0, rng.integers(1, 4, USERS)].astype(np.int32),
-                          np.r_[0, rng.integers(1, 3, USERS)].astype(np.int32))
+    profiles = D.Profiles(
+        np.r_[0, rng.integers(1, 4, USERS)].astype(np.int32),
+        np.r_[0, rng.integers(1, 3, USERS)].astype(np.int32),
+    )
     val_users = np.arange(1, 13, dtype=np.int32)
     seqs = [items[users == u] for u in val_users]
-    targets = [np.setdiff1d(np.arange(1, GROUP_ITEMS + 1) + (u % GROUPS) * GROUP_ITEMS, s)[:2] for u, s in zip(val_users, seqs, strict=True)]
+    targets = [
+        np.setdiff1d(np.arange(1, GROUP_ITEMS + 1) + (u % GROUPS) * GROUP_ITEMS, s)[:2]
+        for u, s in zip(val_users, seqs, strict=True)
+    ]
     keep = [len(t) > 0 for t in targets]
-    validation = D.EvalSet(val_users[keep], [s for s, k in zip(seqs, keep, strict=True) if k],
-                           [s for s, k in zip(seqs, keep, strict=True) if k], [t for t in targets if len(t)])
-    return D.from_interactions(users, items, order=np.arange(len(users)), catalogue=catalogue,
-                               profiles=profiles, validation=validation)
+    validation = D.EvalSet(
+        val_users[keep],
+        [s for s, k in zip(seqs, keep, strict=True) if k],
+        [s for s, k in zip(seqs, keep, strict=True) if k],
+        [t for t in targets if len(t)],
+    )
+    return D.from_interactions(
+        users,
+        items,
+        order=np.arange(len(users)),
+        catalogue=catalogue,
+        profiles=profiles,
+        validation=validation,
+    )
 
 
 def test_a_few_epochs_reduce_the_loss_and_learn_the_groups() -> None:
     data = clustered_data()
-    module, summary = fit_two_tower(data, params=TwoTowerParams(encoder="mean", wide=False, **{**TINY, "epochs": 4}))
+    module, summary = fit_two_tower(
+        data, params=TwoTowerParams(encoder="mean", wide=False, **{**TINY, "epochs": 4})
+    )
     assert summary["loss"][-1] < summary["loss"][0] * 0.8, summary["loss"]
     # after training, the validation users' held-out group items rank in the top 10 of 24 far above chance
     assert summary["best_val_recall_at_k"] > 0.8, summary
@@ -55,8 +80,9 @@ def test_a_few_epochs_reduce_the_loss_and_learn_the_groups() -> None:
 
 def test_set_objective_and_sampled_softmax_train() -> None:
     data = clustered_data()
-    params = TwoTowerParams(encoder="mean", objective="set", full_softmax_max_items=0, wide=False,
-                            **{**TINY, "epochs": 3})
+    params = TwoTowerParams(
+        encoder="mean", objective="set", full_softmax_max_items=0, wide=False, **{**TINY, "epochs": 3}
+    )
     module, summary = fit_two_tower(data, params=params)
     assert not summary["full_softmax"]
     assert np.all(np.isfinite(summary["loss"])) and summary["loss"][-1] < summary["loss"][0]
@@ -74,8 +100,13 @@ def test_each_encoder_builds_and_trains_one_epoch(encoder: str) -> None:
 def _user_args(data: D.TrainingData) -> list[np.ndarray]:
     shape = D.ExampleShape(4, 8, 4)
     seqs = D.user_sequences(data.interactions)
-    inputs = D.user_inputs(np.array([1, 2, 999], np.int32), [seqs[1], seqs[2], np.array([], np.int32)],
-                           [seqs[1], seqs[2], np.array([], np.int32)], data.profiles, shape)
+    inputs = D.user_inputs(
+        np.array([1, 2, 999], np.int32),
+        [seqs[1], seqs[2], np.array([], np.int32)],
+        [seqs[1], seqs[2], np.array([], np.int32)],
+        data.profiles,
+        shape,
+    )
     return [inputs[name] for name in F.USER_INPUTS]
 
 
@@ -102,9 +133,15 @@ def test_recall_excludes_seen_items() -> None:
     data = clustered_data()
     module, _ = fit_two_tower(data, params=TwoTowerParams(encoder="mean", wide=False, **TINY))
     model = module.keras_model
-    evalset = D.EvalSet(np.array([1], np.int32), [np.array([1], np.int32)], [np.arange(1, 25, dtype=np.int32)],
-                        [np.array([3], np.int32)])
-    inputs = D.user_inputs(evalset.user_idx, evalset.history, evalset.seen, data.profiles, D.ExampleShape(4, 24, 4))
+    evalset = D.EvalSet(
+        np.array([1], np.int32),
+        [np.array([1], np.int32)],
+        [np.arange(1, 25, dtype=np.int32)],
+        [np.array([3], np.int32)],
+    )
+    inputs = D.user_inputs(
+        evalset.user_idx, evalset.history, evalset.seen, data.profiles, D.ExampleShape(4, 24, 4)
+    )
     # every item is seen, so the target (also seen) can never be recommended
     assert recall_at_k(model, inputs, evalset, 10) == 0.0
 

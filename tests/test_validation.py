@@ -75,10 +75,22 @@ def at(date: dt.date, hour: int) -> dt.datetime:
 # ---- raw events ------------------------------------------------------------------------------------------------
 def raw_lines(n: int = 40) -> list[str]:
     types = ("view", "click", "cart", "purchase")
-    return [json.dumps({"event_id": f"e{i}", "event_time": f"2026-01-14T{i % 24:02d}:00:00.000Z",
-                        "user_id": f"u{i % 7}", "session_id": f"s{i % 5}", "event_type": types[i % 4],
-                        "item_id": f"i{i % 9}", "price": 9.5, "ip": "10.0.0.1", "user_agent": "ua"})
-            for i in range(n)]
+    return [
+        json.dumps(
+            {
+                "event_id": f"e{i}",
+                "event_time": f"2026-01-14T{i % 24:02d}:00:00.000Z",
+                "user_id": f"u{i % 7}",
+                "session_id": f"s{i % 5}",
+                "event_type": types[i % 4],
+                "item_id": f"i{i % 9}",
+                "price": 9.5,
+                "ip": "10.0.0.1",
+                "user_agent": "ua",
+            }
+        )
+        for i in range(n)
+    ]
 
 
 def write_raw(root: str, lines: list[str], gz: bool = True) -> None:
@@ -101,14 +113,24 @@ def test_raw_events_pass_with_a_few_bad_lines(tmp_lake: str) -> None:
     assert report.tables[0].rows == 40
 
 
-@pytest.mark.parametrize(("defect", "expected"), [
-    ("renamed_event_type", {("raw_events", "expect_column_values_to_be_in_set", "event_type")}),
-    ("garbage", {("raw_events", "expect_column_values_to_be_in_set", S.RAW_PARSED),
-                 *{("raw_events", "expect_column_values_to_not_be_null", f)
-                   for f in ("event_id", "event_time", "user_id", "event_type", "item_id")},
-                 ("raw_events", "expect_column_values_to_be_in_set", S.RAW_TIME_VALID)}),
-    ("epoch_times", {("raw_events", "expect_column_values_to_be_in_set", S.RAW_TIME_VALID)}),
-])
+@pytest.mark.parametrize(
+    ("defect", "expected"),
+    [
+        ("renamed_event_type", {("raw_events", "expect_column_values_to_be_in_set", "event_type")}),
+        (
+            "garbage",
+            {
+                ("raw_events", "expect_column_values_to_be_in_set", S.RAW_PARSED),
+                *{
+                    ("raw_events", "expect_column_values_to_not_be_null", f)
+                    for f in ("event_id", "event_time", "user_id", "event_type", "item_id")
+                },
+                ("raw_events", "expect_column_values_to_be_in_set", S.RAW_TIME_VALID),
+            },
+        ),
+        ("epoch_times", {("raw_events", "expect_column_values_to_be_in_set", S.RAW_TIME_VALID)}),
+    ],
+)
 def test_raw_events_defects(tmp_lake: str, defect: str, expected: set[Any]) -> None:
     records = [json.loads(line) for line in raw_lines(40)]
     lines = []
@@ -133,22 +155,40 @@ CATALOGUE = [f"i{k}" for k in range(9)]
 
 def clean_rows(date: dt.date, n: int) -> dict[str, list[Any]]:
     types = ("view", "click", "cart", "purchase")
-    return {"event_id": [f"{date}-e{i}" for i in range(n)],
-            "event_time": [at(date, i % 24) for i in range(n)],
-            "user_id": [f"{i % 7:016x}" for i in range(n)], "session_id": [f"s{i % 5}" for i in range(n)],
-            "event_type": [types[i % 4] for i in range(n)], "item_id": [CATALOGUE[i % 9] for i in range(n)],
-            "price": [float(i % 50) for i in range(n)]}
+    return {
+        "event_id": [f"{date}-e{i}" for i in range(n)],
+        "event_time": [at(date, i % 24) for i in range(n)],
+        "user_id": [f"{i % 7:016x}" for i in range(n)],
+        "session_id": [f"s{i % 5}" for i in range(n)],
+        "event_type": [types[i % 4] for i in range(n)],
+        "item_id": [CATALOGUE[i % 9] for i in range(n)],
+        "price": [float(i % 50) for i in range(n)],
+    }
 
 
-def write_clean_lake(root: str, today: dict[str, list[Any]], history_days: int = 7, per_day: int = 100) -> None:
+def write_clean_lake(
+    root: str, today: dict[str, list[Any]], history_days: int = 7, per_day: int = 100
+) -> None:
     for back in range(1, history_days + 1):
         day = D - dt.timedelta(days=back)
         write(root, lake.CLEAN_EVENTS, day, clean_rows(day, per_day + back), CLEAN_EVENT)  # median 104
     write(root, lake.CLEAN_EVENTS, D, today, CLEAN_EVENT)
     n = len(CATALOGUE)
-    write(root, lake.CLEAN_ITEMS, D, {"item_id": CATALOGUE, "category": ["c"] * n, "price": [1.0] * n,
-                                      "title": ["t"] * n, "publish_time": [at(D, 0)] * n,
-                                      "available": [True] * n, "source": [None] * n}, CLEAN_ITEM)
+    write(
+        root,
+        lake.CLEAN_ITEMS,
+        D,
+        {
+            "item_id": CATALOGUE,
+            "category": ["c"] * n,
+            "price": [1.0] * n,
+            "title": ["t"] * n,
+            "publish_time": [at(D, 0)] * n,
+            "available": [True] * n,
+            "source": [None] * n,
+        },
+        CLEAN_ITEM,
+    )
 
 
 def test_clean_events_pass(tmp_lake: str) -> None:
@@ -164,19 +204,24 @@ def _set(rows: dict[str, list[Any]], column: str, index: int, value: Any) -> dic
     return rows
 
 
-@pytest.mark.parametrize(("defect", "expected"), [
-    ("volume_drop", ("expect_table_row_count_to_be_between", None)),
-    ("volume_spike", ("expect_table_row_count_to_be_between", None)),
-    ("late_event", ("expect_column_values_to_be_between", "event_time")),
-    ("unknown_item", ("expect_column_values_to_be_in_set", S.ITEM_KNOWN)),
-    ("event_type", ("expect_column_values_to_be_in_set", "event_type")),
-    ("placeholder_user", ("expect_column_values_to_not_be_in_set", "user_id")),
-    ("duplicate_event", ("expect_column_values_to_be_unique", "event_id")),
-])
+@pytest.mark.parametrize(
+    ("defect", "expected"),
+    [
+        ("volume_drop", ("expect_table_row_count_to_be_between", None)),
+        ("volume_spike", ("expect_table_row_count_to_be_between", None)),
+        ("late_event", ("expect_column_values_to_be_between", "event_time")),
+        ("unknown_item", ("expect_column_values_to_be_in_set", S.ITEM_KNOWN)),
+        ("event_type", ("expect_column_values_to_be_in_set", "event_type")),
+        ("placeholder_user", ("expect_column_values_to_not_be_in_set", "user_id")),
+        ("duplicate_event", ("expect_column_values_to_be_unique", "event_id")),
+    ],
+)
 def test_clean_events_defects(tmp_lake: str, defect: str, expected: tuple[str, str | None]) -> None:
     rows = clean_rows(D, {"volume_drop": 30, "volume_spike": 300}.get(defect, 100))
     if defect == "late_event":
-        _set(rows, "event_time", 5, at(D + dt.timedelta(days=1), 0))  # the next day's midnight: outside [D, D+1)
+        _set(
+            rows, "event_time", 5, at(D + dt.timedelta(days=1), 0)
+        )  # the next day's midnight: outside [D, D+1)
     elif defect == "unknown_item":
         _set(rows, "item_id", 7, "i999")
     elif defect == "event_type":
@@ -198,32 +243,86 @@ def test_clean_volume_needs_history(tmp_lake: str) -> None:
 
 
 # ---- features ----------------------------------------------------------------------------------------------------
-def write_features(root: str, *, shrink_vocab: bool = False, price_bucket: int = 3, history_id: int = 2,
-                   weight: float = 1.0, naive_times: bool = False) -> None:
+def write_features(
+    root: str,
+    *,
+    shrink_vocab: bool = False,
+    price_bucket: int = 3,
+    history_id: int = 2,
+    weight: float = 1.0,
+    naive_times: bool = False,
+) -> None:
     previous = D - dt.timedelta(days=1)
     items_before, items_now = 5, (4 if shrink_vocab else 6)
     for day, n in ((previous, items_before), (D, items_now)):
-        write(root, lake.VOCAB_ITEMS, day, {"item_id": [f"i{k}" for k in range(1, n + 1)],
-                                            "item_idx": list(range(1, n + 1)), "first_seen": [previous] * n},
-              VOCAB_ITEM)
-        write(root, lake.VOCAB_USERS, day, {"user_id": ["ua", "ub", "uc"], "user_idx": [1, 2, 3],
-                                            "first_seen": [previous] * 3}, VOCAB_USER)
+        write(
+            root,
+            lake.VOCAB_ITEMS,
+            day,
+            {
+                "item_id": [f"i{k}" for k in range(1, n + 1)],
+                "item_idx": list(range(1, n + 1)),
+                "first_seen": [previous] * n,
+            },
+            VOCAB_ITEM,
+        )
+        write(
+            root,
+            lake.VOCAB_USERS,
+            day,
+            {"user_id": ["ua", "ub", "uc"], "user_idx": [1, 2, 3], "first_seen": [previous] * 3},
+            VOCAB_USER,
+        )
     n = items_now
-    write(root, lake.ITEM_FEATURES, D, {
-        "item_idx": list(range(1, n + 1)), "item_id": [f"i{k}" for k in range(1, n + 1)],
-        "category": ["c"] * n, "category_idx": [1] * n, "price_bucket": [price_bucket] + [1] * (n - 1),
-        "title_tokens": [[1, 2]] * n, "age_days": [1.0] * n, "available": [True] * (n - 1) + [False],
-        "popularity": [1.0] * n, "title": ["t"] * n}, ITEM_FEATURE)
+    write(
+        root,
+        lake.ITEM_FEATURES,
+        D,
+        {
+            "item_idx": list(range(1, n + 1)),
+            "item_id": [f"i{k}" for k in range(1, n + 1)],
+            "category": ["c"] * n,
+            "category_idx": [1] * n,
+            "price_bucket": [price_bucket] + [1] * (n - 1),
+            "title_tokens": [[1, 2]] * n,
+            "age_days": [1.0] * n,
+            "available": [True] * (n - 1) + [False],
+            "popularity": [1.0] * n,
+            "title": ["t"] * n,
+        },
+        ITEM_FEATURE,
+    )
     examples = TRAIN_EXAMPLE
     if naive_times:  # what Spark may write: instants without the UTC flag
-        examples = TRAIN_EXAMPLE.set(TRAIN_EXAMPLE.get_field_index("event_time"),
-                                     pa.field("event_time", pa.timestamp("ns"), nullable=False))
-    write(root, lake.TRAIN_EXAMPLES, D, {
-        "user_idx": [1, 2, 3], "history": [[1, history_id], [3], []], "item_idx": [3, 4, 1],
-        "weight": [weight, 2.0, 1.0], "event_time": [at(D - dt.timedelta(days=2), 5)] * 3}, examples)
-    write(root, lake.USER_HISTORIES, D, {
-        "user_idx": [1, 2, 3], "user_id": ["ua", "ub", "uc"], "history": [[1, 3], [3, 4], [1]],
-        "seen": [[1, 3], [3, 4], [1]]}, USER_HISTORY)
+        examples = TRAIN_EXAMPLE.set(
+            TRAIN_EXAMPLE.get_field_index("event_time"),
+            pa.field("event_time", pa.timestamp("ns"), nullable=False),
+        )
+    write(
+        root,
+        lake.TRAIN_EXAMPLES,
+        D,
+        {
+            "user_idx": [1, 2, 3],
+            "history": [[1, history_id], [3], []],
+            "item_idx": [3, 4, 1],
+            "weight": [weight, 2.0, 1.0],
+            "event_time": [at(D - dt.timedelta(days=2), 5)] * 3,
+        },
+        examples,
+    )
+    write(
+        root,
+        lake.USER_HISTORIES,
+        D,
+        {
+            "user_idx": [1, 2, 3],
+            "user_id": ["ua", "ub", "uc"],
+            "history": [[1, 3], [3, 4], [1]],
+            "seen": [[1, 3], [3, 4], [1]],
+        },
+        USER_HISTORY,
+    )
 
 
 def test_features_pass(tmp_lake: str) -> None:
@@ -239,13 +338,25 @@ def test_features_naive_timestamps_are_utc(tmp_lake: str) -> None:
     assert report.success, report.summary()
 
 
-@pytest.mark.parametrize(("defect", "expected"), [
-    ({"shrink_vocab": True}, {("features_vocab_items", "expect_table_row_count_to_be_between", None),
-                              ("features_vocab_items", "expect_column_max_to_be_between", "item_idx")}),
-    ({"price_bucket": 11}, {("features_items", "expect_column_values_to_be_between", "price_bucket")}),
-    ({"history_id": 99}, {("features_train_examples", "expect_column_values_to_be_between", S.HISTORY_MAX)}),
-    ({"weight": 0.0}, {("features_train_examples", "expect_column_values_to_be_between", "weight")}),
-], ids=["vocab_shrinks", "price_bucket", "history_id", "weight"])
+@pytest.mark.parametrize(
+    ("defect", "expected"),
+    [
+        (
+            {"shrink_vocab": True},
+            {
+                ("features_vocab_items", "expect_table_row_count_to_be_between", None),
+                ("features_vocab_items", "expect_column_max_to_be_between", "item_idx"),
+            },
+        ),
+        ({"price_bucket": 11}, {("features_items", "expect_column_values_to_be_between", "price_bucket")}),
+        (
+            {"history_id": 99},
+            {("features_train_examples", "expect_column_values_to_be_between", S.HISTORY_MAX)},
+        ),
+        ({"weight": 0.0}, {("features_train_examples", "expect_column_values_to_be_between", "weight")}),
+    ],
+    ids=["vocab_shrinks", "price_bucket", "history_id", "weight"],
+)
 def test_features_defects(tmp_lake: str, defect: dict[str, Any], expected: set[Any]) -> None:
     write_features(tmp_lake, **defect)
     report = V.validate(settings_for(tmp_lake), "features", build_docs=False)
@@ -253,8 +364,9 @@ def test_features_defects(tmp_lake: str, defect: dict[str, Any], expected: set[A
 
 
 # ---- model metrics -------------------------------------------------------------------------------------------------
-def write_metrics(root: str, model: tuple[float, float], popularity: tuple[float, float] | None = (0.10, 0.08)
-                  ) -> None:
+def write_metrics(
+    root: str, model: tuple[float, float], popularity: tuple[float, float] | None = (0.10, 0.08)
+) -> None:
     rows: dict[str, list[Any]] = {name: [] for name in METRIC.names}
     entries = [("two_tower", "v2", "candidate", model), ("item_cosine", "v1", "baseline", (0.01, 0.01))]
     if popularity is not None:
@@ -262,8 +374,9 @@ def write_metrics(root: str, model: tuple[float, float], popularity: tuple[float
     for name, version, role, (recall, ndcg) in entries:
         for segment in ("all", "warm"):
             for metric, value in (("recall_at_10", recall), ("ndcg_at_10", ndcg), ("novelty_at_10", 7.5)):
-                for column, item in zip(METRIC.names, (name, version, role, segment, metric, 10, value, 50),
-                                        strict=True):
+                for column, item in zip(
+                    METRIC.names, (name, version, role, segment, metric, 10, value, 50), strict=True
+                ):
                     rows[column].append(item)
     write(root, lake.METRICS, D, rows, METRIC)
 
@@ -274,16 +387,22 @@ def test_model_metrics_pass(tmp_lake: str) -> None:
     assert report.success, report.summary()
 
 
-@pytest.mark.parametrize(("model", "popularity", "overrides", "expected"), [
-    ((0.08, 0.15), (0.10, 0.08), {},
-     {("expect_column_values_to_be_between", S.RECALL_LIFT)}),
-    ((0.20, 0.15), (0.10, 0.08), {"min_ndcg_at_k": 0.2},
-     {("expect_column_values_to_be_between", S.NDCG)}),
-    ((0.20, 0.15), None, {},
-     {("expect_column_values_to_not_be_null", S.RECALL_LIFT)}),
-])
-def test_model_metrics_defects(tmp_lake: str, model: tuple[float, float], popularity: Any,
-                               overrides: dict[str, Any], expected: set[Any]) -> None:
+@pytest.mark.parametrize(
+    ("model", "popularity", "overrides", "expected"),
+    [
+        ((0.08, 0.15), (0.10, 0.08), {}, {("expect_column_values_to_be_between", S.RECALL_LIFT)}),
+        (
+            (0.20, 0.15),
+            (0.10, 0.08),
+            {"min_ndcg_at_k": 0.2},
+            {("expect_column_values_to_be_between", S.NDCG)},
+        ),
+        ((0.20, 0.15), None, {}, {("expect_column_values_to_not_be_null", S.RECALL_LIFT)}),
+    ],
+)
+def test_model_metrics_defects(
+    tmp_lake: str, model: tuple[float, float], popularity: Any, overrides: dict[str, Any], expected: set[Any]
+) -> None:
     write_metrics(tmp_lake, model=model, popularity=popularity)
     report = V.validate(settings_for(tmp_lake, **overrides), "metrics", build_docs=False)
     assert {(kind, column) for _, kind, column in report.failed_expectations()} == expected, report.summary()
@@ -298,32 +417,72 @@ def test_model_metrics_lift_can_be_waived(tmp_lake: str) -> None:
 # ---- recommendations ---------------------------------------------------------------------------------------------
 # catalogue i1..i6 (i6 unavailable); ua saw i1, ub saw i1 and i2; uc has no history (cold start)
 GENERATED = dt.datetime(2026, 1, 14, 23, 0, tzinfo=UTC)
-RECS = [("ua", "i2", "model"), ("ua", "i3", "model"), ("ua", "i4", "model"),
-        ("ub", "i3", "model"), ("ub", "i4", "model"), ("ub", "i5", "model"),
-        ("uc", "i1", "cold_start"), ("uc", "i2", "cold_start"), ("uc", "i3", "cold_start")]
+RECS = [
+    ("ua", "i2", "model"),
+    ("ua", "i3", "model"),
+    ("ua", "i4", "model"),
+    ("ub", "i3", "model"),
+    ("ub", "i4", "model"),
+    ("ub", "i5", "model"),
+    ("uc", "i1", "cold_start"),
+    ("uc", "i2", "cold_start"),
+    ("uc", "i3", "cold_start"),
+]
 
 
 def write_recommendation_inputs(root: str, items: int = 6) -> None:
-    write(root, lake.ITEM_FEATURES, D, {
-        "item_idx": list(range(1, items + 1)), "item_id": [f"i{k}" for k in range(1, items + 1)],
-        "category": ["c"] * items, "category_idx": [1] * items, "price_bucket": [1] * items,
-        "title_tokens": [[1]] * items, "age_days": [1.0] * items,
-        "available": [True] * (items - 1) + [False], "popularity": [1.0] * items, "title": ["t"] * items},
-        ITEM_FEATURE)
-    write(root, lake.USER_HISTORIES, D, {"user_idx": [1, 2], "user_id": ["ua", "ub"], "history": [[1], [1, 2]],
-                                         "seen": [[1], [1, 2]]}, USER_HISTORY)
+    write(
+        root,
+        lake.ITEM_FEATURES,
+        D,
+        {
+            "item_idx": list(range(1, items + 1)),
+            "item_id": [f"i{k}" for k in range(1, items + 1)],
+            "category": ["c"] * items,
+            "category_idx": [1] * items,
+            "price_bucket": [1] * items,
+            "title_tokens": [[1]] * items,
+            "age_days": [1.0] * items,
+            "available": [True] * (items - 1) + [False],
+            "popularity": [1.0] * items,
+            "title": ["t"] * items,
+        },
+        ITEM_FEATURE,
+    )
+    write(
+        root,
+        lake.USER_HISTORIES,
+        D,
+        {"user_idx": [1, 2], "user_id": ["ua", "ub"], "history": [[1], [1, 2]], "seen": [[1], [1, 2]]},
+        USER_HISTORY,
+    )
 
 
-def write_staging(root: str, recs: list[tuple[str, str, str]], scores: list[float] | None = None,
-                  ranks: list[int] | None = None) -> str:
+def write_staging(
+    root: str,
+    recs: list[tuple[str, str, str]],
+    scores: list[float] | None = None,
+    ranks: list[int] | None = None,
+) -> str:
     folder = lake.staging(root, lake.RECOMMENDATIONS, D, "manual__1")
     os.makedirs(folder, exist_ok=True)
     ranks = ranks or [i % 3 + 1 for i in range(len(recs))]
     scores = scores or [1.0 - 0.1 * r for r in ranks]
-    pq.write_table(pa.table({
-        "user_id": [r[0] for r in recs], "rank": ranks, "item_id": [r[1] for r in recs], "score": scores,
-        "model_version": ["two_tower/v2"] * len(recs), "strategy": [r[2] for r in recs],
-        "generated_at": [GENERATED] * len(recs)}, schema=RECOMMENDATION), f"{folder}/part-0.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": [r[0] for r in recs],
+                "rank": ranks,
+                "item_id": [r[1] for r in recs],
+                "score": scores,
+                "model_version": ["two_tower/v2"] * len(recs),
+                "strategy": [r[2] for r in recs],
+                "generated_at": [GENERATED] * len(recs),
+            },
+            schema=RECOMMENDATION,
+        ),
+        f"{folder}/part-0.parquet",
+    )
     return folder
 
 
@@ -345,7 +504,7 @@ def test_recommendations_small_catalogue_gives_fewer_rows(tmp_lake: str) -> None
     write_staging(tmp_lake, RECS[:3])
     write_recommendation_inputs(tmp_lake, items=5)
     report = V.validate(settings_for(tmp_lake, top_n=5), "recommendations", build_docs=False)
-    assert (S.ROWS_SHORT not in {c for _, _, c in report.failed_expectations()}), report.summary()
+    assert S.ROWS_SHORT not in {c for _, _, c in report.failed_expectations()}, report.summary()
     write_staging(tmp_lake, RECS[:2])
     report = V.validate(settings_for(tmp_lake, top_n=5), "recommendations", build_docs=False)
     assert ("recommendations", "expect_column_values_to_be_between", S.ROWS_SHORT) in failed(report)
@@ -375,16 +534,28 @@ RECS_DEFECTS = [
     ("wrong_count", {("expect_column_values_to_be_between", S.ROWS_SHORT)}, {}),
     ("misordered", {("expect_column_values_to_be_between", S.SCORE_RISE)}, {}),
     ("unavailable", {("expect_column_values_to_be_in_set", S.ITEM_AVAILABLE)}, {}),
-    ("unknown_item", {("expect_column_values_to_be_in_set", S.ITEM_KNOWN),
-                      ("expect_column_values_to_be_in_set", S.ITEM_AVAILABLE)}, {}),
+    (
+        "unknown_item",
+        {
+            ("expect_column_values_to_be_in_set", S.ITEM_KNOWN),
+            ("expect_column_values_to_be_in_set", S.ITEM_AVAILABLE),
+        },
+        {},
+    ),
     ("seen", {("expect_column_values_to_be_in_set", S.ITEM_SEEN)}, {}),
     ("missing_user", {("expect_column_unique_value_count_to_be_between", "user_id")}, {}),
-    ("cold_start_share", {("expect_column_mean_to_be_between", S.IS_COLD_START)}, {"max_cold_start_share": 0.2}),
+    (
+        "cold_start_share",
+        {("expect_column_mean_to_be_between", S.IS_COLD_START)},
+        {"max_cold_start_share": 0.2},
+    ),
 ]
 
 
 @pytest.mark.parametrize(("defect", "expected", "overrides"), RECS_DEFECTS, ids=[d[0] for d in RECS_DEFECTS])
-def test_recommendations_defects(tmp_lake: str, defect: str, expected: set[Any], overrides: dict[str, Any]) -> None:
+def test_recommendations_defects(
+    tmp_lake: str, defect: str, expected: set[Any], overrides: dict[str, Any]
+) -> None:
     write_recommendation_inputs(tmp_lake)
     recs, scores, ranks = _recs_with(defect)
     write_staging(tmp_lake, recs, scores, ranks)
@@ -393,8 +564,9 @@ def test_recommendations_defects(tmp_lake: str, defect: str, expected: set[Any],
 
 
 # ---- the job: CLI, exit code, message, Data Docs ------------------------------------------------------------------
-def test_main_fails_naming_expectation_and_values_and_keeps_data_docs(tmp_lake: str,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_fails_naming_expectation_and_values_and_keeps_data_docs(
+    tmp_lake: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     write_recommendation_inputs(tmp_lake)
     write_staging(tmp_lake, _recs_with("seen")[0])
     argv = ["--suite", "recommendations", "--lake-root", tmp_lake, "--date", D.isoformat(), "--top-n", "3"]
@@ -445,11 +617,14 @@ def test_spark_engine_agrees_with_pandas(tmp_lake: str, spark: Any) -> None:
     recs[0] = ("ua", "i1", "model")  # seen
     recs[1] = ("ua", "i6", "model")  # unavailable
     path = write_staging(tmp_lake, recs, scores=[0.9, 0.95, 0.7, 0.9, 0.8, 0.7, 0.9, 0.8, 0.7])  # misordered
-    expected = {("recommendations", "expect_column_values_to_be_in_set", S.ITEM_SEEN),
-                ("recommendations", "expect_column_values_to_be_in_set", S.ITEM_AVAILABLE),
-                ("recommendations", "expect_column_values_to_be_between", S.SCORE_RISE)}
-    on_spark = V.validate(recs_settings(tmp_lake), "recommendations", spark=spark, table_path=path,
-                          build_docs=False)
+    expected = {
+        ("recommendations", "expect_column_values_to_be_in_set", S.ITEM_SEEN),
+        ("recommendations", "expect_column_values_to_be_in_set", S.ITEM_AVAILABLE),
+        ("recommendations", "expect_column_values_to_be_between", S.SCORE_RISE),
+    }
+    on_spark = V.validate(
+        recs_settings(tmp_lake), "recommendations", spark=spark, table_path=path, build_docs=False
+    )
     on_pandas = V.validate(recs_settings(tmp_lake), "recommendations", table_path=path, build_docs=False)
     assert on_spark.engine == "spark"
     assert failed(on_spark) == failed(on_pandas) == expected, on_spark.summary()

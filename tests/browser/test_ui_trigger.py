@@ -3,7 +3,7 @@ top_n, wait for the run to succeed, and check the published table has that many 
 
 Needs Debian's chromium and npm's playwright-core (``make browser-deps``); skips with a clear message without them.
 The UI runs from a private Airflow home and lake (tiny demo sizes through RECFLOW_* variables, which become the
-form's defaults) on a free port, started and stopped by PID through ``jobs.local_airflow``. Screenshots go to
+form's defaults) on a free port, started and stopped by PID through ``tools.local_airflow``. Screenshots go to
 ``test-artifacts/browser/``.
 """
 
@@ -26,10 +26,18 @@ ARTIFACTS = REPO / "test-artifacts" / "browser"
 PLAYWRIGHT_DIR = Path(os.environ.get("RECFLOW_PLAYWRIGHT_DIR", REPO / ".cache" / "playwright"))
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 TOP_N = 7  # the form's default is 100
-TINY_ENV = {"RECFLOW_USERS": "300", "RECFLOW_ITEMS": "200", "RECFLOW_EVENTS_PER_DAY": "4000",
-            "RECFLOW_WINDOW_DAYS": "3", "RECFLOW_EPOCHS": "2", "RECFLOW_MIN_RECALL_AT_K": "0",
-            "RECFLOW_MIN_NDCG_AT_K": "0", "RECFLOW_MIN_LIFT_OVER_POPULARITY": "-1",
-            "RECFLOW_MAX_COLD_START_SHARE": "1", "RECFLOW_VOLUME_BAND": "0.9"}
+TINY_ENV = {
+    "RECFLOW_USERS": "300",
+    "RECFLOW_ITEMS": "200",
+    "RECFLOW_EVENTS_PER_DAY": "4000",
+    "RECFLOW_WINDOW_DAYS": "3",
+    "RECFLOW_EPOCHS": "2",
+    "RECFLOW_MIN_RECALL_AT_K": "0",
+    "RECFLOW_MIN_NDCG_AT_K": "0",
+    "RECFLOW_MIN_LIFT_OVER_POPULARITY": "-1",
+    "RECFLOW_MAX_COLD_START_SHARE": "1",
+    "RECFLOW_VOLUME_BAND": "0.9",
+}
 RUN_TIMEOUT_S = 900
 
 # ~12 min on a 2-core machine: outside `make test` (addopts deselects `browser`); `make test-browser` runs it
@@ -60,15 +68,24 @@ def _api(base: str, token: str, path: str) -> dict:
 
 def _token(base: str, password: str) -> str:
     body = json.dumps({"username": "admin", "password": password}).encode()
-    request = urllib.request.Request(base + "/auth/token", data=body, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        base + "/auth/token", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return str(json.load(response)["access_token"])
 
 
 def _node(mode: str, env: dict[str, str]) -> None:
-    out = subprocess.run(["node", str(Path(__file__).with_name("ui_trigger.mjs")), mode], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, f"browser step {mode} failed (screenshots in {ARTIFACTS}):\n{out.stdout}{out.stderr}"
+    out = subprocess.run(
+        ["node", str(Path(__file__).with_name("ui_trigger.mjs")), mode],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, (
+        f"browser step {mode} failed (screenshots in {ARTIFACTS}):\n{out.stdout}{out.stderr}"
+    )
 
 
 def test_trigger_from_the_ui_with_custom_top_n(tmp_path: Path) -> None:
@@ -79,23 +96,39 @@ def test_trigger_from_the_ui_with_custom_top_n(tmp_path: Path) -> None:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     lake_root = tmp_path / "lake"
-    env = {**os.environ, **TINY_ENV, "AIRFLOW_HOME": str(tmp_path / "airflow_home"),
-           "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"), "RECFLOW_UI_PORT": str(port),
-           "RECFLOW_LAKE_ROOT": str(lake_root), "RECFLOW_SHUFFLE_PARTITIONS": "2",
-           # manual runs only: unpausing must not also start last night's scheduled run (catchup=False does)
-           "RECFLOW_SCHEDULE": "none",
-           "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"})}
-    ui = [sys.executable, "-m", "jobs.local_airflow"]
+    env = {
+        **os.environ,
+        **TINY_ENV,
+        "AIRFLOW_HOME": str(tmp_path / "airflow_home"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "RECFLOW_UI_PORT": str(port),
+        "RECFLOW_LAKE_ROOT": str(lake_root),
+        "RECFLOW_SHUFFLE_PARTITIONS": "2",
+        # manual runs only: unpausing must not also start last night's scheduled run (catchup=False does)
+        "RECFLOW_SCHEDULE": "none",
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+    }
+    ui = [sys.executable, "-m", "tools.local_airflow"]
     subprocess.run([*ui, "ui"], env=env, check=True, timeout=600, cwd=REPO)
     try:
         passwords = tmp_path / "airflow_home" / "simple_auth_manager_passwords.json.generated"
         password = json.loads(passwords.read_text())["admin"]
-        browser_env = {**env, "BASE_URL": base, "UI_USER": "admin", "UI_PASSWORD": password, "TOP_N": str(TOP_N),
-                       "ARTIFACTS": str(ARTIFACTS), "CHROMIUM": CHROMIUM, "PLAYWRIGHT_DIR": str(PLAYWRIGHT_DIR)}
+        browser_env = {
+            **env,
+            "BASE_URL": base,
+            "UI_USER": "admin",
+            "UI_PASSWORD": password,
+            "TOP_N": str(TOP_N),
+            "ARTIFACTS": str(ARTIFACTS),
+            "CHROMIUM": CHROMIUM,
+            "PLAYWRIGHT_DIR": str(PLAYWRIGHT_DIR),
+        }
         _node("trigger", browser_env)
 
         token = _token(base, password)
-        runs = _api(base, token, "/api/v2/dags/recflow_nightly/dagRuns?order_by=-run_after&limit=5")["dag_runs"]
+        runs = _api(base, token, "/api/v2/dags/recflow_nightly/dagRuns?order_by=-run_after&limit=5")[
+            "dag_runs"
+        ]
         assert len(runs) == 1, f"expected exactly the run the form triggered, got {runs}"
         run = runs[0]
         assert run["run_type"] == "manual" and run["conf"]["top_n"] == TOP_N, run["conf"]

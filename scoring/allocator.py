@@ -23,9 +23,11 @@ TRIM_THRESHOLD = 1 << 30  # the heap top is returned to the kernel only above 1 
 TOP_PAD = 64 << 20  # each heap extension asks for 64 MiB more, so growth is not one page-fault burst per step
 
 # (mallopt parameter, the same setting's glibc environment variable, value)
-_SETTINGS = ((_M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD),
-             (_M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", TRIM_THRESHOLD),
-             (_M_TOP_PAD, "MALLOC_TOP_PAD_", TOP_PAD))
+_SETTINGS = (
+    (_M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD),
+    (_M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", TRIM_THRESHOLD),
+    (_M_TOP_PAD, "MALLOC_TOP_PAD_", TOP_PAD),
+)
 
 _applied: bool | None = None
 

@@ -1,6 +1,6 @@
 """Synthetic raw logs, written the way applications write them (JSON lines per day, catalogue and user snapshots).
 
-``python -m jobs.generate --date D --days N --users U --items I --events-per-day E --scenario ecommerce|news``
+``python -m demo.generate --date D --days N --users U --items I --events-per-day E --scenario ecommerce|news``
 writes, for each day D-N+1..D::
 
     raw/events/dt=YYYY-MM-DD/part-00000.jsonl[.gz]   one JSON object per event (schemas.raw.RAW_EVENT)

@@ -1,6 +1,6 @@
 """``make run``: the nightly DAG end to end on generated demo data, then what it produced.
 
-    python -m jobs.run_demo --date 2026-01-14 [--conf '{"users": 2000}'] [--skip-dag]
+    python -m tools.run_demo --date 2026-01-14 [--conf '{"users": 2000}'] [--skip-dag]
 
 Uses an Airflow home inside the checkout (SQLite, created on first use), a pseudonym key generated once into
 ``.secrets/pseudonym_key`` (gitignored; an existing ``RECFLOW_PSEUDONYM_KEY`` wins), and
@@ -21,16 +21,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.local_airflow import airflow_bin, airflow_env, ensure_airflow_db, release_moved_assets
 from schemas import lake
 from schemas.settings import Settings
+from tools.local_airflow import airflow_bin, airflow_env, ensure_airflow_db, release_moved_assets
 
 # `airflow dags test` output shown live (everything goes to the log file): the tasks' own prints, the jobs'
 # prints relayed by the spark-submit hook (not Spark's log4j lines), the spark-submit commands, errors, the verdict
 _TIMESTAMPED = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z \[(\w+) *\] (.*)$")
 _LOG4J = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d [A-Z]+ ")
 # TensorFlow's C++ logging and other chatter, kept in the log file only
-_NOISE = re.compile(r"^([IWE]\d{4} [\d:.]+ |WARNING: All log messages|Run `pip install graphviz`|You might need| \[py\.warnings\])")
+_NOISE = re.compile(
+    r"^([IWE]\d{4} [\d:.]+ |WARNING: All log messages|Run `pip install graphviz`|You might need| \[py\.warnings\])"
+)
 _HOOK = "[airflow.task.hooks.airflow.providers.apache.spark.hooks.spark_submit.SparkSubmitHook]"
 
 
@@ -38,7 +40,9 @@ def progress_line(line: str) -> str | None:
     """The part of an `airflow dags test` output line worth showing live, or None."""
     line = line.rstrip()
     match = _TIMESTAMPED.match(line)
-    if not match:  # a task's own print; indented lines and braces are the body of a JSON dump: kept in the log
+    if (
+        not match
+    ):  # a task's own print; indented lines and braces are the body of a JSON dump: kept in the log
         if not line or line[0].isspace() or line in ("{", "}") or _NOISE.match(line):
             return None
         return line
@@ -66,13 +70,14 @@ def run_dag(run_date: dt.date, conf: dict[str, Any], env: dict[str, str]) -> tup
     log_dir = Path(env["AIRFLOW_HOME"]) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"run_demo_{run_date.isoformat()}.log"
-    cmd = [airflow_bin(), "dags", "test", "recflow_nightly",
-           run_date.isoformat(), "-c", json.dumps(conf)]
+    cmd = [airflow_bin(), "dags", "test", "recflow_nightly", run_date.isoformat(), "-c", json.dumps(conf)]
     print(f"running: {' '.join(cmd[1:4])} {run_date} -c '{json.dumps(conf)}'", flush=True)
     print(f"  full log: {log_path}", flush=True)
     started = time.monotonic()
-    with open(log_path, "w") as log, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                                      stderr=subprocess.STDOUT, text=True) as proc:
+    with (
+        open(log_path, "w") as log,
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc,
+    ):
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
@@ -91,6 +96,7 @@ def _dag_run_failed(log_path: Path) -> bool:
 
 # ---- what the run produced ---------------------------------------------------------------------------------
 
+
 def show_results(settings: Settings, users_to_show: int = 3, items_per_user: int = 5) -> None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -101,8 +107,13 @@ def show_results(settings: Settings, users_to_show: int = 3, items_per_user: int
     recs_path = lake.partition(root, lake.RECOMMENDATIONS, settings.ds)
     print("\n=== recflow: what the run produced ===")
     print(f"lake root:            {root}")
-    for name in (lake.CLEAN_EVENTS, lake.USER_HISTORIES, lake.RECOMMENDATIONS, lake.SIMILAR_ITEMS,
-                 lake.METRICS):
+    for name in (
+        lake.CLEAN_EVENTS,
+        lake.USER_HISTORIES,
+        lake.RECOMMENDATIONS,
+        lake.SIMILAR_ITEMS,
+        lake.METRICS,
+    ):
         print(f"  {name + '/':22s}{lake.partition(root, name, settings.ds)}")
     print(f"  {'models/':22s}{lake.table(root, lake.MODELS)}  (production: {lake.production_pointer(root)})")
     print(f"  {'reports/':22s}{lake.report_dir(root, settings.ds)}")
@@ -113,10 +124,14 @@ def show_results(settings: Settings, users_to_show: int = 3, items_per_user: int
     recs = pq.read_table(recs_path)
     titles = _item_titles(settings)
     users = sorted(set(recs.column("user_id").to_pylist()))
-    print(f"\nrecommendations for {settings.ds} (for {settings.run_date + dt.timedelta(days=1)}): "
-          f"{recs.num_rows:,} rows, {len(users):,} users, model {recs.column('model_version')[0]}")
+    print(
+        f"\nrecommendations for {settings.ds} (for {settings.run_date + dt.timedelta(days=1)}): "
+        f"{recs.num_rows:,} rows, {len(users):,} users, model {recs.column('model_version')[0]}"
+    )
     for user in users[:users_to_show]:
-        rows = recs.filter(pc.equal(recs.column("user_id"), user)).sort_by("rank").to_pylist()[:items_per_user]
+        rows = (
+            recs.filter(pc.equal(recs.column("user_id"), user)).sort_by("rank").to_pylist()[:items_per_user]
+        )
         print(f"  user {user[:16]}  ({rows[0].get('strategy', '')})")
         for row in rows:
             title = titles.get(row["item_id"], "")
@@ -165,8 +180,10 @@ def _item_titles(settings: Settings) -> dict[str, str]:
             return {}
         path = partitions[-1]
     table = pq.read_table(path, columns=["item_id", "title"])
-    return {i: t or "" for i, t in zip(table.column("item_id").to_pylist(), table.column("title").to_pylist(),
-                                       strict=True)}
+    return {
+        i: t or ""
+        for i, t in zip(table.column("item_id").to_pylist(), table.column("title").to_pylist(), strict=True)
+    }
 
 
 def _fmt(value: float | None) -> str:
@@ -174,7 +191,9 @@ def _fmt(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--date", default=Settings.run_date.isoformat(), help="the run date D, YYYY-MM-DD")
     parser.add_argument("--conf", default="{}", help="extra DAG params as JSON, e.g. '{\"users\": 2000}'")
     parser.add_argument("--skip-dag", action="store_true", help="only print the results of an earlier run")
@@ -191,8 +210,10 @@ def main(argv: list[str] | None = None) -> None:
         code, log_path, seconds = run_dag(run_date, conf, env)
         print(f"\nDAG run finished in {seconds:.0f} s (exit code {code})")
         if code != 0 or _dag_run_failed(log_path):
-            print(f"the DAG run failed: see {log_path} and {lake.report_dir(settings.lake_root, settings.ds)}",
-                  file=sys.stderr)
+            print(
+                f"the DAG run failed: see {log_path} and {lake.report_dir(settings.lake_root, settings.ds)}",
+                file=sys.stderr,
+            )
             sys.exit(code or 1)
     show_results(settings)
 

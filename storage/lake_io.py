@@ -25,7 +25,7 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" not in uri or uri.startswith("file://"):
         return pafs.LocalFileSystem(), os.path.abspath(uri.removeprefix("file://"))
     if uri.startswith("s3a://"):
-        uri = "s3://" + uri[len("s3a://"):]
+        uri = "s3://" + uri[len("s3a://") :]
     return pafs.FileSystem.from_uri(uri)
 
 
@@ -34,17 +34,19 @@ def is_local(fs: pafs.FileSystem) -> bool:
     return isinstance(fs, pafs.LocalFileSystem)
 
 
-def exists(uri: str) -> bool:
-    fs, path = filesystem(uri)
+def exists(uri: str, fs: pafs.FileSystem | None = None) -> bool:
+    """Whether a lake path or URI exists; with ``fs``, ``uri`` is a path inside that filesystem."""
+    fs, path = filesystem(uri) if fs is None else (fs, uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def read_partition(root: str, name: str, date: Any, columns: list[str] | None = None,
-                   schema: pa.Schema | None = None) -> pa.Table:
+def read_partition(
+    root: str, name: str, date: Any, columns: list[str] | None = None, schema: pa.Schema | None = None
+) -> pa.Table:
     """One ``dt=`` partition of a lake table (all its part files); FileNotFoundError naming it if absent."""
     uri = lake.partition(root, name, date)
     fs, path = filesystem(uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+    if not exists(path, fs):
         raise FileNotFoundError(f"{uri} does not exist (has the stage that writes {name} run for {date}?)")
     table = pq.read_table(path, filesystem=fs, columns=columns, schema=schema, partitioning=None)
     return table
@@ -62,10 +64,12 @@ def count_rows(uri: str) -> int:
 def list_partitions(root: str, name: str) -> list[str]:
     """The ``YYYY-MM-DD`` dates that have a partition of the table, oldest first."""
     fs, path = filesystem(lake.table(root, name))
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+    if not exists(path, fs):
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
-    return sorted(i.base_name[3:] for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("dt="))
+    return sorted(
+        i.base_name[3:] for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("dt=")
+    )
 
 
 def write_partition(table: pa.Table, root: str, name: str, date: Any, schema: pa.Schema) -> str:
@@ -98,9 +102,16 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     fs.move(temp, path)
 
 
-def read_text(uri: str) -> str | None:
+def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+    with fs.open_input_stream(path) as stream:
+        return bytes(stream.read())
+
+
+def read_text(uri: str, fs: pafs.FileSystem | None = None) -> str | None:
+    """A small text file's content, or None where it does not exist; with ``fs``, ``uri`` is a path in it."""
+    fs, path = filesystem(uri) if fs is None else (fs, uri)
+    if not exists(path, fs):
         return None
     with fs.open_input_stream(path) as stream:
         return stream.read().decode("utf-8")
@@ -111,6 +122,6 @@ def append_text(uri: str, line: str) -> None:
     write_text_atomic(uri, (read_text(uri) or "") + line.rstrip("\n") + "\n")
 
 
-def read_json(uri: str) -> Any | None:
-    text = read_text(uri)
+def read_json(uri: str, fs: pafs.FileSystem | None = None) -> Any | None:
+    text = read_text(uri, fs)
     return None if text is None else json.loads(text)

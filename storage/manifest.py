@@ -19,7 +19,6 @@ import json
 import os
 import uuid
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -27,6 +26,7 @@ import pyarrow.parquet as pq
 
 from schemas import lake
 from schemas.outputs import RUN
+from storage import lake_io
 
 RUNS_TABLE = f"{lake.RUNS}/table"
 
@@ -52,116 +52,90 @@ def reconcile(what: str, rows_in: int, parts: Mapping[str, int]) -> None:
     if total != rows_in:
         listed = " + ".join(f"{name} {count}" for name, count in parts.items())
         raise ReconciliationError(
-            f"{what}: {rows_in} rows in but {listed} = {total} out (difference {rows_in - total})")
+            f"{what}: {rows_in} rows in but {listed} = {total} out (difference {rows_in - total})"
+        )
 
 
-# ---- files: local or through Spark's Hadoop FileSystem --------------------------------------------------------
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file:")
-
-
-def _local(path: str) -> Path:
-    return Path(path.removeprefix("file://").removeprefix("file:"))
-
-
-def _hadoop(spark: Any, path: str) -> tuple[Any, Any]:
+# ---- files: through the job's SparkSession (its Hadoop FileSystem) when given, else pyarrow ------------------
+def _exists(path: str, spark: Any) -> bool:
     if spark is None:
-        raise ValueError(f"{path} is not a local path: pass the job's SparkSession to reach it")
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
+        return lake_io.exists(path)
+    from storage.spark import path_exists
+
+    return path_exists(spark, path)
 
 
-def exists(path: str, spark: Any = None) -> bool:
-    if _is_local(path) and spark is None:
-        return _local(path).exists()
-    fs, hpath = _hadoop(spark, path)
-    return bool(fs.exists(hpath))
-
-
-def write_bytes(path: str, data: bytes, spark: Any = None) -> None:
-    """Write via a temporary sibling then rename, so readers see the old file or the new one, never half."""
-    if _is_local(path) and spark is None:
-        target = _local(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+def _write_bytes(path: str, data: bytes, spark: Any) -> None:
+    """Readers see the old file or the new one, never half."""
+    if spark is None:
+        lake_io.write_bytes_atomic(path, data)
         return
-    if spark is None:  # a stage without a SparkSession (publish) on a remote lake: pyarrow's filesystems
-        from models.lake_io import write_bytes_atomic
+    from storage.spark import write_bytes
 
-        write_bytes_atomic(path, data)
-        return
-    fs, hpath = _hadoop(spark, path)
-    jvm = spark.sparkContext._jvm
-    tmp = jvm.org.apache.hadoop.fs.Path(hpath.getParent(), f".{hpath.getName()}.{uuid.uuid4().hex}.tmp")
-    out = fs.create(tmp, True)
-    try:
-        out.write(bytearray(data))
-    finally:
-        out.close()
-    if fs.exists(hpath):
-        fs.delete(hpath, False)
-    if not fs.rename(tmp, hpath):
-        raise OSError(f"could not rename {tmp} to {path}")
+    write_bytes(spark, path, data)
 
 
-def read_bytes(path: str, spark: Any = None) -> bytes:
-    if _is_local(path) and spark is None:
-        return _local(path).read_bytes()
-    fs, hpath = _hadoop(spark, path)
-    stream = fs.open(hpath)
-    try:
-        chunks = []
-        buffer = bytearray(1 << 16)
-        while True:
-            n = stream.read(buffer)
-            if n <= 0:
-                break
-            chunks.append(bytes(buffer[:n]))
-        return b"".join(chunks)
-    finally:
-        stream.close()
+def _read_bytes(path: str, spark: Any) -> bytes:
+    if spark is None:
+        return lake_io.read_bytes(path)
+    from storage.spark import read_bytes
+
+    return read_bytes(spark, path)
 
 
 # ---- manifests -------------------------------------------------------------------------------------------------
 def manifest_exists(root: str, stage: str, date: lake.DateLike, spark: Any = None) -> bool:
-    return exists(lake.run_manifest(root, stage, date), spark)
+    return _exists(lake.run_manifest(root, stage, date), spark)
 
 
 def read_manifest(root: str, stage: str, date: lake.DateLike, spark: Any = None) -> dict[str, Any] | None:
     path = lake.run_manifest(root, stage, date)
-    if not exists(path, spark):
+    if not _exists(path, spark):
         return None
-    loaded: dict[str, Any] = json.loads(read_bytes(path, spark))
+    loaded: dict[str, Any] = json.loads(_read_bytes(path, spark))
     return loaded
 
 
-def write_manifest(root: str, stage: str, date: lake.DateLike, manifest: Mapping[str, Any],
-                   spark: Any = None) -> str:
+def write_manifest(
+    root: str, stage: str, date: lake.DateLike, manifest: Mapping[str, Any], spark: Any = None
+) -> str:
     path = lake.run_manifest(root, stage, date)
-    write_bytes(path, (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode(), spark)
+    _write_bytes(path, (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode(), spark)
     return path
 
 
-def record_stage(root: str, stage: str, date: lake.DateLike, counts: Mapping[str, Any], seconds: float,
-                 spark: Any = None, **extra: Any) -> dict[str, Any]:
+def record_stage(
+    root: str,
+    stage: str,
+    date: lake.DateLike,
+    counts: Mapping[str, Any],
+    seconds: float,
+    spark: Any = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """The manifest of a stage that reports counts only (features, score, publish): ``counts`` holds ``rows_in``,
     ``rows_out`` and what else the stage counts (users, items, rows per table). Written with
     :func:`write_manifest` and :func:`record_run` like clean's; returns it."""
     ds = date if isinstance(date, str) else date.isoformat()
     finished_at = utc_now()
-    manifest = {"stage": stage, "dt": ds, "run_id": new_run_id(stage),
-                "started_at": (finished_at - dt.timedelta(seconds=seconds)).isoformat(),
-                "finished_at": finished_at.isoformat(), "seconds": round(seconds, 2), "counts": dict(counts), **extra}
+    manifest = {
+        "stage": stage,
+        "dt": ds,
+        "run_id": new_run_id(stage),
+        "started_at": (finished_at - dt.timedelta(seconds=seconds)).isoformat(),
+        "finished_at": finished_at.isoformat(),
+        "seconds": round(seconds, 2),
+        "counts": dict(counts),
+        **extra,
+    }
     write_manifest(root, stage, date, manifest, spark)
     record_run(root, stage, date, manifest, spark)
     return manifest
 
 
-def record_run(root: str, stage: str, date: lake.DateLike, manifest: Mapping[str, Any],
-               spark: Any = None) -> str:
+def record_run(
+    root: str, stage: str, date: lake.DateLike, manifest: Mapping[str, Any], spark: Any = None
+) -> str:
     """Replace the (stage, dt) row of ``runs/table`` with this run's ids, times and counts."""
     ds = date if isinstance(date, str) else date.isoformat()
     row = {
@@ -175,15 +149,16 @@ def record_run(root: str, stage: str, date: lake.DateLike, manifest: Mapping[str
     buffer = io.BytesIO()
     pq.write_table(pa.table(row, schema=file_schema), buffer)
     path = f"{lake.table(root, RUNS_TABLE)}/stage={stage}/dt={ds}/part-0.parquet"
-    write_bytes(path, buffer.getvalue(), spark)
+    _write_bytes(path, buffer.getvalue(), spark)
     return path
 
 
 def read_runs(root: str) -> pa.Table:
-    """The whole local ``runs/table`` (stage and dt from the partition folders)."""
+    """The whole ``runs/table`` (stage and dt from the partition folders)."""
     import pyarrow.dataset as ds
 
-    return ds.dataset(str(_local(lake.table(root, RUNS_TABLE))), format="parquet", partitioning="hive").to_table()
+    fs, path = lake_io.filesystem(lake.table(root, RUNS_TABLE))
+    return ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive").to_table()
 
 
 def _timestamp(value: Any) -> dt.datetime:

@@ -5,12 +5,12 @@ first result (9 s to a session, 6 s more for the first job), whatever the data s
 ``-XX:ArchiveClassesAtExit`` once, ``-XX:SharedArchiveFile`` after) maps them in ready-made: 4–13 s less per JVM
 (measured in README, "Spark start-up").
 
-``make install`` builds it once per venv (``python -m jobs.class_archive``). It belongs to one JDK and one Spark
+``make install`` builds it once per venv (``python -m tools.class_archive``). It belongs to one JDK and one Spark
 classpath: ``spark_jvm_options()`` offers it only while the stamp beside it matches both, and the JVM itself
 falls back to loading classes normally if it does not fit (``-Xshare:auto``, its warning silenced), so a stale
 or missing archive costs start-up time, never a failure.
 
-    python -m jobs.class_archive [--force]
+    python -m tools.class_archive [--force]
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ARCHIVE = Path(sys.prefix) / "share" / "recflow" / "spark-driver-classes.jsa"
-STAMP = ARCHIVE.with_suffix(".json")
-_QUIET = "-Xlog:cds*=off"  # an archive that does not fit is skipped without a word
+from storage.spark_jvm import ARCHIVE, QUIET, STAMP, archive_is_current, fingerprint, java_binary
 
 # What a stage's driver does in local mode, in miniature, so the archive holds those classes: JSON read with a
 # schema, window, join, aggregation, Parquet write and read, and an Arrow exchange with a Python worker.
@@ -53,59 +51,39 @@ spark.stop()
 """
 
 
-def _java() -> str | None:
-    """The java binary Spark's launcher runs (spark-class: ``$JAVA_HOME/bin/java`` when set, else ``java``)."""
-    if os.environ.get("JAVA_HOME"):
-        java = os.path.join(os.environ["JAVA_HOME"], "bin", "java")
-        return java if os.path.isfile(java) else None
-    return shutil.which("java")
-
-
-def _fingerprint() -> dict[str, str]:
-    """What the archive is only valid for: this JDK (its binary, by path and change time) and Spark's jars."""
-    import pyspark
-
-    java = os.path.realpath(_java() or "")
-    jars = Path(pyspark.__file__).parent / "jars"
-    return {"java": java, "java_changed": str(os.stat(java).st_mtime_ns) if os.path.isfile(java) else "",
-            "pyspark": pyspark.__version__, "jars": str(jars),
-            "jars_changed": str(max((p.stat().st_mtime_ns for p in jars.glob("*.jar")), default=0))}
-
-
-def archive_is_current() -> bool:
-    try:
-        return ARCHIVE.is_file() and json.loads(STAMP.read_text()) == _fingerprint()
-    except (OSError, ValueError):
-        return False
-
-
-def spark_jvm_options() -> str:
-    """JVM options for a Spark driver or executor started from this venv: the archive when it fits this JDK and
-    Spark, else nothing (where the file is absent, e.g. a cluster's executor hosts, the JVM ignores it)."""
-    return f"-XX:SharedArchiveFile={ARCHIVE} {_QUIET}" if archive_is_current() else ""
-
-
 def build(force: bool = False) -> bool:
     """(Re)build the archive unless it is current; True if one is usable afterwards."""
     if not force and archive_is_current():
         return True
-    if _java() is None:
+    if java_binary() is None:
         print("class archive: no java (JAVA_HOME or PATH), skipped (Spark JVMs start without it)")
         return False
     ARCHIVE.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as work:
-        target = Path(work) / "classes.jsa"  # dumped aside, then moved in: a reader never maps a partial archive
-        env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
-               "SPARK_LOCAL_IP": "127.0.0.1"}
-        done = subprocess.run([sys.executable, "-c", _WORKLOAD, f"-XX:ArchiveClassesAtExit={target} {_QUIET}"],
-                              env=env, capture_output=True, text=True)
+        target = (
+            Path(work) / "classes.jsa"
+        )  # dumped aside, then moved in: a reader never maps a partial archive
+        env = {
+            **os.environ,
+            "PYSPARK_PYTHON": sys.executable,
+            "PYSPARK_DRIVER_PYTHON": sys.executable,
+            "SPARK_LOCAL_IP": "127.0.0.1",
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", _WORKLOAD, f"-XX:ArchiveClassesAtExit={target} {QUIET}"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0 or not target.is_file():
             print(f"class archive: not built (Spark JVMs start without it): {done.stderr.strip()[-600:]}")
             return False
         shutil.move(str(target), ARCHIVE)
-    STAMP.write_text(json.dumps(_fingerprint()))
-    print(f"class archive: {ARCHIVE} ({ARCHIVE.stat().st_size / 2**20:.0f} MiB) in {time.monotonic() - started:.0f} s")
+    STAMP.write_text(json.dumps(fingerprint()))
+    print(
+        f"class archive: {ARCHIVE} ({ARCHIVE.stat().st_size / 2**20:.0f} MiB) in {time.monotonic() - started:.0f} s"
+    )
     return True
 
 

@@ -41,14 +41,14 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 from threadpoolctl import ThreadpoolController
 
-from models.allocator import retain_freed_memory
-from models.dot_scores import indicator_tail
+from scoring.allocator import retain_freed_memory
+from scoring.dot_scores import indicator_tail
 
 STRIPES = 16
 # Each scoring thread computes a step of STEP_ROWS users one chunk of items at a time, into one buffer of about
 # CHUNK_BYTES that stays in the core's own (L2) cache, and screens it there before the next chunk overwrites it: the
 # scores never go out to the shared cache or RAM, and the screening pass reads them from L2 (measured by
-# tests/benchmarks/bench_score.py). The product runs on one BLAS thread per scoring thread, called from the compiled
+# benchmarks/bench_score.py). The product runs on one BLAS thread per scoring thread, called from the compiled
 # step (no GIL, no Python between chunks). Steps of fewer rows make OpenBLAS re-pack each chunk of items for fewer
 # users: 416-row steps took 5% less time than 208-row ones with two workers on bench_score's embeddings.
 STEP_ROWS = 416
@@ -61,7 +61,9 @@ SCREEN_LEARNING = 0.1  # weight of each settled row in those running means
 LANES = 16  # entries compared at once by _mask_at_least (one AVX-512 register)
 NEG_INF = np.float32(-np.inf)
 SLACK = 16  # the threshold keeps between m and m + SLACK stripe groups (when ties allow)
-BUCKETS = 256  # candidates up to BUCKET_SORT_MAX are ordered by a bucket sort on the score, more by a key sort
+BUCKETS = (
+    256  # candidates up to BUCKET_SORT_MAX are ordered by a bucket sort on the score, more by a key sort
+)
 BUCKET_SORT_MAX = 512
 REDO_BATCH = 64  # rows the screening missed are scored again in batches of about this many
 
@@ -87,8 +89,13 @@ class TopNScorer:
     which is cheaper than masking them). ``item_categories``: int [N] >= 0, needed only for the category cap.
     """
 
-    def __init__(self, item_embeddings: np.ndarray, item_categories: np.ndarray | None = None,
-                 step_rows: int | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        item_embeddings: np.ndarray,
+        item_categories: np.ndarray | None = None,
+        step_rows: int | None = None,
+        threads: int | None = None,
+    ) -> None:
         retain_freed_memory()  # every block allocates its result arrays again: reuse the heap, no fresh pages
         items = np.asarray(item_embeddings, dtype=np.float32)
         if items.ndim != 2:
@@ -110,11 +117,16 @@ class TopNScorer:
         # threshold only has to be placed well, not exactly)
         head = items[:, : self.head_dim].astype(np.float64)
         mean = head.mean(axis=0) if self.num_items else np.zeros(self.head_dim)
-        cov = np.cov(head, rowvar=False, bias=True).reshape(self.head_dim, self.head_dim) if self.num_items > 1 \
+        cov = (
+            np.cov(head, rowvar=False, bias=True).reshape(self.head_dim, self.head_dim)
+            if self.num_items > 1
             else np.zeros((self.head_dim, self.head_dim))
+        )
         item_moments = np.ascontiguousarray(np.hstack([mean[:, None], cov]), dtype=np.float32)
         # [chunks, d, W]: chunk c's items transposed, the BLAS-friendly layout for U @ I^T
-        chunks_t = np.ascontiguousarray(padded.reshape(chunks, self.chunk_width, self.head_dim).transpose(0, 2, 1))
+        chunks_t = np.ascontiguousarray(
+            padded.reshape(chunks, self.chunk_width, self.head_dim).transpose(0, 2, 1)
+        )
         if tail_cols is None or tail_coef is None:  # no tail: empty arrays, which the kernel skips
             tail_cols, tail_coef = np.zeros(0, np.intp), np.zeros(0, np.float32)
         # what the kernel reads of the items, one argument: chunks, [mean | covariance], the indicator tail
@@ -130,8 +142,15 @@ class TopNScorer:
         # one thread per core by default; a Spark task owns one core, so jobs/score.py passes threads=1
         self.threads = max(1, threads or len(os.sched_getaffinity(0)))
 
-    def top_n(self, user_embeddings: np.ndarray, n: int, exclude_rows: np.ndarray | None = None,
-              exclude_cols: np.ndarray | None = None, category_cap: int = 0, pool_factor: int = 4) -> TopN:
+    def top_n(
+        self,
+        user_embeddings: np.ndarray,
+        n: int,
+        exclude_rows: np.ndarray | None = None,
+        exclude_cols: np.ndarray | None = None,
+        category_cap: int = 0,
+        pool_factor: int = 4,
+    ) -> TopN:
         """Top ``n`` items per user row, best first, never an excluded (row, item position) pair.
 
         ``exclude_rows``/``exclude_cols``: parallel 1-D arrays of (row in this block, item position); pairs whose
@@ -159,14 +178,20 @@ class TopNScorer:
         rescored: list[int] = []  # per thread
         capacity = 8 * pool + 1024
         # the z of the m-th score if scores were normal: where the running mean starts
-        first_z = statistics.NormalDist().inv_cdf(max(1e-9, 1 - pool / self.num_items)) if pool < self.num_items else 0
+        first_z = (
+            statistics.NormalDist().inv_cdf(max(1e-9, 1 - pool / self.num_items))
+            if pool < self.num_items
+            else 0
+        )
 
         def score_steps(_: int) -> None:  # on this thread's own buffers and screening state
             step_rows = min(self.step_rows, rows)
             chunk = np.empty((step_rows, self.chunk_width), np.float32)
             moments = np.empty((step_rows, 1 + self.head_dim), np.float32)
             screen = _new_screen(step_rows, capacity, first_z)
-            missed: list[np.ndarray] = []  # rows to score again, batched: one BLAS call for many rows costs less
+            missed: list[
+                np.ndarray
+            ] = []  # rows to score again, batched: one BLAS call for many rows costs less
             again = 0
             for step in next_step:
                 done = step >= len(starts)
@@ -180,12 +205,32 @@ class TopNScorer:
                     return
                 start = starts[step]
                 stop = min(start + self.step_rows, rows)
-                step_indptr = indptr[start: stop + 1] - indptr[start]
-                step_cols = cols[indptr[start]: indptr[stop]]
-                _score_step(self._sgemm, users[start:stop], self._items, self.head_dim, self.num_items,
-                            step_indptr, step_cols, self.screen_margin, screen, chunk, moments)
-                _finish_rows(screen, stop - start, n, pool, self.item_categories, cap, self.num_items,
-                             positions[start:stop], scores[start:stop])
+                step_indptr = indptr[start : stop + 1] - indptr[start]
+                step_cols = cols[indptr[start] : indptr[stop]]
+                _score_step(
+                    self._sgemm,
+                    users[start:stop],
+                    self._items,
+                    self.head_dim,
+                    self.num_items,
+                    step_indptr,
+                    step_cols,
+                    self.screen_margin,
+                    screen,
+                    chunk,
+                    moments,
+                )
+                _finish_rows(
+                    screen,
+                    stop - start,
+                    n,
+                    pool,
+                    self.item_categories,
+                    cap,
+                    self.num_items,
+                    positions[start:stop],
+                    scores[start:stop],
+                )
                 redo = np.flatnonzero(screen[-1][: stop - start])
                 if len(redo):
                     missed.append(start + redo)
@@ -198,20 +243,34 @@ class TopNScorer:
                     list(executor.map(score_steps, range(threads)))  # list(): re-raises a thread's error
         return TopN(positions, scores, sum(rescored))
 
-    def _select_whole_rows(self, row_users: np.ndarray, rows: np.ndarray, indptr: np.ndarray, cols: np.ndarray,
-                           n: int, cap: int, pool: int, out_pos: np.ndarray, out_val: np.ndarray) -> None:
+    def _select_whole_rows(
+        self,
+        row_users: np.ndarray,
+        rows: np.ndarray,
+        indptr: np.ndarray,
+        cols: np.ndarray,
+        n: int,
+        cap: int,
+        pool: int,
+        out_pos: np.ndarray,
+        out_val: np.ndarray,
+    ) -> None:
         """The rows the screening could not settle (see _finish_rows), selected over their whole score rows."""
         whole = np.empty((len(rows), self.padded_items), np.float32)
-        _score_whole_rows(self._sgemm, np.ascontiguousarray(row_users), self._items, self.head_dim, self.num_items,
-                          whole)
+        _score_whole_rows(
+            self._sgemm, np.ascontiguousarray(row_users), self._items, self.head_dim, self.num_items, whole
+        )
         counts = indptr[rows + 1] - indptr[rows]
         row_indptr = np.zeros(len(rows) + 1, np.int64)
         np.cumsum(counts, out=row_indptr[1:])
-        row_cols = np.concatenate([cols[indptr[r]: indptr[r + 1]] for r in rows]) if counts.sum() else cols[:0]
+        row_cols = (
+            np.concatenate([cols[indptr[r] : indptr[r + 1]] for r in rows]) if counts.sum() else cols[:0]
+        )
         row_pos = np.empty((len(rows), n), np.int32)
         row_val = np.empty((len(rows), n), np.float32)
-        _select_rows(whole, self.num_items, n, row_indptr, row_cols, self.item_categories, cap, pool, row_pos,
-                     row_val)
+        _select_rows(
+            whole, self.num_items, n, row_indptr, row_cols, self.item_categories, cap, pool, row_pos, row_val
+        )
         out_pos[rows] = row_pos
         out_val[rows] = row_val
 
@@ -225,16 +284,27 @@ Screen = tuple
 
 
 def _new_screen(rows: int, capacity: int, first_z: float) -> Screen:
-    return (np.array([first_z, 0.1]), np.empty(rows, np.float32), np.empty(rows), np.empty(rows),
-            np.empty((rows, capacity), np.int32), np.empty((rows, capacity), np.float32), np.empty(rows, np.int64),
-            np.empty(rows, np.bool_))
+    return (
+        np.array([first_z, 0.1]),
+        np.empty(rows, np.float32),
+        np.empty(rows),
+        np.empty(rows),
+        np.empty((rows, capacity), np.int32),
+        np.empty((rows, capacity), np.float32),
+        np.empty(rows, np.int64),
+        np.empty(rows, np.bool_),
+    )
 
 
 _CONTROLLER: list[ThreadpoolController] = []
 # cblas_sgemm by name, and whether its ints are 64-bit: numpy's PyPI wheels bundle scipy-openblas (ILP64); other
 # builds link a plain LP64 BLAS (OpenBLAS, MKL, Accelerate)
-_SGEMM_SYMBOLS = (("scipy_cblas_sgemm64_", True), ("cblas_sgemm64_", True), ("scipy_cblas_sgemm", False),
-                  ("cblas_sgemm", False))
+_SGEMM_SYMBOLS = (
+    ("scipy_cblas_sgemm64_", True),
+    ("cblas_sgemm64_", True),
+    ("scipy_cblas_sgemm", False),
+    ("cblas_sgemm", False),
+)
 Sgemm = tuple  # (address of a cblas_sgemm, whether its ints are 64-bit): an argument of the compiled kernel
 
 
@@ -258,12 +328,15 @@ def _find_sgemm() -> Sgemm:
     for symbol, ilp64 in _SGEMM_SYMBOLS:
         if hasattr(numpy_itself, symbol):
             return int(ctypes.cast(getattr(numpy_itself, symbol), ctypes.c_void_p).value or 0), ilp64
-    raise RuntimeError("the top-N kernel needs the BLAS numpy links to export cblas_sgemm; it has none of "
-                       f"{', '.join(name for name, _ in _SGEMM_SYMBOLS)}")
+    raise RuntimeError(
+        "the top-N kernel needs the BLAS numpy links to export cblas_sgemm; it has none of "
+        f"{', '.join(name for name, _ in _SGEMM_SYMBOLS)}"
+    )
 
 
-def _exclusions_csr(rows_ex: np.ndarray | None, cols_ex: np.ndarray | None, rows: int,
-                    num_items: int) -> tuple[np.ndarray, np.ndarray]:
+def _exclusions_csr(
+    rows_ex: np.ndarray | None, cols_ex: np.ndarray | None, rows: int, num_items: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(row, position) pairs as CSR: ``cols[indptr[r]:indptr[r + 1]]`` are row r's excluded positions."""
     if rows_ex is None or cols_ex is None:
         return np.zeros(rows + 1, np.int64), np.zeros(0, np.int32)
@@ -378,8 +451,18 @@ Scratch = tuple  # maxes, lower/upper half-group maxes, hot half-groups (2), can
 
 
 @nb.njit(cache=True, inline="always")
-def _gather_hot(row: np.ndarray, groups: int, first_stripe: int, end_stripe: int, hot: np.ndarray, n_hot: int,
-                threshold: float, pos: np.ndarray, val: np.ndarray, size: int) -> int:
+def _gather_hot(
+    row: np.ndarray,
+    groups: int,
+    first_stripe: int,
+    end_stripe: int,
+    hot: np.ndarray,
+    n_hot: int,
+    threshold: float,
+    pos: np.ndarray,
+    val: np.ndarray,
+    size: int,
+) -> int:
     """Appends the entries >= ``threshold`` of the ``hot`` groups in stripes [first, end) (branch-free: every
     entry is written, the count only advances for a candidate); returns the new count."""
     for s in range(first_stripe, end_stripe):
@@ -409,9 +492,19 @@ def _mean_spread(values: np.ndarray, size: int) -> tuple[float, float]:
 
 
 @nb.njit(cache=True)
-def _order_candidates(pos: np.ndarray, val: np.ndarray, size: int, threshold: float, k: int, keys: np.ndarray,
-                      buckets: np.ndarray, sorted_pos: np.ndarray, sorted_val: np.ndarray, res_pos: np.ndarray,
-                      res_val: np.ndarray) -> None:
+def _order_candidates(
+    pos: np.ndarray,
+    val: np.ndarray,
+    size: int,
+    threshold: float,
+    k: int,
+    keys: np.ndarray,
+    buckets: np.ndarray,
+    sorted_pos: np.ndarray,
+    sorted_val: np.ndarray,
+    res_pos: np.ndarray,
+    res_val: np.ndarray,
+) -> None:
     """The best ``k`` of the ``size`` candidates (in position order, all >= ``threshold``) into ``res_pos[:k]``/
     ``res_val[:k]``: score descending, equal scores by position."""
     top = NEG_INF
@@ -502,14 +595,33 @@ def _top_into(row: np.ndarray, m: int, scratch: Scratch, res_pos: np.ndarray, re
     size = _gather_hot(row, groups, 0, half, hot_lo, n_lo, threshold, pos, val, 0)
     size = _gather_hot(row, groups, half, STRIPES, hot_hi, n_hi, threshold, pos, val, size)
     k = min(m, size)
-    _order_candidates(pos, val, size, threshold if finite_cut else -np.inf, k, keys, buckets, sorted_pos, sorted_val,
-                      res_pos, res_val)
+    _order_candidates(
+        pos,
+        val,
+        size,
+        threshold if finite_cut else -np.inf,
+        k,
+        keys,
+        buckets,
+        sorted_pos,
+        sorted_val,
+        res_pos,
+        res_val,
+    )
     return k
 
 
 @nb.njit(cache=True)
-def _fill_capped(pool_pos: np.ndarray, pool_val: np.ndarray, k: int, categories: np.ndarray, cap: int,
-                 taken: np.ndarray, out_pos: np.ndarray, out_val: np.ndarray) -> int:
+def _fill_capped(
+    pool_pos: np.ndarray,
+    pool_val: np.ndarray,
+    k: int,
+    categories: np.ndarray,
+    cap: int,
+    taken: np.ndarray,
+    out_pos: np.ndarray,
+    out_val: np.ndarray,
+) -> int:
     """The category cap: the pool's items in score order, at most ``cap`` of a category, until ``out`` is full;
     returns how many it holds."""
     n = out_pos.shape[0]
@@ -528,17 +640,36 @@ def _fill_capped(pool_pos: np.ndarray, pool_val: np.ndarray, k: int, categories:
 
 
 @nb.njit(nogil=True, cache=True)
-def _select_rows(scores: np.ndarray, num_items: int, n: int, indptr: np.ndarray, cols: np.ndarray,
-                 categories: np.ndarray, cap: int, pool: int, out_pos: np.ndarray, out_val: np.ndarray) -> None:
+def _select_rows(
+    scores: np.ndarray,
+    num_items: int,
+    n: int,
+    indptr: np.ndarray,
+    cols: np.ndarray,
+    categories: np.ndarray,
+    cap: int,
+    pool: int,
+    out_pos: np.ndarray,
+    out_val: np.ndarray,
+) -> None:
     """Top-n of whole score rows (the rows the screening did not settle)."""
     rows, padded = scores.shape
     num_categories = categories.max() + 1 if cap > 0 else 1
     groups = padded // STRIPES
-    scratch = (np.empty(groups, np.float32), np.empty(groups, np.float32), np.empty(groups, np.float32),
-               np.empty(groups, np.int32), np.empty(groups, np.int32), np.empty(padded, np.int32),
-               np.empty(padded, np.float32), np.empty(padded, np.uint64), np.empty(BUCKETS + 1, np.int64),
-               np.empty(min(padded, BUCKET_SORT_MAX), np.int32), np.empty(min(padded, BUCKET_SORT_MAX), np.float32),
-               np.full(1, 1.4))
+    scratch = (
+        np.empty(groups, np.float32),
+        np.empty(groups, np.float32),
+        np.empty(groups, np.float32),
+        np.empty(groups, np.int32),
+        np.empty(groups, np.int32),
+        np.empty(padded, np.int32),
+        np.empty(padded, np.float32),
+        np.empty(padded, np.uint64),
+        np.empty(BUCKETS + 1, np.int64),
+        np.empty(min(padded, BUCKET_SORT_MAX), np.int32),
+        np.empty(min(padded, BUCKET_SORT_MAX), np.float32),
+        np.full(1, 1.4),
+    )
     taken = np.zeros(num_categories, np.int32)
     pool_pos = np.empty(pool if cap > 0 else 1, np.int32)
     pool_val = np.empty(pool if cap > 0 else 1, np.float32)
@@ -591,8 +722,9 @@ def _mask_at_least(typingctx, row_t, start_t, threshold_t):  # type: ignore[no-u
 def _sgemm(typingctx, sgemm_t, a_t, lda_t, b_t, ldb_t, c_t, ldc_t, m_t, n_t, k_t):  # type: ignore[no-untyped-def]
     """``c[:m, :n] = a[:m, :k] @ b[:k, :n]`` (float32, row-major, leading dimensions ``lda``, ``ldb``, ``ldc``) by the
     ``cblas_sgemm`` that ``sgemm`` names (see _find_sgemm), with 64- or 32-bit ints as it takes them."""
-    signature = types.void(sgemm_t, a_t, types.intp, b_t, types.intp, c_t, types.intp, types.intp, types.intp,
-                           types.intp)
+    signature = types.void(
+        sgemm_t, a_t, types.intp, b_t, types.intp, c_t, types.intp, types.intp, types.intp, types.intp
+    )
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
         sgemm, a, lda, b, ldb, c, ldc, m, n, k = args
@@ -609,13 +741,48 @@ def _sgemm(typingctx, sgemm_t, a_t, lda_t, b_t, ldb_t, c_t, ldc_t, m_t, n_t, k_t
         with builder.if_else(wide_ints) as (wide, narrow):
             for branch, integer in ((wide, ir.IntType(64)), (narrow, i32)):
                 with branch:
-                    cblas = ir.FunctionType(ir.VoidType(), [i32, i32, i32, integer, integer, integer, f32, floats,
-                                                            integer, floats, integer, f32, floats, integer])
-                    m_, n_, k_, lda_, ldb_, ldc_ = (builder.trunc(v, integer) if integer.width < 64 else v
-                                                    for v in (m, n, k, lda, ldb, ldc))
-                    builder.call(builder.inttoptr(address, cblas.as_pointer()),
-                                 [row_major, no_trans, no_trans, m_, n_, k_, ir.Constant(f32, 1.0), pointers[0], lda_,
-                                  pointers[1], ldb_, ir.Constant(f32, 0.0), pointers[2], ldc_])
+                    cblas = ir.FunctionType(
+                        ir.VoidType(),
+                        [
+                            i32,
+                            i32,
+                            i32,
+                            integer,
+                            integer,
+                            integer,
+                            f32,
+                            floats,
+                            integer,
+                            floats,
+                            integer,
+                            f32,
+                            floats,
+                            integer,
+                        ],
+                    )
+                    m_, n_, k_, lda_, ldb_, ldc_ = (
+                        builder.trunc(v, integer) if integer.width < 64 else v
+                        for v in (m, n, k, lda, ldb, ldc)
+                    )
+                    builder.call(
+                        builder.inttoptr(address, cblas.as_pointer()),
+                        [
+                            row_major,
+                            no_trans,
+                            no_trans,
+                            m_,
+                            n_,
+                            k_,
+                            ir.Constant(f32, 1.0),
+                            pointers[0],
+                            lda_,
+                            pointers[1],
+                            ldb_,
+                            ir.Constant(f32, 0.0),
+                            pointers[2],
+                            ldc_,
+                        ],
+                    )
         return context.get_dummy_value()
 
     return signature, codegen
@@ -641,13 +808,13 @@ def _product(sgemm: Sgemm, users: np.ndarray, head_dim: int, right: np.ndarray, 
     if head_dim == 0:
         out[:] = 0.0
         return
-    _sgemm(sgemm, users, _leading(users), right, _leading(right), out, _leading(out), rows, width,
-           head_dim)  # type: ignore[call-arg]  # typingctx is numba's
+    _sgemm(sgemm, users, _leading(users), right, _leading(right), out, _leading(out), rows, width, head_dim)  # type: ignore[call-arg]  # typingctx is numba's
 
 
 @nb.njit(nogil=True, cache=True)
-def _score_chunk(sgemm: Sgemm, users: np.ndarray, items: Items, head_dim: int, num_items: int, number: int,
-                 out: np.ndarray) -> None:
+def _score_chunk(
+    sgemm: Sgemm, users: np.ndarray, items: Items, head_dim: int, num_items: int, number: int, out: np.ndarray
+) -> None:
     """``out`` [B, W] = the scores of ``users`` (whole rows, [B, d] C-contiguous) for chunk ``number`` of the items:
     one BLAS call for the head, the indicator tail added by a gather (see indicator_tail)."""
     chunks, _, tail_cols, tail_coef = items
@@ -662,17 +829,31 @@ def _score_chunk(sgemm: Sgemm, users: np.ndarray, items: Items, head_dim: int, n
 
 
 @nb.njit(nogil=True, cache=True)
-def _score_whole_rows(sgemm: Sgemm, users: np.ndarray, items: Items, head_dim: int, num_items: int,
-                      out: np.ndarray) -> None:
+def _score_whole_rows(
+    sgemm: Sgemm, users: np.ndarray, items: Items, head_dim: int, num_items: int, out: np.ndarray
+) -> None:
     """``out`` [B, padded items] = the scores of ``users`` for every chunk (the rows the screening missed)."""
     width = items[0].shape[2]
     for number in range(items[0].shape[0]):
-        _score_chunk(sgemm, users, items, head_dim, num_items, number, out[:, number * width: (number + 1) * width])
+        _score_chunk(
+            sgemm, users, items, head_dim, num_items, number, out[:, number * width : (number + 1) * width]
+        )
 
 
 @nb.njit(nogil=True, cache=True)
-def _score_step(sgemm: Sgemm, users: np.ndarray, items: Items, head_dim: int, num_items: int, indptr: np.ndarray,
-                cols: np.ndarray, margin: float, screen: Screen, chunk: np.ndarray, moments: np.ndarray) -> None:
+def _score_step(
+    sgemm: Sgemm,
+    users: np.ndarray,
+    items: Items,
+    head_dim: int,
+    num_items: int,
+    indptr: np.ndarray,
+    cols: np.ndarray,
+    margin: float,
+    screen: Screen,
+    chunk: np.ndarray,
+    moments: np.ndarray,
+) -> None:
     """A step of users (rows of ``users``) scored one chunk of items at a time into ``chunk``, each chunk screened
     while it is in cache: the candidates _finish_rows then orders."""
     rows = users.shape[0]
@@ -726,15 +907,24 @@ def _start_rows(users: np.ndarray, moments: np.ndarray, margin: float, screen: S
 
 
 @nb.njit(nogil=True, cache=True)
-def _screen_chunk(chunk: np.ndarray, offset: int, num_items: int, indptr: np.ndarray, excluded: np.ndarray,
-                  next_excluded: np.ndarray, screen: Screen) -> None:
+def _screen_chunk(
+    chunk: np.ndarray,
+    offset: int,
+    num_items: int,
+    indptr: np.ndarray,
+    excluded: np.ndarray,
+    next_excluded: np.ndarray,
+    screen: Screen,
+) -> None:
     """One chunk of a step's scores (items ``offset ..``), while it is in cache: excluded items and padding set to
     -inf, then the entries >= the row's screening threshold appended to its candidates, in position order.
     ``excluded``: each row's excluded positions, ascending; ``next_excluded[r]``: row r's first one not yet reached."""
     _, provisional, _, _, cand_pos, cand_val, count, _ = screen
     rows, width = chunk.shape
     capacity = cand_pos.shape[1]
-    flat = chunk.reshape(rows * width)  # one view: indexing rows by offset takes no per-row view (and refcount)
+    flat = chunk.reshape(
+        rows * width
+    )  # one view: indexing rows by offset takes no per-row view (and refcount)
     for r in range(rows):
         base = r * width
         e = next_excluded[r]
@@ -764,8 +954,17 @@ def _screen_chunk(chunk: np.ndarray, offset: int, num_items: int, indptr: np.nda
 
 
 @nb.njit(nogil=True, cache=True)
-def _finish_rows(screen: Screen, rows: int, n: int, m: int, categories: np.ndarray, cap: int, num_items: int,
-                 out_pos: np.ndarray, out_val: np.ndarray) -> None:
+def _finish_rows(
+    screen: Screen,
+    rows: int,
+    n: int,
+    m: int,
+    categories: np.ndarray,
+    cap: int,
+    num_items: int,
+    out_pos: np.ndarray,
+    out_val: np.ndarray,
+) -> None:
     """Each screened row's top-n from its candidates, exact: when it has at least m, the row's top m are all >= the
     screening threshold, so all candidates. Rows with fewer (the threshold was too high), an overflow (far too low)
     or a category-capped list left short are marked in ``redo`` for :meth:`TopNScorer._select_whole_rows`. Each row
@@ -788,13 +987,35 @@ def _finish_rows(screen: Screen, rows: int, n: int, m: int, categories: np.ndarr
             too_high |= size >= 0
             continue
         if cap <= 0:
-            _order_candidates(cand_pos[r], cand_val[r], size, provisional[r], n, keys, buckets, sorted_pos,
-                              sorted_val, out_pos[r], out_val[r])
+            _order_candidates(
+                cand_pos[r],
+                cand_val[r],
+                size,
+                provisional[r],
+                n,
+                keys,
+                buckets,
+                sorted_pos,
+                sorted_val,
+                out_pos[r],
+                out_val[r],
+            )
             cut = out_val[r, n - 1]
             redo[r] = False
         else:
-            _order_candidates(cand_pos[r], cand_val[r], size, provisional[r], m, keys, buckets, sorted_pos,
-                              sorted_val, pool_pos, pool_val)
+            _order_candidates(
+                cand_pos[r],
+                cand_val[r],
+                size,
+                provisional[r],
+                m,
+                keys,
+                buckets,
+                sorted_pos,
+                sorted_val,
+                pool_pos,
+                pool_val,
+            )
             cut = pool_val[m - 1]
             filled = _fill_capped(pool_pos, pool_val, m, categories, cap, taken, out_pos[r], out_val[r])
             if filled == n or m >= num_items:

@@ -1,6 +1,6 @@
 """Benchmark: where clean's first pass goes, piece by piece, against the floor's own JSON reader (warm JVM).
 
-    python tests/benchmarks/bench_first_pass.py [--events 1000000] [--rounds 3] [--work /tmp/recflow-bench-clean]
+    python -m benchmarks.bench_first_pass [--events 1000000] [--rounds 3] [--work /tmp/recflow-bench-clean]
 
 On one raw lake of ``bench_clean.py`` (the same generator and files), one Spark session (local[2], 2 GB driver)
 runs each step below once to warm the JVM, then ``--rounds`` times in turn; the table gives the median seconds. The
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,14 +28,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from benchmarks.bench_clean import DAYS, RUN_DATE, SPARK_ENV, generate, raw_lines
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_clean import DAYS, RUN_DATE, SPARK_ENV, generate, raw_lines  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 Step = Callable[[], None]
 
@@ -87,10 +84,15 @@ def run(events: int, rounds: int, work: Path) -> str:
     os.environ.update({k: v for k, v in SPARK_ENV.items() if k != "PYSPARK_SUBMIT_ARGS"})
     raw = generate(work, events)
     lines = raw_lines(raw)
-    spark = (SparkSession.builder.master("local[2]").config("spark.driver.memory", "2g")
-             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
-             .config("spark.sql.session.timeZone", "UTC")
-             .config("spark.driver.host", "127.0.0.1").getOrCreate())
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .config("spark.driver.memory", "2g")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.host", "127.0.0.1")
+        .getOrCreate()
+    )
     todo = steps(spark, raw, work / "first-pass-out")
     seconds: dict[str, list[float]] = {name: [] for name in todo}
     for round_no in range(rounds + 1):  # round 0 warms the JVM (class loading, JIT) and is not counted
@@ -103,10 +105,16 @@ def run(events: int, rounds: int, work: Path) -> str:
     spark.stop()
     median = {name: statistics.median(values) for name, values in seconds.items()}
     peer, floor = median["json reader"], median["floor"]
-    out = [f"{lines:,} raw lines (bench_clean.py's {events:,}-event lake, {DAYS} days), median of {rounds} warm rounds",
-           "", "| step | s | wall µs per line | × json reader | × floor |", "|---|---:|---:|---:|---:|"]
+    out = [
+        f"{lines:,} raw lines (bench_clean.py's {events:,}-event lake, {DAYS} days), median of {rounds} warm rounds",
+        "",
+        "| step | s | wall µs per line | × json reader | × floor |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, value in median.items():
-        out.append(f"| {name} | {value:.2f} | {value / lines * 1e6:.2f} | {value / peer:.2f} | {value / floor:.2f} |")
+        out.append(
+            f"| {name} | {value:.2f} | {value / lines * 1e6:.2f} | {value / peer:.2f} | {value / floor:.2f} |"
+        )
     text = "\n".join(out)
     print(text)
     (work / f"bench_first_pass-{events}.md").write_text(text + "\n")

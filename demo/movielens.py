@@ -1,6 +1,6 @@
 """MovieLens 100k as raw input: ratings become events in the same raw layout the generator writes.
 
-``python -m jobs.movielens --movielens-dir DIR --lake-root R`` reads ``u.data`` (user \\t item \\t rating \\t unix
+``python -m demo.movielens --movielens-dir DIR --lake-root R`` reads ``u.data`` (user \\t item \\t rating \\t unix
 time), ``u.item`` (titles, release dates, genre flags), ``u.genre`` and ``u.user`` from DIR (the ml-100k folder or a
 folder holding it) and writes, for every day that has ratings (UTC)::
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from jobs.generate import _local_root, replace_partition
+from demo.generate import _local_root, replace_partition
 from schemas import lake
 from schemas.settings import Settings
 

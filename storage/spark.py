@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -14,10 +15,10 @@ from pyspark import SparkConf
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.class_archive import spark_jvm_options
 from schemas import lake
 from schemas.settings import Settings
 from schemas.spark import to_spark
+from storage.spark_jvm import spark_jvm_options
 
 CONCURRENT_JOBS = 4  # Spark jobs submitted at once by in_parallel
 
@@ -48,16 +49,18 @@ def spark_session(settings: Settings, app: str) -> SparkSession:
     return builder.getOrCreate()
 
 
-def read_partition(spark: SparkSession, root: str, name: str, date: dt.date | str,
-                   schema: pa.Schema | None = None) -> DataFrame:
+def read_partition(
+    spark: SparkSession, root: str, name: str, date: dt.date | str, schema: pa.Schema | None = None
+) -> DataFrame:
     reader = spark.read
     if schema is not None:
         reader = reader.schema(to_spark(schema))
     return reader.parquet(lake.partition(root, name, date))
 
 
-def read_partitions(spark: SparkSession, root: str, name: str, dates: list[dt.date],
-                    schema: pa.Schema | None = None) -> DataFrame:
+def read_partitions(
+    spark: SparkSession, root: str, name: str, dates: list[dt.date], schema: pa.Schema | None = None
+) -> DataFrame:
     """Several dates of one table, with a ``dt`` (date) column; dates without a partition are skipped."""
     paths = [lake.partition(root, name, d) for d in dates]
     existing = [p for p in paths if path_exists(spark, p)]
@@ -69,15 +72,15 @@ def read_partitions(spark: SparkSession, root: str, name: str, dates: list[dt.da
     return reader.parquet(*existing)
 
 
-def write_partition(df: DataFrame, root: str, name: str, date: dt.date | str,
-                    schema: pa.Schema | None = None) -> None:
+def write_partition(
+    df: DataFrame, root: str, name: str, date: dt.date | str, schema: pa.Schema | None = None
+) -> None:
     """Replace exactly ``dt=date`` of the table (dynamic partition overwrite), checking the contract first."""
     if schema is not None:
         check_schema(df, schema, name)
         df = df.select(*schema.names)
     ds = date if isinstance(date, str) else date.isoformat()
-    (df.withColumn("dt", F.lit(ds)).write.mode("overwrite").partitionBy("dt")
-       .parquet(lake.table(root, name)))
+    (df.withColumn("dt", F.lit(ds)).write.mode("overwrite").partitionBy("dt").parquet(lake.table(root, name)))
 
 
 def check_schema(df: DataFrame, schema: pa.Schema, name: str = "table") -> None:
@@ -110,6 +113,38 @@ def delete_path(spark: SparkSession, path: str) -> None:
         fs.delete(hpath, True)
 
 
+def write_bytes(spark: SparkSession, path: str, data: bytes) -> None:
+    """Write a small file via a temporary sibling and a rename: readers see the old file or the new one."""
+    fs, hpath = hadoop_path(spark, path)
+    jvm = spark.sparkContext._jvm
+    tmp = jvm.org.apache.hadoop.fs.Path(hpath.getParent(), f".{hpath.getName()}.{uuid.uuid4().hex}.tmp")
+    out = fs.create(tmp, True)
+    try:
+        out.write(bytearray(data))
+    finally:
+        out.close()
+    if fs.exists(hpath):
+        fs.delete(hpath, False)
+    if not fs.rename(tmp, hpath):
+        raise OSError(f"could not rename {tmp} to {path}")
+
+
+def read_bytes(spark: SparkSession, path: str) -> bytes:
+    fs, hpath = hadoop_path(spark, path)
+    stream = fs.open(hpath)
+    try:
+        chunks = []
+        buffer = bytearray(1 << 16)
+        while True:
+            n = stream.read(buffer)
+            if n <= 0:
+                break
+            chunks.append(bytes(buffer[:n]))
+        return b"".join(chunks)
+    finally:
+        stream.close()
+
+
 def empty_parquet(schema: pa.Schema) -> bytes:
     """A valid Parquet file with ``schema`` and no rows (what Spark writes for an empty frame, without a job)."""
     import pyarrow.parquet as pq
@@ -119,19 +154,18 @@ def empty_parquet(schema: pa.Schema) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
-def write_empty_partition(spark: SparkSession, root: str, name: str, date: dt.date | str,
-                          schema: pa.Schema) -> None:
+def write_empty_partition(
+    spark: SparkSession, root: str, name: str, date: dt.date | str, schema: pa.Schema
+) -> None:
     """Replace the ``dt=date`` folder of the table by one empty Parquet file carrying the schema.
 
     Spark's dynamic overwrite never touches a partition the new data has no row for, so an empty day has to be
     written explicitly; writing the file directly (any Hadoop-compatible lake) costs no Spark job per day.
     """
-    from jobs import manifest
-
     folder = lake.partition(root, name, date)
     delete_path(spark, folder)
-    manifest.write_bytes(f"{folder}/part-00000-empty.parquet", empty_parquet(schema), spark)
-    manifest.write_bytes(f"{folder}/_SUCCESS", b"", spark)
+    write_bytes(spark, f"{folder}/part-00000-empty.parquet", empty_parquet(schema))
+    write_bytes(spark, f"{folder}/_SUCCESS", b"")
 
 
 def in_parallel(actions: Sequence[Callable[[], Any]], threads: int = CONCURRENT_JOBS) -> list[Any]:

@@ -1,9 +1,9 @@
 """Local Airflow for recflow: one environment, the metadata DB, the Spark pool, and the UI processes by PID.
 
-    python -m jobs.local_airflow ui        # api-server (UI), scheduler, dag-processor on 127.0.0.1; prints login
-    python -m jobs.local_airflow ui-stop   # stops exactly the processes `ui` started (PID files)
-    python -m jobs.local_airflow backfill 2026-01-10 2026-01-14 [--conf JSON]  # days D in order, via a scheduler
-    python -m jobs.local_airflow env       # the environment as shell exports (for a terminal of your own)
+    python -m tools.local_airflow ui        # api-server (UI), scheduler, dag-processor on 127.0.0.1; prints login
+    python -m tools.local_airflow ui-stop   # stops exactly the processes `ui` started (PID files)
+    python -m tools.local_airflow backfill 2026-01-10 2026-01-14 [--conf JSON]  # days D in order, via a scheduler
+    python -m tools.local_airflow env       # the environment as shell exports (for a terminal of your own)
 
 Everything lives in the checkout's ``airflow_home/`` (SQLite DB, logs, ``pids/``); the Spark connection defaults to
 ``local[*]``; the pseudonym key is generated once into ``.secrets/pseudonym_key`` (gitignored).
@@ -25,8 +25,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from models.allocator import allocator_env
 from schemas.settings import REPO_ROOT
+from scoring.allocator import allocator_env
 
 LOCAL_SPARK_CONN = json.dumps({"conn_type": "spark", "host": "local[*]"})
 UI_HOST, UI_PORT = "127.0.0.1", int(os.environ.get("RECFLOW_UI_PORT", "8080"))
@@ -62,13 +62,15 @@ def airflow_env(repo: Path = REPO_ROOT) -> dict[str, str]:
     env.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://{UI_HOST}:{UI_PORT}/execution/")
     env.setdefault("AIRFLOW_CONN_SPARK_DEFAULT", LOCAL_SPARK_CONN)
     if env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "sqlite").startswith("sqlite"):
-        env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS", "jobs.local_airflow.SQLITE_CONNECT_ARGS")
+        env.setdefault(
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS", "tools.local_airflow.SQLITE_CONNECT_ARGS"
+        )
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("PYTHONUNBUFFERED", "1")
-    for name, value in allocator_env().items():  # TensorFlow tasks reuse freed memory (models/allocator.py)
+    for name, value in allocator_env().items():  # TensorFlow tasks reuse freed memory (scoring/allocator.py)
         env.setdefault(name, value)
     if venv_bin not in env.get("PATH", "").split(os.pathsep):  # spark-submit and airflow of this venv
         env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
@@ -92,8 +94,10 @@ def ensure_airflow_db(env: dict[str, str], quiet: bool = False) -> None:
     started = time.monotonic()
     subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
     if not quiet:
-        print(f"Airflow metadata DB ready in {env['AIRFLOW_HOME']} ({time.monotonic() - started:.0f} s)",
-              flush=True)
+        print(
+            f"Airflow metadata DB ready in {env['AIRFLOW_HOME']} ({time.monotonic() - started:.0f} s)",
+            flush=True,
+        )
 
 
 # Run in the Airflow environment: the published tables' Assets as the DAGs declare them (their URI follows the lake
@@ -121,16 +125,31 @@ def release_moved_assets(env: dict[str, str]) -> None:
     run (no scheduler) on the moved lake failed at publish with ``AirflowInactiveAssetInInletOrOutletException``.
     This does what that check would do for the two published tables, before the run.
     """
-    done = subprocess.run([sys.executable, "-c", _RELEASE_MOVED_ASSETS, env["AIRFLOW__CORE__DAGS_FOLDER"]], env=env,
-                          check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _RELEASE_MOVED_ASSETS, env["AIRFLOW__CORE__DAGS_FOLDER"]],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     if done.stdout:
         print(done.stdout.strip(), flush=True)
 
 
 def ensure_spark_pool(env: dict[str, str]) -> None:
-    subprocess.run([airflow_bin(), "pools", "set", SPARK_POOL, str(SPARK_POOL_SLOTS),
-                    "recflow Spark jobs: one at a time on a small machine"],
-                   env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            airflow_bin(),
+            "pools",
+            "set",
+            SPARK_POOL,
+            str(SPARK_POOL_SLOTS),
+            "recflow Spark jobs: one at a time on a small machine",
+        ],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def _pid_dir(env: dict[str, str]) -> Path:
@@ -179,8 +198,11 @@ def start_processes(env: dict[str, str], parallelism: int = 2) -> dict[str, int]
     env["AIRFLOW__CORE__PARALLELISM"] = str(parallelism)  # a 2-core machine: two task processes at most
     pids = _pid_dir(env)
     pids.mkdir(parents=True, exist_ok=True)
-    running = {name: int(p.read_text()) for name, _ in UI_PROCESSES
-               if (p := pids / f"{name}.pid").exists() and _alive_airflow(int(p.read_text()))}
+    running = {
+        name: int(p.read_text())
+        for name, _ in UI_PROCESSES
+        if (p := pids / f"{name}.pid").exists() and _alive_airflow(int(p.read_text()))
+    }
     if running:
         raise SystemExit(f"already running: {running}; `make ui-stop` first")
     ensure_airflow_db(env)
@@ -191,13 +213,21 @@ def start_processes(env: dict[str, str], parallelism: int = 2) -> dict[str, int]
     try:
         for name, args in UI_PROCESSES:
             with open(log_dir / f"{name}.log", "ab") as log:
-                proc = subprocess.Popen([airflow_bin(), *args], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                proc = subprocess.Popen(
+                    [airflow_bin(), *args],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             (pids / f"{name}.pid").write_text(f"{proc.pid}\n")
             started[name] = proc.pid
         print(f"started {started}; logs in {log_dir}", flush=True)
         if not wait_for_ui():
-            raise SystemExit(f"the API server did not answer on {UI_HOST}:{UI_PORT}: see {log_dir}/api-server.log")
+            raise SystemExit(
+                f"the API server did not answer on {UI_HOST}:{UI_PORT}: see {log_dir}/api-server.log"
+            )
     except BaseException:  # a failed start or Ctrl-C while waiting: nothing of ours is left running
         stop_processes(env, started)
         raise
@@ -214,7 +244,9 @@ def start_ui(env: dict[str, str] | None = None, parallelism: int = 2) -> dict[st
     return started
 
 
-def stop_processes(env: dict[str, str], only: dict[str, int] | None = None, timeout: float = 30.0) -> list[str]:
+def stop_processes(
+    env: dict[str, str], only: dict[str, int] | None = None, timeout: float = 30.0
+) -> list[str]:
     """Stop the processes whose PIDs were recorded (each with its own children, by process group); with ``only``
     (``{name: pid}`` as :func:`start_processes` returned), exactly those PIDs and nothing else."""
     stopped = []
@@ -250,8 +282,9 @@ FINISHED = ("success", "failed")
 
 def _airflow_json(env: dict[str, str], *args: str) -> Any:
     """An ``airflow ... --output json`` command's parsed output (log lines before the JSON are skipped)."""
-    out = subprocess.run([airflow_bin(), *args, "--output", "json"], env=env, check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        [airflow_bin(), *args, "--output", "json"], env=env, check=True, capture_output=True, text=True
+    ).stdout
     lines = out.splitlines()
     for number, line in enumerate(lines):
         if line.lstrip().startswith(("[", "{")):
@@ -283,23 +316,43 @@ def logical_date(day: dt.date) -> dt.date:
     return day + dt.timedelta(days=1)
 
 
-def backfill_runs(env: dict[str, str], first: dt.date, last: dt.date, dag_id: str = DAG_ID) -> list[dict[str, Any]]:
+def backfill_runs(
+    env: dict[str, str], first: dt.date, last: dt.date, dag_id: str = DAG_ID
+) -> list[dict[str, Any]]:
     """The runs for days ``first``..``last``, in date order, each with its day D and duration in seconds."""
-    runs = _airflow_json(env, "dags", "list-runs", dag_id, "--start-date", logical_date(first).isoformat(),
-                         "--end-date", logical_date(last).isoformat() + "T23:59:59+00:00")
+    runs = _airflow_json(
+        env,
+        "dags",
+        "list-runs",
+        dag_id,
+        "--start-date",
+        logical_date(first).isoformat(),
+        "--end-date",
+        logical_date(last).isoformat() + "T23:59:59+00:00",
+    )
     out = []
     for run in runs:
         logical = dt.datetime.fromisoformat(run["logical_date"])
         start, end = run.get("start_date"), run.get("end_date")
-        seconds = ((dt.datetime.fromisoformat(end) - dt.datetime.fromisoformat(start)).total_seconds()
-                   if start and end else None)
+        seconds = (
+            (dt.datetime.fromisoformat(end) - dt.datetime.fromisoformat(start)).total_seconds()
+            if start and end
+            else None
+        )
         out.append({"day": (logical.date() - dt.timedelta(days=1)).isoformat(), **run, "seconds": seconds})
     return sorted(out, key=lambda r: r["logical_date"])
 
 
-def backfill(first: dt.date, last: dt.date, conf: dict[str, Any] | None = None, max_active_runs: int = 1,
-             reprocess_behavior: str | None = None, env: dict[str, str] | None = None, poll: float = 15.0,
-             timeout: float = 12 * 3600.0) -> list[dict[str, Any]]:
+def backfill(
+    first: dt.date,
+    last: dt.date,
+    conf: dict[str, Any] | None = None,
+    max_active_runs: int = 1,
+    reprocess_behavior: str | None = None,
+    env: dict[str, str] | None = None,
+    poll: float = 15.0,
+    timeout: float = 12 * 3600.0,
+) -> list[dict[str, Any]]:
     """Run recflow_nightly for every day ``first``..``last`` (D, inclusive) the way production does: start the
     API server, scheduler and dag-processor (127.0.0.1), unpause the DAG, ``airflow backfill create`` (the runs
     start in date order, at most ``max_active_runs`` at once; 1 by default because each day's vocabularies extend
@@ -319,19 +372,36 @@ def backfill(first: dt.date, last: dt.date, conf: dict[str, Any] | None = None, 
     try:
         started = start_processes(env)
         paused = wait_for_dag(env)
-        subprocess.run([airflow_bin(), "dags", "unpause", DAG_ID], env=env, check=True, stdout=subprocess.DEVNULL)
-        create = [airflow_bin(), "backfill", "create", "--dag-id", DAG_ID,
-                  "--from-date", logical_date(first).isoformat(), "--to-date", logical_date(last).isoformat(),
-                  "--max-active-runs", str(max_active_runs)]
+        subprocess.run(
+            [airflow_bin(), "dags", "unpause", DAG_ID], env=env, check=True, stdout=subprocess.DEVNULL
+        )
+        create = [
+            airflow_bin(),
+            "backfill",
+            "create",
+            "--dag-id",
+            DAG_ID,
+            "--from-date",
+            logical_date(first).isoformat(),
+            "--to-date",
+            logical_date(last).isoformat(),
+            "--max-active-runs",
+            str(max_active_runs),
+        ]
         if conf:
             create += ["--dag-run-conf", json.dumps(conf)]
         if reprocess_behavior:
             create += ["--reprocess-behavior", reprocess_behavior]
-        print(f"backfill {DAG_ID} for D = {first} .. {last} ({days} runs, logical dates "
-              f"{logical_date(first)} .. {logical_date(last)}, max {max_active_runs} active)", flush=True)
+        print(
+            f"backfill {DAG_ID} for D = {first} .. {last} ({days} runs, logical dates "
+            f"{logical_date(first)} .. {logical_date(last)}, max {max_active_runs} active)",
+            flush=True,
+        )
         subprocess.run(create, env=env, check=True)
-        print(f"watch it at http://{UI_HOST}:{UI_PORT}/dags/{DAG_ID} (login {UI_USER} / {ui_password(env)})",
-              flush=True)
+        print(
+            f"watch it at http://{UI_HOST}:{UI_PORT}/dags/{DAG_ID} (login {UI_USER} / {ui_password(env)})",
+            flush=True,
+        )
         deadline = time.monotonic() + timeout
         seen: dict[str, str] = {}
         while True:
@@ -354,8 +424,9 @@ def backfill(first: dt.date, last: dt.date, conf: dict[str, Any] | None = None, 
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
         if started and paused:
-            subprocess.run([airflow_bin(), "dags", "pause", DAG_ID], env=env, check=False,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [airflow_bin(), "dags", "pause", DAG_ID], env=env, check=False, stdout=subprocess.DEVNULL
+            )
         stop_processes(env, started)
 
 
@@ -370,20 +441,25 @@ def main(argv: list[str] | None = None) -> None:
     elif command[0] == "ui-stop":
         stop_ui()
     elif command[0] == "backfill":
-        parser = argparse.ArgumentParser(prog="python -m jobs.local_airflow backfill",
-                                         description=backfill.__doc__)
+        parser = argparse.ArgumentParser(
+            prog="python -m tools.local_airflow backfill", description=backfill.__doc__
+        )
         parser.add_argument("first", type=dt.date.fromisoformat, help="first day D to process, YYYY-MM-DD")
         parser.add_argument("last", type=dt.date.fromisoformat, help="last day D to process, YYYY-MM-DD")
-        parser.add_argument("--conf", type=json.loads, default=None, help="JSON conf of every run (DAG params)")
+        parser.add_argument(
+            "--conf", type=json.loads, default=None, help="JSON conf of every run (DAG params)"
+        )
         parser.add_argument("--max-active-runs", type=int, default=1)
         parser.add_argument("--reprocess-behavior", choices=("none", "completed", "failed"), default=None)
         args = parser.parse_args(command[1:])
         try:
             runs = backfill(args.first, args.last, args.conf, args.max_active_runs, args.reprocess_behavior)
         except KeyboardInterrupt:
-            raise SystemExit("interrupted: the Airflow processes started for the backfill were stopped. The backfill "
-                             "stays open in the metadata DB (one per DAG): let it finish or cancel it in the UI "
-                             "(`make ui`) before creating another.") from None
+            raise SystemExit(
+                "interrupted: the Airflow processes started for the backfill were stopped. The backfill "
+                "stays open in the metadata DB (one per DAG): let it finish or cancel it in the UI "
+                "(`make ui`) before creating another."
+            ) from None
         if any(run["state"] != "success" for run in runs):
             raise SystemExit(1)
     elif command[0] == "env":

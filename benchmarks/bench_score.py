@@ -1,15 +1,15 @@
 """Scoring benchmark (issue 5): on the same random embeddings,
 (a) the bare matrix product over all users x items (numpy/OpenBLAS float32, blocked; the floor),
-(b) recflow's scoring, top 100 with exclusions: the in-process kernel (jobs.topn) with Parquet written by pyarrow,
+(b) recflow's scoring, top 100 with exclusions: the in-process kernel (scoring.topn) with Parquet written by pyarrow,
     and the whole Spark job (jobs.score.run: user tower in mapInArrow, cold start, similar items, Parquet),
 (c) Spark MLlib ALS ``recommendForAllUsers(100)`` on an ALSModel holding the very same factors (a 1-iteration
     model is saved, its factor tables are replaced by ours, and it is loaded back).
 Plus 1M users x 100k items extrapolated linearly in users from a measured sample (printed as such), and peak
 memory (max RSS of a child process) of the kernel path against the number of users.
 
-    python tests/benchmarks/bench_score.py [--users 100000 --items 20000 --dim 64] [--repeat 3] [--skip-spark]
+    python -m benchmarks.bench_score [--users 100000 --items 20000 --dim 64] [--repeat 3] [--skip-spark]
         [--skip-als] [--skip-memory]
-    pytest -m bench tests/benchmarks/bench_score.py -s
+    pytest -m bench benchmarks/bench_score.py -s
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -45,8 +44,10 @@ BLOCK_USERS = 4096  # the job's default score_block_users
 
 def embeddings(users: int, items: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((users, dim), dtype=np.float32),
-            rng.standard_normal((items, dim), dtype=np.float32))
+    return (
+        rng.standard_normal((users, dim), dtype=np.float32),
+        rng.standard_normal((items, dim), dtype=np.float32),
+    )
 
 
 def seen_lists(users: int, items: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -63,24 +64,29 @@ def floor_layouts(user_emb: np.ndarray, item_emb: np.ndarray) -> dict[str, float
     the faster of the two libraries on some CPUs."""
     from threadpoolctl import threadpool_limits
 
-    from jobs.topn import CHUNK_BYTES, TopNScorer
+    from scoring.topn import CHUNK_BYTES, TopNScorer
 
     scorer = TopNScorer(item_emb)
     items_t = np.ascontiguousarray(item_emb.T)
     seconds: dict[str, float] = {}
-    for step_rows, chunked in itertools.product((scorer.step_rows // 2, scorer.step_rows, 2 * scorer.step_rows),
-                                                (False, True)):
+    for step_rows, chunked in itertools.product(
+        (scorer.step_rows // 2, scorer.step_rows, 2 * scorer.step_rows), (False, True)
+    ):
         width = max(16, CHUNK_BYTES // (4 * step_rows) // 16 * 16) if chunked else len(item_emb)
-        chunks = [np.ascontiguousarray(items_t[:, c: c + width]) for c in range(0, len(item_emb), width)]
+        chunks = [np.ascontiguousarray(items_t[:, c : c + width]) for c in range(0, len(item_emb), width)]
         starts = range(0, len(user_emb), step_rows)
 
-        def steps(next_step: Iterator[int], step_rows: int = step_rows, starts: range = starts,
-                  chunks: list[np.ndarray] = chunks) -> None:
+        def steps(
+            next_step: Iterator[int],
+            step_rows: int = step_rows,
+            starts: range = starts,
+            chunks: list[np.ndarray] = chunks,
+        ) -> None:
             buffer = np.empty(step_rows * chunks[0].shape[1], np.float32)
             for step in next_step:  # the next step as the thread gets free, like the kernel
                 if step >= len(starts):
                     return
-                block = user_emb[starts[step]: starts[step] + step_rows]
+                block = user_emb[starts[step] : starts[step] + step_rows]
                 for chunk_t in chunks:  # a narrower last chunk gets a contiguous view of the same buffer
                     out = buffer[: len(block) * chunk_t.shape[1]].reshape(len(block), chunk_t.shape[1])
                     np.matmul(block, chunk_t, out=out)
@@ -98,7 +104,7 @@ def floor_layouts(user_emb: np.ndarray, item_emb: np.ndarray) -> dict[str, float
 
     items_t = tf.constant(items_t)
     for step_rows in (scorer.step_rows // 2, 2 * scorer.step_rows):
-        blocks = [tf.constant(user_emb[s: s + step_rows]) for s in range(0, len(user_emb), step_rows)]
+        blocks = [tf.constant(user_emb[s : s + step_rows]) for s in range(0, len(user_emb), step_rows)]
         tf.matmul(blocks[0], items_t).numpy()  # warm-up: oneDNN picks and builds its kernel
         started = time.perf_counter()
         for block in blocks:
@@ -119,14 +125,18 @@ def kernel_path(user_emb: np.ndarray, item_emb: np.ndarray, out_dir: str | None)
     contract, ``jobs.score.ranked_rows``) -> its own Parquet file, written as the job's tasks write theirs.
     Returns (seconds in the kernel, summed over workers / workers; total seconds)."""
     from jobs.score import MODEL, ranked_rows, task_writer
-    from jobs.topn import TopNScorer
     from schemas.outputs import RECOMMENDATION
+    from scoring.topn import TopNScorer
 
     users, items = len(user_emb), len(item_emb)
     rows_ex, cols_ex = seen_lists(users, items)
     item_ids = pa.array([f"i{i}" for i in range(items)])
     user_ids = pa.array([f"u{u}" for u in range(users)])
-    constants = {"model_version": "bench", "strategy": MODEL, "generated_at": dt.datetime(2026, 1, 15, tzinfo=dt.UTC)}
+    constants = {
+        "model_version": "bench",
+        "strategy": MODEL,
+        "generated_at": dt.datetime(2026, 1, 15, tzinfo=dt.UTC),
+    }
     scorer = TopNScorer(item_emb, threads=1)  # read-only once built: the workers share it
     scorer.top_n(user_emb[:64], TOP_N)  # compile (numba caches it on disk after the first run)
     workers = len(os.sched_getaffinity(0))
@@ -170,43 +180,93 @@ def tf_top_k_reference(user_emb: np.ndarray, item_emb: np.ndarray) -> float:
     items = tf.constant(item_emb)
     started = time.perf_counter()
     for start in range(0, len(user_emb), 512):
-        tf.math.top_k(tf.matmul(tf.constant(user_emb[start: start + 512]), items, transpose_b=True), TOP_N)[1].numpy()
+        tf.math.top_k(tf.matmul(tf.constant(user_emb[start : start + 512]), items, transpose_b=True), TOP_N)[
+            1
+        ].numpy()
     return time.perf_counter() - started
+
+
+DATE = dt.date(2026, 1, 14)
+
+
+def write_features(root: str, name: str, table: pa.Table) -> None:
+    from storage import lake_io
+
+    lake_io.write_partition(table, root, name, DATE, table.schema)
 
 
 def spark_job_path(user_emb: np.ndarray, item_emb: np.ndarray, work: str) -> float:
     """(b) the real job: a lake with these embeddings as an exported model, then jobs.score.run."""
     from jobs import score
-    from jobs.spark import spark_session
     from schemas import lake
     from schemas.features import ITEM_FEATURE, USER_FEATURE, USER_HISTORY
     from schemas.settings import Settings
-    from tests.test_score import DATE, write_table
+    from storage.spark import spark_session
 
     users, items = len(user_emb), len(item_emb)
     root = f"{work}/lake"
     rows_ex, cols_ex = seen_lists(users, items)
     seen = np.split(cols_ex + 1, np.cumsum(np.bincount(rows_ex, minlength=users))[:-1])
-    write_table(root, lake.ITEM_FEATURES, pa.table({
-        "item_idx": pa.array(np.arange(1, items + 1, dtype=np.int32)),
-        "item_id": pa.array([f"i{i}" for i in range(items)]), "category": pa.array(["c"] * items),
-        "category_idx": pa.array(np.ones(items, np.int32)), "price_bucket": pa.array(np.ones(items, np.int32)),
-        "title_tokens": pa.array([[1]] * items, pa.list_(pa.int32())),
-        "age_days": pa.array(np.ones(items, np.float32)), "available": pa.array(np.ones(items, bool)),
-        "popularity": pa.array(np.linspace(1, 0, items)), "title": pa.array(["t"] * items)}, schema=ITEM_FEATURE))
-    write_table(root, lake.USER_FEATURES, pa.table({
-        "user_idx": pa.array(np.arange(1, users + 1, dtype=np.int32)),
-        "user_id": pa.array([f"u{u}" for u in range(users)]), "age_bucket_idx": pa.array(np.ones(users, np.int32)),
-        "region_idx": pa.array(np.ones(users, np.int32)), "segment": pa.array(["s"] * users)}, schema=USER_FEATURE))
+    write_features(
+        root,
+        lake.ITEM_FEATURES,
+        pa.table(
+            {
+                "item_idx": pa.array(np.arange(1, items + 1, dtype=np.int32)),
+                "item_id": pa.array([f"i{i}" for i in range(items)]),
+                "category": pa.array(["c"] * items),
+                "category_idx": pa.array(np.ones(items, np.int32)),
+                "price_bucket": pa.array(np.ones(items, np.int32)),
+                "title_tokens": pa.array([[1]] * items, pa.list_(pa.int32())),
+                "age_days": pa.array(np.ones(items, np.float32)),
+                "available": pa.array(np.ones(items, bool)),
+                "popularity": pa.array(np.linspace(1, 0, items)),
+                "title": pa.array(["t"] * items),
+            },
+            schema=ITEM_FEATURE,
+        ),
+    )
+    write_features(
+        root,
+        lake.USER_FEATURES,
+        pa.table(
+            {
+                "user_idx": pa.array(np.arange(1, users + 1, dtype=np.int32)),
+                "user_id": pa.array([f"u{u}" for u in range(users)]),
+                "age_bucket_idx": pa.array(np.ones(users, np.int32)),
+                "region_idx": pa.array(np.ones(users, np.int32)),
+                "segment": pa.array(["s"] * users),
+            },
+            schema=USER_FEATURE,
+        ),
+    )
     seen_array = pa.array([s.tolist() for s in seen], pa.list_(pa.int32()))
-    write_table(root, lake.USER_HISTORIES, pa.table({
-        "user_idx": pa.array(np.arange(1, users + 1, dtype=np.int32)),
-        "user_id": pa.array([f"u{u}" for u in range(users)]), "history": seen_array, "seen": seen_array},
-        schema=USER_HISTORY))
+    write_features(
+        root,
+        lake.USER_HISTORIES,
+        pa.table(
+            {
+                "user_idx": pa.array(np.arange(1, users + 1, dtype=np.int32)),
+                "user_id": pa.array([f"u{u}" for u in range(users)]),
+                "history": seen_array,
+                "seen": seen_array,
+            },
+            schema=USER_HISTORY,
+        ),
+    )
     model_dir = f"{work}/model"
     _save_fixed_model(model_dir, user_emb, item_emb)
-    settings = Settings.load({"lake_root": root, "run_date": DATE, "top_n": TOP_N, "similar_items_n": 20,
-                              "score_block_users": BLOCK_USERS, "spark_master": "local[2]"}, env={})
+    settings = Settings.load(
+        {
+            "lake_root": root,
+            "run_date": DATE,
+            "top_n": TOP_N,
+            "similar_items_n": 20,
+            "score_block_users": BLOCK_USERS,
+            "spark_master": "local[2]",
+        },
+        env={},
+    )
     spark = spark_session(settings, "bench-score")
     started = time.perf_counter()
     score.run(settings, spark, model_dir=model_dir, run_id="bench")
@@ -216,7 +276,7 @@ def spark_job_path(user_emb: np.ndarray, item_emb: np.ndarray, work: str) -> flo
 def _save_fixed_model(model_dir: str, user_emb: np.ndarray, item_emb: np.ndarray) -> None:
     import tensorflow as tf
 
-    from models.scoring import ScoringModule, save
+    from scoring.contract import ScoringModule, save
 
     class Fixed(ScoringModule):
         def __init__(self) -> None:
@@ -238,8 +298,8 @@ def als_path(user_emb: np.ndarray, item_emb: np.ndarray, work: str) -> float:
     """(c) ALSModel with our factors (saved model's factor tables replaced), recommendForAllUsers(100)."""
     from pyspark.ml.recommendation import ALS, ALSModel
 
-    from jobs.spark import spark_session
     from schemas.settings import Settings
+    from storage.spark import spark_session
 
     spark = spark_session(Settings.load({"spark_master": "local[2]"}, env={}), "bench-score")
     rank = user_emb.shape[1]
@@ -248,8 +308,12 @@ def als_path(user_emb: np.ndarray, item_emb: np.ndarray, work: str) -> float:
     ALS(rank=rank, maxIter=1, implicitPrefs=True).fit(tiny).write().overwrite().save(path)
 
     def factors(matrix: np.ndarray) -> pa.Table:
-        return pa.table({"id": pa.array(np.arange(len(matrix), dtype=np.int32)),
-                         "features": pa.array(list(matrix), pa.list_(pa.float32()))})
+        return pa.table(
+            {
+                "id": pa.array(np.arange(len(matrix), dtype=np.int32)),
+                "features": pa.array(list(matrix), pa.list_(pa.float32())),
+            }
+        )
 
     for name, matrix in (("userFactors", user_emb), ("itemFactors", item_emb)):
         folder = Path(path, name)
@@ -267,11 +331,13 @@ def peak_memory_child(users: int, items: int, dim: int) -> float:
     """Peak RSS (MiB) of a fresh process running the kernel path over ``users`` users: its own memory's high-water
     mark (VmHWM). Not ``getrusage``'s ru_maxrss: Linux carries that over from the parent across fork and exec, so
     it reported this harness's own peak (2 GB after the Spark job and ALS) instead of the child's."""
-    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from tests.benchmarks.bench_score import *; "
-            f"import tempfile; u, i = embeddings({users}, {items}, {dim}); d = tempfile.mkdtemp(); "
-            "kernel_path(u, i, d); "
-            "print([line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')][0])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code = (
+        "from benchmarks.bench_score import *; "
+        f"import tempfile; u, i = embeddings({users}, {items}, {dim}); d = tempfile.mkdtemp(); "
+        "kernel_path(u, i, d); "
+        "print([line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')][0])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     embedding_mib = users * dim * 4 / 2**20  # the inputs themselves (held in memory by this harness)
     return int(out.stdout.strip().splitlines()[-1]) / 1024 - embedding_mib
 
@@ -285,8 +351,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--skip-spark", action="store_true")
     parser.add_argument("--skip-als", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="rounds of (a), (b), (b) + Parquet, interleaved; each row reports its fastest round")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds of (a), (b), (b) + Parquet, interleaved; each row reports its fastest round",
+    )
     args = parser.parse_args(argv)
     results: dict[str, float] = {}
     user_emb, item_emb = embeddings(args.users, args.items, args.dim)
@@ -304,7 +374,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         results.update({f"a_layout: {name}": min(times) for name, times in layouts.items()})
         results["b_kernel_only"] = min(kernel)
         results["b_kernel_parquet"] = min(parquet)
-        results["a_matmul_again"] = floor_matmul(user_emb, item_emb)  # the floor, measured on both sides of (b)
+        results["a_matmul_again"] = floor_matmul(
+            user_emb, item_emb
+        )  # the floor, measured on both sides of (b)
         results["ref_tf_top_k"] = tf_top_k_reference(user_emb, item_emb)
         if not args.skip_spark:
             results["b_spark_job"] = spark_job_path(user_emb, item_emb, work)
@@ -324,14 +396,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 def report(results: dict[str, float], args: argparse.Namespace) -> None:
     floor = min(results["a_matmul"], results["a_matmul_again"])
-    print(f"\nscoring benchmark: {args.users:,} users x {args.items:,} items x {args.dim} dims, top {TOP_N}, "
-          f"{SEEN_PER_USER} seen per user; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"\nscoring benchmark: {args.users:,} users x {args.items:,} items x {args.dim} dims, top {TOP_N}, "
+        f"{SEEN_PER_USER} seen per user; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     print(f"(b) rows: fastest of {args.repeat} rounds; load average at the end {os.getloadavg()}")
     print(f"{'path':58s} {'seconds':>9s} {'vs (a)':>8s}")
-    rows = [(f"(a) matrix product only (numpy float32, min of {args.repeat + 1} runs)", floor),
-            ("(b) recflow kernel: product + top 100 + exclusions", results["b_kernel_only"]),
-            ("(b) recflow kernel + Parquet written (pyarrow)", results["b_kernel_parquet"]),
-            ("    reference: matrix product + tf.math.top_k, no exclusions", results["ref_tf_top_k"])]
+    rows = [
+        (f"(a) matrix product only (numpy float32, min of {args.repeat + 1} runs)", floor),
+        ("(b) recflow kernel: product + top 100 + exclusions", results["b_kernel_only"]),
+        ("(b) recflow kernel + Parquet written (pyarrow)", results["b_kernel_parquet"]),
+        ("    reference: matrix product + tf.math.top_k, no exclusions", results["ref_tf_top_k"]),
+    ]
     if "b_spark_job" in results:
         rows.append(("(b) recflow Spark job (jobs.score.run, incl. similar items)", results["b_spark_job"]))
     if "c_als" in results:
@@ -339,17 +415,24 @@ def report(results: dict[str, float], args: argparse.Namespace) -> None:
     for name, seconds in rows:
         print(f"{name:58s} {seconds:9.2f} {seconds / floor:7.2f}x")
     if "c_als" in results:
-        print(f"(c) / (b kernel + Parquet) = {results['c_als'] / results['b_kernel_parquet']:.1f}x"
-              + (f"; (c) / (b Spark job) = {results['c_als'] / results['b_spark_job']:.1f}x"
-                 if "b_spark_job" in results else ""))
-    print(f"1M users x 100k items, EXTRAPOLATED x{1_000_000 // args.large_sample_users} from "
-          f"{args.large_sample_users:,} measured users: (a) {results['large_a_matmul_extrapolated']:.0f} s, "
-          f"(b) kernel + Parquet {results['large_b_kernel_parquet_extrapolated']:.0f} s "
-          f"({results['large_b_kernel_parquet_extrapolated'] / results['large_a_matmul_extrapolated']:.2f}x)")
+        print(
+            f"(c) / (b kernel + Parquet) = {results['c_als'] / results['b_kernel_parquet']:.1f}x"
+            + (
+                f"; (c) / (b Spark job) = {results['c_als'] / results['b_spark_job']:.1f}x"
+                if "b_spark_job" in results
+                else ""
+            )
+        )
+    print(
+        f"1M users x 100k items, EXTRAPOLATED x{1_000_000 // args.large_sample_users} from "
+        f"{args.large_sample_users:,} measured users: (a) {results['large_a_matmul_extrapolated']:.0f} s, "
+        f"(b) kernel + Parquet {results['large_b_kernel_parquet_extrapolated']:.0f} s "
+        f"({results['large_b_kernel_parquet_extrapolated'] / results['large_a_matmul_extrapolated']:.2f}x)"
+    )
     print("(a) by layout (fastest round each):")
     for key, value in results.items():
         if key.startswith("a_layout: "):
-            print(f"    {key[len('a_layout: '):]:62s} {value:9.2f} {value / floor:7.2f}x")
+            print(f"    {key[len('a_layout: ') :]:62s} {value:9.2f} {value / floor:7.2f}x")
     for key, value in results.items():
         if key.startswith("peak_rss"):
             print(f"peak RSS minus input embeddings, {key.split('_')[3]} users: {value:.0f} MiB")

@@ -1,9 +1,9 @@
 """Benchmark: Spark cleaning (+ features) against a plain Spark read -> write of the raw data and against DuckDB.
 
     make bench                                   # pytest -m bench: this file at RECFLOW_BENCH_EVENTS sizes
-    python tests/benchmarks/bench_clean.py --events 1000000 4000000 [--work /tmp/recflow-bench-clean]
+    python -m benchmarks.bench_clean --events 1000000 4000000 [--work /tmp/recflow-bench-clean]
 
-For each size the raw lake is generated once (``jobs.generate``, 7 days, 1% corrupt rows), then each step runs in
+For each size the raw lake is generated once (``demo.generate``, 7 days, 1% corrupt rows), then each step runs in
 its own process, timed from start to exit (JVM start included, as a nightly task pays it), while /proc is sampled
 for the peak RSS of the process tree (the JVM and the Python driver):
 
@@ -33,12 +33,14 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 RUN_DATE = dt.date(2026, 1, 14)
 DAYS = 7
 SPARK_ENV = {
-    "PYSPARK_PYTHON": PY, "PYSPARK_DRIVER_PYTHON": PY, "SPARK_LOCAL_IP": "127.0.0.1",
+    "PYSPARK_PYTHON": PY,
+    "PYSPARK_DRIVER_PYTHON": PY,
+    "SPARK_LOCAL_IP": "127.0.0.1",
     "PYSPARK_SUBMIT_ARGS": "--driver-memory 2g pyspark-shell",
     "RECFLOW_PSEUDONYM_KEY": os.environ.get("RECFLOW_PSEUDONYM_KEY", "benchmark-only-key"),
     "RECFLOW_SPARK_MASTER": "local[2]",
@@ -121,7 +123,9 @@ def measure(cmd: list[str], env: dict[str, str], log: Path) -> dict[str, float]:
     the JVM's JIT compiler threads used (sampled each second: the last second of a run may be missed)."""
     started = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
         peak, cpu_by_pid, jit_by_tid, samples = 0, {}, {}, 0
         while proc.poll() is None:
             total = 0
@@ -138,8 +142,12 @@ def measure(cmd: list[str], env: dict[str, str], log: Path) -> dict[str, float]:
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}")
-    return {"wall_s": wall, "peak_rss_mb": peak / 2**20, "cpu_s": sum(cpu_by_pid.values()),
-            "jit_cpu_s": sum(jit_by_tid.values())}
+    return {
+        "wall_s": wall,
+        "peak_rss_mb": peak / 2**20,
+        "cpu_s": sum(cpu_by_pid.values()),
+        "jit_cpu_s": sum(jit_by_tid.values()),
+    }
 
 
 def _sql_list(values: list[str]) -> str:
@@ -162,8 +170,10 @@ def duckdb_clean(root: str, out: str, settings_json: str) -> None:
     item_paths = _sql_list(sorted(str(p) for p in Path(root, "raw/items").rglob("*.jsonl")))
     types = ", ".join(f"'{t}'" for t in SCENARIO_EVENT_TYPES[s["scenario"]])
     blank = " OR ".join(f"coalesce(trim({f}), '') = ''" for f in REQUIRED_EVENT_FIELDS if f != "user_id")
-    structured = " OR ".join(f"left(ltrim({f}), 1) IN ('{{', '[')" for f in
-                             ("event_id", "user_id", "session_id", "event_type", "item_id"))
+    structured = " OR ".join(
+        f"left(ltrim({f}), 1) IN ('{{', '[')"
+        for f in ("event_id", "user_id", "session_id", "event_type", "item_id")
+    )
     longest = "greatest(" + ", ".join(f"coalesce(length({f}), 0)" for f in fields) + ")"
     mx = s["max_field_chars"]
     for table_dir in ("clean", "quarantine"):
@@ -183,7 +193,7 @@ def duckdb_clean(root: str, out: str, settings_json: str) -> None:
     ), parsed AS (
       SELECT *, CASE WHEN json_valid(line) AND starts_with(ltrim(line), '{{') THEN json_keys(line) END AS keys,
              CASE WHEN json_valid(line) AND starts_with(ltrim(line), '{{')
-                  THEN json_extract_string(line, {_sql_list(['$.' + f for f in fields])}) END AS v
+                  THEN json_extract_string(line, {_sql_list(["$." + f for f in fields])}) END AS v
       FROM lines
     ), fields AS (
       SELECT dt, source_file, line, keys, {", ".join(f"v[{i + 1}] AS {f}" for i, f in enumerate(fields))} FROM parsed
@@ -240,7 +250,9 @@ def duckdb_clean(root: str, out: str, settings_json: str) -> None:
     COPY (SELECT dt, raw_line, reason, detail, source_file FROM routed WHERE reason IS NOT NULL)
       TO '{out}/quarantine/events' (FORMAT parquet, PARTITION_BY (dt), OVERWRITE_OR_IGNORE);
     """)
-    counts = db.execute("SELECT coalesce(reason, 'clean'), count(*) FROM routed GROUP BY 1 ORDER BY 1").fetchall()
+    counts = db.execute(
+        "SELECT coalesce(reason, 'clean'), count(*) FROM routed GROUP BY 1 ORDER BY 1"
+    ).fetchall()
     print(json.dumps(dict(counts)))
 
 
@@ -250,9 +262,26 @@ def generate(work: Path, events: int) -> Path:
     marker = root / ".generated"
     if not marker.exists():
         shutil.rmtree(root, ignore_errors=True)
-        subprocess.run([PY, "-m", "jobs.generate", "--date", RUN_DATE.isoformat(), "--days", str(DAYS),
-                        "--events-per-day", str(events // DAYS), "--lake-root", str(root), "--corrupt-share", "0.01"],
-                       cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                PY,
+                "-m",
+                "demo.generate",
+                "--date",
+                RUN_DATE.isoformat(),
+                "--days",
+                str(DAYS),
+                "--events-per-day",
+                str(events // DAYS),
+                "--lake-root",
+                str(root),
+                "--corrupt-share",
+                "0.01",
+            ],
+            cwd=REPO,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         marker.write_text("ok\n")
     return root
 
@@ -276,10 +305,15 @@ def bench_size(work: Path, events: int, with_features: bool = True) -> list[dict
         os.sync()  # the last step's (or the generator's) writes are flushed before, not during, this one
         load_before = os.getloadavg()[0]
         result = measure(cmd, {**SPARK_ENV, **(env or {})}, work / f"{name}-{events}.log")
-        result["load"] = max(load_before, os.getloadavg()[0])  # 1-min load average, the higher of start and end
+        result["load"] = max(
+            load_before, os.getloadavg()[0]
+        )  # 1-min load average, the higher of start and end
         rows.append({"events": lines, "step": name, **result})
-        print(f"  {events:>9} {name:<14} {result['wall_s']:7.1f} s  {result['peak_rss_mb']:7.0f} MB  "
-              f"{result['cpu_s']:7.1f} cpu-s ({result['jit_cpu_s']:.1f} JIT)  load {result['load']:.1f}", flush=True)
+        print(
+            f"  {events:>9} {name:<14} {result['wall_s']:7.1f} s  {result['peak_rss_mb']:7.0f} MB  "
+            f"{result['cpu_s']:7.1f} cpu-s ({result['jit_cpu_s']:.1f} JIT)  load {result['load']:.1f}",
+            flush=True,
+        )
 
     floor_out = work / f"floor-{events}"
     step("floor", [PY, "-c", FLOOR_SCRIPT, str(raw), str(floor_out)], raw)
@@ -292,19 +326,26 @@ def bench_size(work: Path, events: int, with_features: bool = True) -> list[dict
             step("features", [PY, "-m", "jobs.features", *common, "--lake-root", str(lake)], lake)
         except RuntimeError as err:
             print(f"  features failed, left out: {err}")
-    settings = json.dumps({"scenario": "ecommerce", "max_field_chars": 2000, "max_price": 100000.0,
-                           "bot_events_per_minute": 30})
+    settings = json.dumps(
+        {"scenario": "ecommerce", "max_field_chars": 2000, "max_price": 100000.0, "bot_events_per_minute": 30}
+    )
     duck_out = work / f"duckdb-{events}"
     shutil.rmtree(duck_out, ignore_errors=True)
-    step("duckdb", [PY, str(Path(__file__).resolve()), "--duckdb-clean", str(raw), str(duck_out), settings], raw)
+    step(
+        "duckdb",
+        [PY, "-m", "benchmarks.bench_clean", "--duckdb-clean", str(raw), str(duck_out), settings],
+        raw,
+    )
     shutil.rmtree(floor_out, ignore_errors=True)
     return rows
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    out = ["| events | step | wall s | events/s | peak RSS MB | CPU s | JIT CPU s | wall / floor | wall / duckdb | "
-           "CPU / floor | CPU / duckdb | load |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| events | step | wall s | events/s | peak RSS MB | CPU s | JIT CPU s | wall / floor | wall / duckdb | "
+        "CPU / floor | CPU / duckdb | load |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     by_size: dict[object, dict[str, dict[str, object]]] = {}
     for row in rows:
         by_size.setdefault(row["events"], {})[str(row["step"])] = row
@@ -315,18 +356,26 @@ def table(rows: list[dict[str, object]]) -> str:
         duck_cpu = float(steps["duckdb"]["cpu_s"])  # type: ignore[arg-type]
         if "clean" in steps and "features" in steps:
             steps["clean+features"] = {
-                k: (float(steps["clean"][k]) + float(steps["features"][k])  # type: ignore[arg-type]
-                    if k != "peak_rss_mb" else max(float(steps["clean"][k]), float(steps["features"][k])))  # type: ignore[arg-type]
-                for k in ("wall_s", "peak_rss_mb", "cpu_s", "jit_cpu_s")}
-            steps["clean+features"]["load"] = max(float(steps["clean"]["load"]),  # type: ignore[arg-type]
-                                                  float(steps["features"]["load"]))  # type: ignore[arg-type]
+                k: (
+                    float(steps["clean"][k]) + float(steps["features"][k])  # type: ignore[arg-type]
+                    if k != "peak_rss_mb"
+                    else max(float(steps["clean"][k]), float(steps["features"][k]))
+                )  # type: ignore[arg-type]
+                for k in ("wall_s", "peak_rss_mb", "cpu_s", "jit_cpu_s")
+            }
+            steps["clean+features"]["load"] = max(
+                float(steps["clean"]["load"]),  # type: ignore[arg-type]
+                float(steps["features"]["load"]),
+            )  # type: ignore[arg-type]
         for name, r in steps.items():
             wall = float(r["wall_s"])  # type: ignore[arg-type]
-            out.append(f"| {events:,} | {name} | {wall:.1f} | {int(events) / wall:,.0f} | "  # type: ignore[call-overload]
-                       f"{float(r['peak_rss_mb']):.0f} | {float(r['cpu_s']):.1f} | "  # type: ignore[arg-type]
-                       f"{float(r['jit_cpu_s']):.1f} | {wall / floor:.2f} | "  # type: ignore[arg-type]
-                       f"{wall / duck:.2f} | {float(r['cpu_s']) / floor_cpu:.2f} | "  # type: ignore[arg-type]
-                       f"{float(r['cpu_s']) / duck_cpu:.2f} | {float(r['load']):.1f} |")  # type: ignore[arg-type]
+            out.append(
+                f"| {events:,} | {name} | {wall:.1f} | {int(events) / wall:,.0f} | "  # type: ignore[call-overload]
+                f"{float(r['peak_rss_mb']):.0f} | {float(r['cpu_s']):.1f} | "  # type: ignore[arg-type]
+                f"{float(r['jit_cpu_s']):.1f} | {wall / floor:.2f} | "  # type: ignore[arg-type]
+                f"{wall / duck:.2f} | {float(r['cpu_s']) / floor_cpu:.2f} | "  # type: ignore[arg-type]
+                f"{float(r['cpu_s']) / duck_cpu:.2f} | {float(r['load']):.1f} |"
+            )  # type: ignore[arg-type]
     return "\n".join(out)
 
 
@@ -352,8 +401,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 4_000_000])
     parser.add_argument("--work", default="/tmp/recflow-bench-clean")
-    parser.add_argument("--duckdb-clean", nargs=3, metavar=("RAW_ROOT", "OUT", "SETTINGS_JSON"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--duckdb-clean", nargs=3, metavar=("RAW_ROOT", "OUT", "SETTINGS_JSON"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.duckdb_clean:
         duckdb_clean(*args.duckdb_clean)

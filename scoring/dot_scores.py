@@ -1,6 +1,6 @@
 """Exact user x item score products that use the structure of the contract's embeddings (numpy only, no TF).
 
-Shared by evaluation (:class:`CatalogueProduct`) and the batch-scoring kernel (``jobs.topn``), which both need
+Shared by evaluation (:class:`CatalogueProduct`) and the batch-scoring kernel (``scoring.topn``), which both need
 ``u . v`` for every candidate item and gain from the same two facts: a deep+wide model's item side ends in a
 one-hot part (gathered, not multiplied), and the item-to-item baselines' user side is multi-hot (a sparse product).
 """
@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def indicator_tail(items: np.ndarray, min_width: int = 32) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+def indicator_tail(
+    items: np.ndarray, min_width: int = 32
+) -> tuple[int, np.ndarray | None, np.ndarray | None]:
     """Splits ``items`` [N, d] into a dense head and an indicator tail: the longest run of last columns in which
     every column has at most one non-zero, if every row then has at most one there too. Then
     ``u . v_j = u[:head] . v_j[:head] + u[c_j] * v_j[c_j]`` exactly, with ``c_j`` the column of item j's non-zero

@@ -1,0 +1,145 @@
+"""The atomic publish of a lake table's partition, and the readers consumers use.
+
+A checked staging folder becomes ``<table>/dt=D`` in one step (:func:`move_into_place`), then ``_PUBLISHED.json``
+is written beside the data and ``<table>/_LATEST`` moves forward (:func:`write_pointer`). Consumers read the
+newest complete partition with :func:`read_latest`. The publish stage (``jobs/publish.py``) decides what to publish;
+this module only moves and reads.
+
+- ``dt=D`` absent (the nightly case): ``rename(staging, dt=D)``, atomic on POSIX and HDFS.
+- ``dt=D`` present (a rerun): on Linux ``renameat2(RENAME_EXCHANGE)`` swaps the two folders atomically, then the
+  old copy (now at the staging path) is deleted. Where the exchange is unsupported, the old folder is renamed
+  aside to ``<table>/_previous/dt=D`` first; for the microseconds between the two renames ``dt=D`` is absent
+  (never partial), and a crash there is repaired by the next publish (:func:`recover`), while :func:`read_latest`
+  falls back to the aside copy.
+
+Filesystems: local paths use ``os`` renames (guarantees above). Other URIs go through ``pyarrow.fs``: ``move`` is
+an atomic rename on HDFS; on S3/GCS a directory move is a copy + delete (not atomic): there, consumers must go
+through ``_LATEST`` via :func:`read_latest`, which is written last.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from schemas import lake
+from storage import lake_io
+
+SUCCESS = "_SUCCESS"
+MANIFEST = "_PUBLISHED.json"
+PREVIOUS = "_previous"
+# test hook: kill this process at a named step, as a crash or an OOM-kill would (see tests/test_publish.py)
+CRASH_ENV = "RECFLOW_PUBLISH_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---- the one-step move --------------------------------------------------------------------------------------
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this filesystem cannot exchange
+        return False
+    raise OSError(errno, os.strerror(errno), a)
+
+
+def aside_path(table_path: str, partition: str) -> str:
+    return f"{table_path}/{PREVIOUS}/{partition}"
+
+
+def recover(fs: pafs.FileSystem, table_path: str, partition: str) -> None:
+    """Repairs a publish killed between its two renames: the aside copy goes back if dt=D is missing."""
+    aside, final = aside_path(table_path, partition), f"{table_path}/{partition}"
+    if not lake_io.exists(aside, fs):
+        return
+    if lake_io.exists(final, fs):
+        fs.delete_dir(aside)  # the new copy made it in: the aside one is garbage
+    else:
+        fs.move(aside, final)
+
+
+def move_into_place(fs: pafs.FileSystem, local: bool, staging: str, table_path: str, partition: str) -> None:
+    final = f"{table_path}/{partition}"
+    fs.create_dir(table_path, recursive=True)
+    if not lake_io.exists(final, fs):
+        crash_point("before_rename")
+        if local:
+            os.rename(staging, final)
+        else:
+            fs.move(staging, final)
+        return
+    if local and _exchange(staging, final):
+        crash_point("after_exchange")
+        shutil.rmtree(staging)  # now the old copy
+        return
+    aside = aside_path(table_path, partition)
+    fs.create_dir(f"{table_path}/{PREVIOUS}", recursive=True)
+    fs.move(final, aside)
+    crash_point("between_renames")
+    fs.move(staging, final)
+    fs.delete_dir(aside)
+
+
+# ---- the latest pointer -----------------------------------------------------------------------------------------
+def read_pointer(fs: pafs.FileSystem, pointer: str) -> str | None:
+    return (lake_io.read_text(pointer, fs) or "").strip() or None
+
+
+def write_pointer(fs: pafs.FileSystem, local: bool, pointer: str, partition: str) -> None:
+    current = read_pointer(fs, pointer)
+    if current is not None and current > partition:  # "dt=YYYY-MM-DD" compares by date
+        return
+    temp = f"{pointer}.tmp-{os.getpid()}"
+    with fs.open_output_stream(temp) as fh:
+        fh.write(f"{partition}\n".encode())
+    if local:
+        os.replace(temp, pointer)  # atomic: readers see the old or the new line, never a torn one
+    else:
+        fs.move(temp, pointer)
+
+
+def read_manifest(fs: pafs.FileSystem, folder: str) -> dict[str, Any] | None:
+    """A published partition's ``_PUBLISHED.json``, or None where it has none."""
+    manifest: dict[str, Any] | None = lake_io.read_json(f"{folder}/{MANIFEST}", fs)
+    return manifest
+
+
+def latest_partition(root: str, name: str) -> str:
+    """The path of the newest published partition of ``name`` (from ``_LATEST``)."""
+    fs, _ = lake_io.filesystem(lake.table(root, name))
+    partition = read_pointer(fs, lake_io.filesystem(lake.latest_pointer(root, name))[1])
+    if partition is None:
+        raise FileNotFoundError(f"{lake.table(root, name)} has no publication yet (no _LATEST)")
+    return f"{lake.table(root, name)}/{partition}"
+
+
+def read_latest(root: str, name: str = lake.RECOMMENDATIONS) -> pa.Table:
+    """The newest published partition of an output table, complete (files starting with _ or . are skipped)."""
+    path = latest_partition(root, name)
+    fs, inner = lake_io.filesystem(path)
+    if not lake_io.exists(inner, fs):  # a publish died between its two renames: read the copy set aside
+        table_path, partition = inner.rsplit("/", 1)
+        inner = aside_path(table_path, partition)
+    return ds.dataset(inner, filesystem=fs, format="parquet").to_table()
