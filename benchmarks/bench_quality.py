@@ -18,6 +18,7 @@ Without the data (it may not be redistributed) it prints why and exits 0; the py
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -74,7 +75,8 @@ def load_split(folder: Path) -> dict[str, Any]:
 def contract_inputs(split: dict[str, Any], history_length: int = 20, title_tokens: int = 8) -> dict[str, Any]:
     """The scoring contract's inputs for every test user (seen = all their train items, which are also what is
     excluded), the catalogue, and the users' relevant sets."""
-    from models.evaluate import item_inputs, user_inputs
+    from models.evaluate import item_inputs
+    from schemas.features import user_inputs
 
     train, test = split["train"], split["test"]
     order = np.lexsort(
@@ -145,10 +147,9 @@ def run_deep(
     metrics of the deep+wide model and of its deep part alone (blend 1: the wide part weighs nothing)."""
     from models import data as deep_data
     from models import train as deep_train
-    from models.two_tower import TwoTowerParams
 
     train = split["train"]
-    params = TwoTowerParams(**{**deep_train.MOVIELENS_PARAMS, **overrides})
+    params = dataclasses.replace(deep_train.MOVIELENS_PARAMS, **overrides)
     data = deep_data.from_interactions(
         train[:, 0], train[:, 1], order=train[:, 3], catalogue=deep_data.Catalogue.ids_only(split["n_items"])
     )

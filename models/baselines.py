@@ -30,6 +30,7 @@ import scipy.sparse as sp
 import tensorflow as tf
 
 from models import registry
+from models.data import load_profiles
 from schemas import lake
 from schemas.settings import Settings
 from scoring.contract import ScoringModule, in_vocab, multi_hot
@@ -88,10 +89,10 @@ class PopularityModule(ScoringModule):
         self.n_items = len(popularity)
         self.popularity = _table(popularity[:, None])
 
-    def _users(self, user_idx, history, seen, age_bucket_idx, region_idx):  # type: ignore[no-untyped-def]
+    def _users(self, user_idx, history, seen, age_bucket_idx, region_idx):
         return tf.ones([tf.shape(user_idx)[0], 1], tf.float32)
 
-    def _items(self, item_idx, category_idx, price_bucket, title_tokens, age_days):  # type: ignore[no-untyped-def]
+    def _items(self, item_idx, category_idx, price_bucket, title_tokens, age_days):
         return tf.gather(self.popularity, in_vocab(item_idx, self.n_items))
 
 
@@ -104,13 +105,13 @@ class SegmentPopularityModule(ScoringModule):
         self.n_ages, self.n_regions = n_ages, n_regions
         self.segment_popularity = _table(table)
 
-    def _users(self, user_idx, history, seen, age_bucket_idx, region_idx):  # type: ignore[no-untyped-def]
+    def _users(self, user_idx, history, seen, age_bucket_idx, region_idx):
         segment = in_vocab(age_bucket_idx, self.n_ages) * self.n_regions + in_vocab(
             region_idx, self.n_regions
         )
         return tf.one_hot(segment, self.n_segments, dtype=tf.float32)
 
-    def _items(self, item_idx, category_idx, price_bucket, title_tokens, age_days):  # type: ignore[no-untyped-def]
+    def _items(self, item_idx, category_idx, price_bucket, title_tokens, age_days):
         return tf.gather(self.segment_popularity, in_vocab(item_idx, self.n_items))
 
 
@@ -125,10 +126,10 @@ class ItemToItemModule(ScoringModule):
         self.n_items = weights.shape[0]
         self.item_rows = _table(weights.T)
 
-    def _users(self, user_idx, history, seen, age_bucket_idx, region_idx):  # type: ignore[no-untyped-def]
+    def _users(self, user_idx, history, seen, age_bucket_idx, region_idx):
         return multi_hot(seen, self.n_items)
 
-    def _items(self, item_idx, category_idx, price_bucket, title_tokens, age_days):  # type: ignore[no-untyped-def]
+    def _items(self, item_idx, category_idx, price_bucket, title_tokens, age_days):
         return tf.gather(self.item_rows, in_vocab(item_idx, self.n_items))
 
 
@@ -144,10 +145,10 @@ class FactorModule(ScoringModule):
         self.n_users, self.n_items = len(user_factors), len(item_factors)
         self.user_factors, self.item_factors = _table(user_factors), _table(item_factors)
 
-    def _users(self, user_idx, history, seen, age_bucket_idx, region_idx):  # type: ignore[no-untyped-def]
+    def _users(self, user_idx, history, seen, age_bucket_idx, region_idx):
         return tf.gather(self.user_factors, in_vocab(user_idx, self.n_users))
 
-    def _items(self, item_idx, category_idx, price_bucket, title_tokens, age_days):  # type: ignore[no-untyped-def]
+    def _items(self, item_idx, category_idx, price_bucket, title_tokens, age_days):
         return tf.gather(self.item_factors, in_vocab(item_idx, self.n_items))
 
 
@@ -234,7 +235,7 @@ def fit_ease(interactions: sp.spmatrix, lam: float = 400.0) -> ItemToItemModule:
     return ItemToItemModule(ease_weights(interactions, lam))
 
 
-def als_factors(
+def fit_als(
     spark: Any,
     interactions: sp.spmatrix,
     rank: int = 64,
@@ -243,27 +244,17 @@ def als_factors(
     iterations: int = 15,
     blocks: int = 2,
     seed: int = 42,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Spark MLlib implicit ALS on the matrix's non-zeros; factor arrays indexed by user/item index.
+) -> FactorModule:
+    """Spark MLlib implicit ALS on the matrix's non-zeros; its user and item factors as a scoring module.
 
     ``blocks``: user and item blocks; MLlib's default of 10 makes hundreds of tiny tasks on a small machine.
     """
-    import pandas as pd
     from pyspark.ml.recommendation import ALS
 
     context = spark.sparkContext
     if context.getCheckpointDir() is None:
         # without a checkpoint dir ALS never truncates its lineage; 15 iterations can overflow the JVM stack
         context.setCheckpointDir(tempfile.mkdtemp(prefix="recflow-als-checkpoints-"))
-    coo = interactions.tocoo()
-    ratings = pd.DataFrame(
-        {
-            "user_idx": coo.row.astype(np.int32),
-            "item_idx": coo.col.astype(np.int32),
-            "rating": coo.data.astype(np.float64),
-        }
-    )
-    frame = spark.createDataFrame(ratings).repartition(blocks)
     als = ALS(
         rank=rank,
         regParam=reg,
@@ -280,27 +271,34 @@ def als_factors(
         numItemBlocks=blocks,
         checkpointInterval=5,
     )
-    fitted = als.fit(frame)
-    users = np.zeros((interactions.shape[0], rank), np.float32)
-    items = np.zeros((interactions.shape[1], rank), np.float32)
-    for row in fitted.userFactors.collect():
-        users[row["id"]] = row["features"]
-    for row in fitted.itemFactors.collect():
-        items[row["id"]] = row["features"]
-    return users, items
+    fitted = als.fit(_ratings_frame(spark, interactions, blocks))
+    return FactorModule(
+        _factors_by_index(fitted.userFactors, interactions.shape[0], rank),
+        _factors_by_index(fitted.itemFactors, interactions.shape[1], rank),
+    )
 
 
-def fit_als(
-    spark: Any,
-    interactions: sp.spmatrix,
-    rank: int = 64,
-    reg: float = 0.05,
-    alpha: float = 10.0,
-    iterations: int = 15,
-    blocks: int = 2,
-    seed: int = 42,
-) -> FactorModule:
-    return FactorModule(*als_factors(spark, interactions, rank, reg, alpha, iterations, blocks, seed))
+def _ratings_frame(spark: Any, interactions: sp.spmatrix, partitions: int) -> Any:
+    """The matrix's non-zeros as a Spark DataFrame (user_idx, item_idx, rating)."""
+    import pandas as pd
+
+    coo = interactions.tocoo()
+    ratings = pd.DataFrame(
+        {
+            "user_idx": coo.row.astype(np.int32),
+            "item_idx": coo.col.astype(np.int32),
+            "rating": coo.data.astype(np.float64),
+        }
+    )
+    return spark.createDataFrame(ratings).repartition(partitions)
+
+
+def _factors_by_index(factors: Any, rows: int, rank: int) -> np.ndarray:
+    """An ALS factor DataFrame (id, features) as a dense array indexed by id; ids ALS never saw stay zero."""
+    out = np.zeros((rows, rank), np.float32)
+    for row in factors.collect():
+        out[row["id"]] = row["features"]
+    return out
 
 
 def fit(
@@ -341,18 +339,12 @@ def load_training_data(settings: Settings) -> dict[str, Any]:
         root, lake.INTERACTIONS, ds, columns=["user_idx", "item_idx", "strength"]
     )
     items = lake_io.read_partition(root, lake.ITEM_FEATURES, ds, columns=["item_idx"])
-    users = lake_io.read_partition(
-        root, lake.USER_FEATURES, ds, columns=["user_idx", "age_bucket_idx", "region_idx"]
-    )
+    profiles = load_profiles(settings)
     user_idx = interactions.column("user_idx").to_numpy()
     item_idx = interactions.column("item_idx").to_numpy()
     n_items = int(max(np.max(items.column("item_idx").to_numpy(), initial=0), np.max(item_idx, initial=0)))
-    profile_users = users.column("user_idx").to_numpy()
-    n_users = int(max(np.max(profile_users, initial=0), np.max(user_idx, initial=0)))
-    age = np.zeros(n_users + 1, np.int64)
-    region = np.zeros(n_users + 1, np.int64)
-    age[profile_users] = users.column("age_bucket_idx").to_numpy()
-    region[profile_users] = users.column("region_idx").to_numpy()
+    n_users = int(max(profiles.num_users, np.max(user_idx, initial=0)))
+    age, region = profiles.lookup(np.arange(n_users + 1))
     return {
         "interactions": interaction_matrix(user_idx, item_idx, n_users, n_items),
         "strength": interaction_matrix(
@@ -368,15 +360,14 @@ def load_training_data(settings: Settings) -> dict[str, Any]:
 
 def train_baselines(
     settings: Settings,
-    data: Any = None,
     spark: Any = None,
     names: tuple[str, ...] | None = None,
     params: dict[str, dict[str, Any]] | None = None,
 ) -> list[str]:
     """Fit the baselines on the window before ``settings.run_date`` and register each; returns model dirs.
 
-    ``data`` is accepted for ``models.train.train``'s call and not used: the baselines read the window aggregate
-    ``features/interactions`` themselves. ALS runs only when a SparkSession is given (``storage.spark.spark_session``).
+    The baselines read the window aggregate ``features/interactions``, not the deep model's examples. ALS runs
+    only when a SparkSession is given (``storage.spark.spark_session``).
     """
     names = names or (NIGHTLY_BASELINES + (("als",) if spark is not None else ()))
     training = load_training_data(settings)

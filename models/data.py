@@ -1,8 +1,9 @@
 """Parquet feature tables -> numpy -> ``tf.data``: the deep model's input pipeline.
 
 Reads ``features/train_examples``, ``features/validation``, ``features/items`` and ``features/users`` for the run
-date through pyarrow (local paths and any URI pyarrow.fs understands), keeps them as dense numpy arrays indexed by
-item/user index, and builds training batches per epoch (``next`` or ``set`` objective, see models.features).
+date with ``storage.lake_io.read_partition`` (local paths and any URI pyarrow.fs understands), keeps them as dense
+numpy arrays indexed by item/user index, and builds training batches per epoch (``next`` or ``set`` objective, see
+models.features). :func:`load_profiles` is the one reader of user profiles for training, baselines and evaluation.
 The same :class:`TrainingData` can be built from in-memory interactions (the MovieLens benchmark), without a lake.
 """
 
@@ -11,34 +12,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from models import features as F
+from models import registry
 from schemas import lake
 from schemas.features import pad_ids
+from schemas.features import user_inputs as feature_user_inputs
 from schemas.settings import Settings
 from storage import lake_io
 
+if TYPE_CHECKING:
+    import tensorflow as tf
+
 log = logging.getLogger(__name__)
-
-
-# ---- reading ------------------------------------------------------------------------------------------------
-def read_table(path: str, columns: Sequence[str] | None = None) -> pa.Table:
-    """One partition folder (or file) as an Arrow table; Spark's ``_SUCCESS``/hidden files are skipped."""
-    fs, local = lake_io.filesystem(path)
-    info = fs.get_file_info(local)
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"feature table not found: {path}")
-    return pq.read_table(local, filesystem=fs, columns=list(columns) if columns else None)
-
-
-def read_partition(root: str, name: str, date: object, columns: Sequence[str] | None = None) -> pa.Table:
-    return read_table(lake.partition(root, name, date), columns)  # type: ignore[arg-type]
 
 
 # ---- in-memory model inputs -----------------------------------------------------------------------------------
@@ -91,7 +82,12 @@ class Profiles:
     age_bucket_idx: np.ndarray  # int32 [U+1]
     region_idx: np.ndarray  # int32 [U+1]
 
+    @property
+    def num_users(self) -> int:
+        return len(self.age_bucket_idx) - 1
+
     def lookup(self, user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(age bucket, region) per user index; users without a profile (or beyond the table) get 0, unknown."""
         idx = np.where((user_idx >= 0) & (user_idx < len(self.age_bucket_idx)), user_idx, 0)
         return self.age_bucket_idx[idx], self.region_idx[idx]
 
@@ -146,7 +142,8 @@ class TrainingData:
     catalogue: Catalogue
     profiles: Profiles
     validation: EvalSet | None = None
-    window: dict[str, str] = dataclasses.field(default_factory=dict)  # data window, for the model's metadata
+    # the data window (models.registry.data_window), part of the deep model's version
+    window: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def num_items(self) -> int:
@@ -162,11 +159,11 @@ def _list_column(table: pa.Table, name: str) -> list[np.ndarray]:
 
 
 def load_catalogue(settings: Settings, num_items: int = 0) -> Catalogue:
-    table = read_partition(
+    table = lake_io.read_partition(
         settings.lake_root,
         lake.ITEM_FEATURES,
-        settings.run_date,
-        ["item_idx", "category_idx", "price_bucket", "title_tokens", "age_days", "available"],
+        settings.ds,
+        columns=["item_idx", "category_idx", "price_bucket", "title_tokens", "age_days", "available"],
     )
     idx = table.column("item_idx").to_numpy().astype(np.int64)
     n = max(int(idx.max(initial=0)), num_items) + 1
@@ -186,12 +183,13 @@ def load_catalogue(settings: Settings, num_items: int = 0) -> Catalogue:
 
 
 def load_profiles(settings: Settings) -> Profiles:
+    """The run date's user profiles (``features/users``): the one reader of them for every model stage."""
     try:
-        table = read_partition(
+        table = lake_io.read_partition(
             settings.lake_root,
             lake.USER_FEATURES,
-            settings.run_date,
-            ["user_idx", "age_bucket_idx", "region_idx"],
+            settings.ds,
+            columns=["user_idx", "age_bucket_idx", "region_idx"],
         )
     except FileNotFoundError:
         log.warning("no user features for %s: profile inputs are 'unknown'", settings.ds)
@@ -206,7 +204,7 @@ def load_profiles(settings: Settings) -> Profiles:
 
 def load_validation(settings: Settings) -> EvalSet | None:
     try:
-        table = read_partition(settings.lake_root, lake.VALIDATION, settings.run_date)
+        table = lake_io.read_partition(settings.lake_root, lake.VALIDATION, settings.ds)
     except FileNotFoundError:
         log.warning("no validation examples for %s: training runs without early stopping", settings.ds)
         return None
@@ -223,11 +221,11 @@ def load_validation(settings: Settings) -> EvalSet | None:
 
 def load_training_data(settings: Settings) -> TrainingData:
     """Everything the deep model trains on for ``settings.run_date``."""
-    examples = read_partition(
+    examples = lake_io.read_partition(
         settings.lake_root,
         lake.TRAIN_EXAMPLES,
-        settings.run_date,
-        ["user_idx", "item_idx", "weight", "event_time"],
+        settings.ds,
+        columns=["user_idx", "item_idx", "weight", "event_time"],
     )
     if examples.num_rows == 0:
         raise ValueError(f"no training examples for {settings.ds} under {settings.lake_root}")
@@ -238,18 +236,12 @@ def load_training_data(settings: Settings) -> TrainingData:
         weight=examples.column("weight").to_numpy(zero_copy_only=False),
     )
     catalogue = load_catalogue(settings, int(interactions.item_idx.max()))
-    window = settings.window_dates()
     return TrainingData(
         interactions,
         catalogue,
         load_profiles(settings),
         load_validation(settings),
-        {
-            "run_date": settings.ds,
-            "train_start": window[0].isoformat(),
-            "train_end": window[-1].isoformat(),
-            "validation_date": settings.ds,
-        },
+        registry.data_window(settings),
     )
 
 
@@ -268,15 +260,17 @@ def user_inputs(
     profiles: Profiles,
     shape: ExampleShape,
 ) -> dict[str, np.ndarray]:
-    """User-tower inputs (the scoring contract's names) for lists of per-user item sequences."""
+    """User-tower inputs for lists of per-user item sequences, with the users' profiles and the examples' shape."""
     age, region = profiles.lookup(np.asarray(user_idx))
-    return {
-        F.USER_IDX: np.asarray(user_idx, np.int32),
-        F.HISTORY: pad_ids(histories, shape.history_length),
-        F.SEEN: pad_ids(seens, shape.seen_length),
-        F.AGE_BUCKET_IDX: age.astype(np.int32),
-        F.REGION_IDX: region.astype(np.int32),
-    }
+    return feature_user_inputs(
+        user_idx,
+        histories,
+        seens,
+        shape.history_length,
+        shape.seen_length,
+        age_bucket_idx=age,
+        region_idx=region,
+    )
 
 
 def _next_examples(data: TrainingData, shape: ExampleShape) -> dict[str, np.ndarray]:
@@ -338,7 +332,7 @@ def _set_examples(
 
 def make_dataset(
     data: TrainingData, objective: str, shape: ExampleShape, batch_size: int, holdout: float, seed: int
-):  # type: ignore[no-untyped-def]
+) -> tuple[tf.data.Dataset, int]:
     """A ``tf.data.Dataset`` of dict batches; each pass (epoch) reshuffles and, for ``set``, redraws the holdout.
 
     Returns (dataset, batches per epoch).

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from models import metrics, registry
+from models.data import load_profiles
 from schemas import features as feature_schemas
 from schemas import lake
 from schemas.outputs import METRIC
@@ -101,27 +102,6 @@ def topk_for(
     return top_items, top_scores
 
 
-def user_inputs(
-    user_idx: np.ndarray,
-    histories: Sequence[Sequence[int]],
-    seen: Sequence[Sequence[int]],
-    history_length: int,
-    age_bucket_idx: np.ndarray | None = None,
-    region_idx: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """The contract's user inputs, padded with ``schemas.features.pad_ids``."""
-    n = len(user_idx)
-    seen_length = max(1, max((len(s) for s in seen), default=1))
-    zeros = np.zeros(n, np.int32)
-    return {
-        "user_idx": np.asarray(user_idx, np.int32),
-        "history": feature_schemas.pad_ids(histories, history_length),
-        "seen": feature_schemas.pad_ids(seen, seen_length),
-        "age_bucket_idx": zeros if age_bucket_idx is None else np.asarray(age_bucket_idx, np.int32),
-        "region_idx": zeros if region_idx is None else np.asarray(region_idx, np.int32),
-    }
-
-
 def item_inputs(
     item_idx: np.ndarray,
     title_tokens: int,
@@ -172,26 +152,21 @@ def load_validation(settings: Settings) -> dict[str, Any]:
     items_table = lake_io.read_partition(root, lake.ITEM_FEATURES, ds)
     # candidates are the items scoring may recommend: the available ones (as jobs/score does)
     items = items_table.filter(items_table.column("available")).to_pydict()
-    profiles = lake_io.read_partition(
-        root, lake.USER_FEATURES, ds, columns=["user_idx", "age_bucket_idx", "region_idx"]
-    ).to_pydict()
     window = lake_io.read_partition(root, lake.INTERACTIONS, ds, columns=["item_idx"])
     user_idx = np.asarray(validation["user_idx"], np.int64)
-    profile = {
-        u: (a, r)
-        for u, a, r in zip(
-            profiles["user_idx"], profiles["age_bucket_idx"], profiles["region_idx"], strict=True
-        )
-    }
-    age = np.array([profile.get(u, (0, 0))[0] for u in user_idx], np.int32)
-    region = np.array([profile.get(u, (0, 0))[1] for u in user_idx], np.int32)
+    age, region = load_profiles(settings).lookup(user_idx)
     item_idx = np.asarray(items["item_idx"], np.int64)
     all_items = items_table.column("item_idx").to_numpy()
     counts = np.bincount(window.column("item_idx").to_numpy(), minlength=int(all_items.max(initial=0)) + 1)
     seen = [s or [] for s in validation["seen"]]
     return {
-        "users": user_inputs(
-            user_idx, [h or [] for h in validation["history"]], seen, settings.history_length, age, region
+        "users": feature_schemas.user_inputs(
+            user_idx,
+            [h or [] for h in validation["history"]],
+            seen,
+            settings.history_length,
+            age_bucket_idx=age,
+            region_idx=region,
         ),
         "items": item_inputs(
             item_idx,

@@ -1,9 +1,10 @@
 """The model registry: versioned model folders under ``<lake>/models/<name>/<version>/`` and the production pointer.
 
-- A version is ``<run date>-<hash of name, params and data window>``: a rerun of the same night with the same
-  parameters gets the same version and overwrites its folder (idempotent), a changed parameter a new one.
-- Each folder holds the exported model (``scoring.contract``) and ``metadata.json``: name, version, kind, params,
-  data window, metrics (added by evaluation), code version.
+- A version is ``<run date>-<hash of name, params and data window>`` (the deep model's: ``D<hash>``, see
+  ``models.train.model_version``): a rerun of the same night with the same parameters gets the same version and
+  overwrites its folder (idempotent), a changed parameter a new one.
+- Each folder holds the exported model (``scoring.contract``) and ``metadata.json`` (:func:`metadata`): name,
+  version, kind, params, data window, scenario, metrics (replaced by evaluation), code version, created_at.
 - ``production.json`` names the production model; the gate rewrites it atomically (temporary file + rename) and
   appends every decision to ``production_history.jsonl`` beside it.
 """
@@ -34,24 +35,19 @@ def data_window(settings: Settings) -> dict[str, str]:
 def code_version() -> str:
     """The git commit of the checkout (``+dirty`` with local changes), or ``unknown`` outside git."""
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
+        head = _git("rev-parse", "--short=12", "HEAD", check=True)
+        dirty = _git("status", "--porcelain", "--untracked-files=no", check=False)
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def _git(*args: str, check: bool) -> str:
+    """The stripped output of a git command run in the checkout."""
+    done = subprocess.run(
+        ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=check
+    )
+    return done.stdout.strip()
 
 
 def new_version(settings: Settings, name: str, params: dict[str, Any]) -> str:
@@ -69,9 +65,18 @@ def model_dir(settings: Settings, name: str, version: str) -> str:
 
 
 def metadata(
-    settings: Settings, name: str, version: str, kind: str, params: dict[str, Any], **extra: Any
+    settings: Settings,
+    name: str,
+    version: str,
+    kind: str,
+    params: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """The registry metadata every model folder carries (callers may add keys, e.g. training seconds)."""
+    """The metadata every model folder carries, the one place its keys are written.
+
+    ``metrics``: known at training (e.g. validation recall); evaluation replaces them (:func:`record_metrics`).
+    ``extra``: what one kind of model adds, e.g. ``train_seconds`` or the training summary."""
     return {
         "name": name,
         "version": version,
@@ -79,7 +84,7 @@ def metadata(
         "params": params,
         "data_window": data_window(settings),
         "scenario": settings.scenario,
-        "metrics": {},
+        "metrics": metrics or {},
         "code_version": code_version(),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **extra,
@@ -87,12 +92,20 @@ def metadata(
 
 
 def register(
-    settings: Settings, module: Any, name: str, params: dict[str, Any], kind: str, **extra: Any
+    settings: Settings,
+    module: Any,
+    name: str,
+    params: dict[str, Any],
+    kind: str,
+    version: str | None = None,
+    **extra: Any,
 ) -> str:
-    """Export ``module`` (a ``scoring.contract.ScoringModule``) with its metadata into its versioned folder."""
+    """Export ``module`` (a ``scoring.contract.ScoringModule``) with its metadata into its versioned folder.
+
+    ``version``: default :func:`new_version`; a model with its own version scheme passes it."""
     from scoring import contract  # TensorFlow only when a model is actually saved
 
-    version = new_version(settings, name, params)
+    version = version or new_version(settings, name, params)
     folder = model_dir(settings, name, version)
     return contract.save(module, folder, metadata(settings, name, version, kind, params, **extra))
 

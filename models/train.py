@@ -9,10 +9,8 @@ TensorFlow sees one (MirroredStrategy for several), the CPU otherwise.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import logging
-import subprocess
 import time
 from typing import Any
 
@@ -20,14 +18,20 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from models import baselines, metrics, registry
 from models import data as D
 from models import features as F
-from models import metrics
-from models.two_tower import ItemTower, TwoTowerModel, TwoTowerParams, TwoTowerScoring, UserTower, ease_matrix
-from schemas import lake
-from schemas.settings import REPO_ROOT, Settings
+from models.two_tower import (
+    FULL_SOFTMAX_MAX_ITEMS,
+    ItemTower,
+    TwoTowerModel,
+    TwoTowerParams,
+    TwoTowerScoring,
+    UserTower,
+    ease_matrix,
+)
+from schemas.settings import Settings
 from scoring.allocator import retain_freed_memory
-from scoring.contract import save
 
 log = logging.getLogger(__name__)
 BEST_WEIGHTS = "best.weights.h5"
@@ -60,9 +64,9 @@ class DenseGradientAdam(keras.optimizers.Adam):
     cut the optimiser's CPU time per step from ~90 to ~30 ms on the demo lake (tests/test_train.py checks that
     the update equals Keras' Adam on the densified gradient)."""
 
-    def apply(self, grads, trainable_variables=None):  # type: ignore[no-untyped-def]
+    def apply(self, grads: list[tf.Tensor], trainable_variables: list[tf.Variable] | None = None) -> None:
         dense = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
-        return super().apply(dense, trainable_variables)
+        super().apply(dense, trainable_variables)
 
 
 # ---- evaluation during training ---------------------------------------------------------------------------------
@@ -288,26 +292,12 @@ def fit_two_tower(
     dataset, steps = D.make_dataset(
         data, params.objective, shape, params.batch_size, params.holdout, params.seed
     )
-    with strategy.scope():
-        model = build_model(data, params)
-        model.compile(
-            optimizer=DenseGradientAdam(params.learning_rate), jit_compile=False, run_eagerly=run_eagerly
-        )
-        # build every weight now (BackupAndRestore builds the optimizer from them before the first step)
-        model(next(iter(dataset.take(1))))
-        model.item_vectors(model.catalogue)
+    model = compiled_model(data, params, strategy, dataset, run_eagerly)
     all_callbacks: list[keras.callbacks.Callback] = []
     if checkpoint_dir:
         all_callbacks.append(keras.callbacks.BackupAndRestore(checkpoint_dir, save_freq="epoch"))
-    early = None
-    if data.validation is not None and len(data.validation.user_idx):
-        early = RecallEarlyStopping(
-            eval_inputs(data.validation, data, params),
-            data.validation,
-            params.eval_k,
-            params.patience,
-            checkpoint_dir,
-        )
+    early = validation_early_stopping(data, params, checkpoint_dir)
+    if early is not None:
         all_callbacks.append(early)
     all_callbacks += callbacks or []
     if progress:
@@ -317,13 +307,68 @@ def fit_two_tower(
     )
     blend = float(model.blend.numpy())
     if model.wide is not None and early is not None and params.blend < 0:
-        blend = choose_blend(model, early.inputs, data.validation, params.eval_k)  # type: ignore[arg-type]
+        blend = choose_blend(model, early.inputs, early.evalset, params.eval_k)
     seconds = time.perf_counter() - started
-    if checkpoint_dir and tf.io.gfile.exists(
-        checkpoint_dir
-    ):  # finished: the checkpoint has served its purpose
-        tf.io.gfile.rmtree(checkpoint_dir)
-    summary = {
+    if checkpoint_dir and tf.io.gfile.exists(checkpoint_dir):
+        tf.io.gfile.rmtree(checkpoint_dir)  # finished: the checkpoint has served its purpose
+    summary = training_summary(model, data, history, early, blend, device, seconds, steps)
+    log.info(
+        "two-tower trained in %.1f s on %s: %s",
+        seconds,
+        device,
+        {k: summary[k] for k in ("epochs_run", "best_epoch")},
+    )
+    module = TwoTowerScoring(model)
+    module.keras_model = model  # kept for in-process evaluation; not part of the export signatures
+    return module, summary
+
+
+def compiled_model(
+    data: D.TrainingData,
+    params: TwoTowerParams,
+    strategy: tf.distribute.Strategy,
+    dataset: tf.data.Dataset,
+    run_eagerly: bool,
+) -> TwoTowerModel:
+    """The model built and compiled under ``strategy``, every weight created from one batch of ``dataset``."""
+    with strategy.scope():
+        model = build_model(data, params)
+        model.compile(
+            optimizer=DenseGradientAdam(params.learning_rate), jit_compile=False, run_eagerly=run_eagerly
+        )
+        # build every weight now (BackupAndRestore builds the optimizer from them before the first step)
+        model(next(iter(dataset.take(1))))
+        model.item_vectors(model.catalogue)
+    return model
+
+
+def validation_early_stopping(
+    data: D.TrainingData, params: TwoTowerParams, checkpoint_dir: str | None
+) -> RecallEarlyStopping | None:
+    """Early stopping on the validation users' Recall@K, or None without validation users."""
+    if data.validation is None or not len(data.validation.user_idx):
+        return None
+    return RecallEarlyStopping(
+        eval_inputs(data.validation, data, params),
+        data.validation,
+        params.eval_k,
+        params.patience,
+        checkpoint_dir,
+    )
+
+
+def training_summary(
+    model: TwoTowerModel,
+    data: D.TrainingData,
+    history: keras.callbacks.History,
+    early: RecallEarlyStopping | None,
+    blend: float,
+    device: str,
+    seconds: float,
+    steps: int,
+) -> dict[str, Any]:
+    """What a training did, for the model's metadata and the benchmark's report."""
+    return {
         "device": device,
         "training_seconds": round(seconds, 2),
         "epochs_run": len(history.epoch),
@@ -338,15 +383,6 @@ def fit_two_tower(
         "num_items": model.num_items,
         "num_train_interactions": int(len(data.interactions.item_idx)),
     }
-    log.info(
-        "two-tower trained in %.1f s on %s: %s",
-        seconds,
-        device,
-        {k: summary[k] for k in ("epochs_run", "best_epoch")},
-    )
-    module = TwoTowerScoring(model)
-    module.keras_model = model  # kept for in-process evaluation; not part of the export signatures
-    return module, summary
 
 
 # ---- model selection on a fold of the training data ---------------------------------------------------------------
@@ -354,7 +390,7 @@ def fit_two_tower(
 # blend are not fixed here: select_and_fit chooses them on a validation fold of the training data.
 # seen_length 256 (not 800, which covers every train.tsv user's items) measured: 13.4 s instead of 20.3 s CPU for
 # the final training, MAP 0.1533 instead of 0.1537, still above EASE on all four metrics.
-MOVIELENS_PARAMS: dict[str, Any] = dict(
+MOVIELENS_PARAMS = TwoTowerParams(
     objective="set",
     encoder="mean",
     embedding_dim=128,
@@ -369,6 +405,7 @@ MOVIELENS_PARAMS: dict[str, Any] = dict(
     wide=True,
     ease_lambda=400.0,
     patience=3,
+    full_softmax_max_items=FULL_SOFTMAX_MAX_ITEMS,  # 1,682 items: every one a negative
 )
 VALIDATION_SHARE = 0.1
 
@@ -438,62 +475,39 @@ def select_and_fit(
 
 
 # ---- pipeline entry point -------------------------------------------------------------------------------------------
-def code_version() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
-
-
 def model_version(params: TwoTowerParams, window: dict[str, str]) -> str:
     """Deterministic for the same parameters and data window, so a rerun of a date reuses its version."""
     return F.VERSION_PREFIX + params.digest(window)
 
 
 def train_two_tower(settings: Settings, data: D.TrainingData | None = None) -> str:
-    """Trains and exports the deep model for the run date; returns its model folder."""
+    """Trains the deep model for the run date and registers it; returns its model folder."""
     data = data or D.load_training_data(settings)
     params = TwoTowerParams.from_settings(settings)
     version = model_version(params, data.window)
-    model_dir = lake.model_dir(settings.lake_root, F.MODEL_NAME, version)
+    model_dir = registry.model_dir(settings, F.MODEL_NAME, version)
     module, summary = fit_two_tower(
         data, params=params, checkpoint_dir=f"{model_dir}/_checkpoint", progress=True
     )
-    metadata = {
-        "name": F.MODEL_NAME,
-        "version": version,
-        "kind": F.MODEL_KIND,
-        "data_window": data.window,
-        "params": params.to_dict(),
-        "metrics": {f"val_recall_at_{params.eval_k}": summary["best_val_recall_at_k"]},
-        "training": summary,
-        "code_version": code_version(),
-        "device": summary["device"],
-        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-    save(module, model_dir, metadata)
+    registry.register(
+        settings,
+        module,
+        F.MODEL_NAME,
+        params.to_dict(),
+        F.MODEL_KIND,
+        version=version,
+        metrics={f"val_recall_at_{params.eval_k}": summary["best_val_recall_at_k"]},
+        train_seconds=summary["training_seconds"],
+        device=summary["device"],
+        training=summary,
+    )
     log.info("saved %s %s to %s", F.MODEL_NAME, version, model_dir)
     return model_dir
 
 
 def train(settings: Settings) -> list[str]:
     """The DAG's training step: the deep model and every baseline; returns their model folders."""
-    data = D.load_training_data(settings)
-    model_dirs = [train_two_tower(settings, data)]
-    try:
-        from models import baselines
-    except ImportError:
-        baselines = None  # type: ignore[assignment]
-    if baselines is not None and hasattr(baselines, "train_baselines"):
-        model_dirs += list(baselines.train_baselines(settings, data))
-    else:
-        log.warning("models.baselines.train_baselines not available: only the deep model was trained")
-    return model_dirs
+    return [train_two_tower(settings), *baselines.train_baselines(settings)]
 
 
 def main(argv: list[str] | None = None) -> None:

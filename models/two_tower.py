@@ -31,14 +31,34 @@ from models import features as F
 from schemas.settings import Settings
 from scoring.contract import ScoringModule, in_vocab, multi_hot_matmul
 
+# Parameters that are also settings take their defaults from the settings' defaults (what the nightly run uses),
+# so TwoTowerParams() and TwoTowerParams.from_settings(Settings()) cannot drift apart.
+_NIGHTLY = Settings()
+SETTINGS_FIELDS = (
+    "encoder",
+    "embedding_dim",
+    "history_length",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "eval_k",
+    "seed",
+)
+FULL_SOFTMAX_MAX_ITEMS = 50_000  # settings' "full" softmax: every catalogue item a negative, up to this size
+
+
+def full_softmax_limit(softmax: str) -> int:
+    """``full_softmax_max_items`` for a settings ``softmax`` kind ("sampled": 0, always the in-batch softmax)."""
+    return 0 if softmax == "sampled" else FULL_SOFTMAX_MAX_ITEMS
+
 
 @dataclasses.dataclass(frozen=True)
 class TwoTowerParams:
-    encoder: str = "cnn"
+    encoder: str = _NIGHTLY.encoder
     objective: str = "next"
-    embedding_dim: int = 64
+    embedding_dim: int = _NIGHTLY.embedding_dim
     hidden_dim: int = 0  # 0: the user tower's head is linear
-    history_length: int = 20
+    history_length: int = _NIGHTLY.history_length
     seen_length: int = 50
     max_targets: int = 64  # set objective: at most this many held-out targets per user and epoch
     holdout: float = 0.25  # set objective: share of a user's items held out as targets each epoch
@@ -47,20 +67,20 @@ class TwoTowerParams:
     item_bias: bool = True  # a per-item bias (popularity) beside the normalised embedding
     dropout: float = 0.1
     l2: float = 0.0
-    epochs: int = 5
-    batch_size: int = 1024
-    learning_rate: float = 0.003
-    full_softmax_max_items: int = 50_000  # above this, in-batch sampled softmax with log-Q correction
+    epochs: int = _NIGHTLY.epochs
+    batch_size: int = _NIGHTLY.batch_size
+    learning_rate: float = _NIGHTLY.learning_rate
+    # above this many items, in-batch sampled softmax with log-Q correction
+    full_softmax_max_items: int = full_softmax_limit(_NIGHTLY.softmax)
     mask_seen: bool = True  # the user's known items are not negatives (they are excluded when recommending)
     wide: bool = True  # add the EASE-initialised item-item part (catalogues up to wide_max_items)
     wide_max_items: int = 8_192
     ease_lambda: float = 400.0
-    blend: float = (
-        -1.0
-    )  # deep share of the blended score; < 0: chosen on the validation set (0.5 without one)
+    # deep share of the blended score; < 0: chosen on the validation set (0.5 without one)
+    blend: float = -1.0
     patience: int = 2
-    eval_k: int = 10
-    seed: int = 42
+    eval_k: int = _NIGHTLY.eval_k
+    seed: int = _NIGHTLY.seed
 
     def __post_init__(self) -> None:
         if self.encoder not in F.ENCODERS:
@@ -70,24 +90,8 @@ class TwoTowerParams:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> TwoTowerParams:
-        values: dict[str, Any] = {
-            name: getattr(settings, name)
-            for name in (
-                "encoder",
-                "embedding_dim",
-                "history_length",
-                "epochs",
-                "batch_size",
-                "learning_rate",
-                "eval_k",
-                "seed",
-            )
-        }
-        for name in ("objective", "wide", "temperature", "patience"):  # optional settings fields
-            if hasattr(settings, f"two_tower_{name}"):
-                values[name] = getattr(settings, f"two_tower_{name}")
-        if settings.softmax == "sampled":
-            values["full_softmax_max_items"] = 0
+        values: dict[str, Any] = {name: getattr(settings, name) for name in SETTINGS_FIELDS}
+        values["full_softmax_max_items"] = full_softmax_limit(settings.softmax)
         values.update(overrides)
         return cls(**values)
 
@@ -152,7 +156,7 @@ class ItemTower(keras.layers.Layer):
             axis=-1,
         )
         embedding = self.item_embedding(item) * known + self.content(content)
-        if self.id_bias is None:
+        if self.id_bias is None or self.content_bias is None:
             return embedding
         return tf.concat([embedding, self.id_bias(item) * known + self.content_bias(content)], axis=-1)
 
@@ -367,7 +371,16 @@ class TwoTowerModel(keras.Model):
         """x_u B: the linear part's score of every catalogue item [B, N+1]."""
         return multi_hot_matmul(seen, self.wide)
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):  # type: ignore[no-untyped-def]
+    def compute_loss(
+        self,
+        x: dict[str, tf.Tensor] | None = None,
+        y: tf.Tensor | None = None,
+        y_pred: tf.Tensor | None = None,
+        sample_weight: tf.Tensor | None = None,
+        training: bool = True,
+    ) -> tf.Tensor:
+        if x is None:
+            raise ValueError("the loss needs the batch: its targets are inputs, not labels")
         targets = tf.cast(x[F.TARGETS], tf.int32)
         weights = tf.cast(x[F.TARGET_WEIGHTS], tf.float32) * tf.cast(targets > 0, tf.float32)
         user = tf.cast(y_pred, tf.float32)
@@ -465,28 +478,18 @@ class TwoTowerScoring(ScoringModule):
             else None
         )
 
-    def _users(self, user_idx, history, seen, age_bucket_idx, region_idx):  # type: ignore[no-untyped-def]
-        inputs = {
-            F.USER_IDX: user_idx,
-            F.HISTORY: history,
-            F.SEEN: seen,
-            F.AGE_BUCKET_IDX: age_bucket_idx,
-            F.REGION_IDX: region_idx,
-        }
+    def _users(self, user_idx, history, seen, age_bucket_idx, region_idx):
+        inputs = dict(zip(F.USER_INPUTS, (user_idx, history, seen, age_bucket_idx, region_idx), strict=True))
         u = user_vector(self.user_tower(inputs, training=False), self.params)
         if self.wide is None:
             return u
         wide_scores = multi_hot_matmul(seen, self.wide)
         return blended_user(u, wide_scores, self.catalogue_items, self.blend)
 
-    def _items(self, item_idx, category_idx, price_bucket, title_tokens, age_days):  # type: ignore[no-untyped-def]
-        inputs = {
-            F.ITEM_IDX: item_idx,
-            F.CATEGORY_IDX: category_idx,
-            F.PRICE_BUCKET: price_bucket,
-            F.TITLE_TOKENS: title_tokens,
-            F.AGE_DAYS: age_days,
-        }
+    def _items(self, item_idx, category_idx, price_bucket, title_tokens, age_days):
+        inputs = dict(
+            zip(F.ITEM_INPUTS, (item_idx, category_idx, price_bucket, title_tokens, age_days), strict=True)
+        )
         v = item_vector(self.item_tower(inputs, training=False), self.params)
         if self.wide is None:
             return v

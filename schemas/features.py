@@ -107,7 +107,7 @@ USER_HISTORY = pa.schema(
 )
 
 
-def pad_ids(lists: Iterable[Sequence[int] | None], length: int) -> np.ndarray:
+def pad_ids(lists: Iterable[Sequence[int] | np.ndarray | None], length: int) -> np.ndarray:
     """Dense int32 [n, length] from id lists: keep the last ``length`` ids, left-pad with 0 (newest last).
 
     The one encoding of histories and seen-sets that every model input and the scoring job use.
@@ -122,3 +122,28 @@ def pad_ids(lists: Iterable[Sequence[int] | None], length: int) -> np.ndarray:
         if tail:
             out[i, length - len(tail) :] = tail
     return out
+
+
+def user_inputs(
+    user_idx: Sequence[int] | np.ndarray,
+    histories: Sequence[Sequence[int] | np.ndarray | None],
+    seen: Sequence[Sequence[int] | np.ndarray | None],
+    history_length: int,
+    seen_length: int | None = None,
+    age_bucket_idx: np.ndarray | None = None,
+    region_idx: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The user tower's inputs in the export contract (``scoring.contract.USER_INPUTS``), as training,
+    evaluation and batch scoring all build them: ids padded by :func:`pad_ids` (``seen`` as wide as its longest
+    row unless ``seen_length`` is given), unknown profiles as 0."""
+    n = len(user_idx)
+    if seen_length is None:
+        seen_length = max(1, max((len(s) for s in seen if s is not None), default=1))
+    zeros = np.zeros(n, np.int32)
+    return {
+        "user_idx": np.asarray(user_idx, np.int32),
+        "history": pad_ids(histories, history_length),
+        "seen": pad_ids(seen, seen_length),
+        "age_bucket_idx": zeros if age_bucket_idx is None else np.asarray(age_bucket_idx, np.int32),
+        "region_idx": zeros if region_idx is None else np.asarray(region_idx, np.int32),
+    }

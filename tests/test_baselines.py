@@ -5,15 +5,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from models import baselines
-from models.evaluate import item_inputs, topk_for, user_inputs
+from models.evaluate import item_inputs, topk_for
 from schemas import features as fs
 from schemas import lake
+from schemas.features import user_inputs
 from schemas.settings import Settings
 from storage import lake_io
 
@@ -46,78 +48,49 @@ def write_feature_lake(
     """The four feature partitions evaluation and the baselines read, for a tiny clustered world."""
     window, targets = clustered_interactions(seed)
     settings = Settings.load({"lake_root": root, "run_date": run_date, "window_days": 3, "eval_k": 3})
+
+    def write(name: str, schema: pa.Schema, rows: list[dict[str, Any]]) -> None:
+        lake_io.write_partition(pa.Table.from_pylist(rows, schema=schema), root, name, run_date, schema)
+
     when = dt.datetime(2026, 1, 13, 12, tzinfo=dt.UTC)
     pairs = [(u, i) for u in range(1, N_USERS + 1) for i in window[u]]
-    lake_io.write_partition(
-        pa.table(
-            {
-                "user_idx": [u for u, _ in pairs],
-                "item_idx": [i for _, i in pairs],
-                "strength": [1.0] * len(pairs),
-                "events": [1] * len(pairs),
-                "last_time": [when] * len(pairs),
-            },
-            schema=fs.INTERACTION,
-        ),
-        root,
+    write(
         lake.INTERACTIONS,
-        run_date,
         fs.INTERACTION,
+        [{"user_idx": u, "item_idx": i, "strength": 1.0, "events": 1, "last_time": when} for u, i in pairs],
     )
-    items = list(range(1, N_ITEMS + 1))
-    lake_io.write_partition(
-        pa.table(
-            {
-                "item_idx": items,
-                "item_id": [f"i{i}" for i in items],
-                "category": ["a" if i <= 6 else "b" for i in items],
-                "category_idx": [1 if i <= 6 else 2 for i in items],
-                "price_bucket": [1] * N_ITEMS,
-                "title_tokens": [[i, i + 100] for i in items],
-                "age_days": [1.0] * N_ITEMS,
-                "available": [i not in unavailable for i in items],
-                "popularity": [1.0] * N_ITEMS,
-                "title": [f"item {i}" for i in items],
-            },
-            schema=fs.ITEM_FEATURE,
-        ),
-        root,
-        lake.ITEM_FEATURES,
-        run_date,
-        fs.ITEM_FEATURE,
-    )
-    users = list(range(1, N_USERS + 1))
-    lake_io.write_partition(
-        pa.table(
-            {
-                "user_idx": users,
-                "user_id": [f"u{u}" for u in users],
-                "age_bucket_idx": [1 + u % 2 for u in users],
-                "region_idx": [1] * N_USERS,
-                "segment": [f"{u % 2}|north" for u in users],
-            },
-            schema=fs.USER_FEATURE,
-        ),
-        root,
-        lake.USER_FEATURES,
-        run_date,
-        fs.USER_FEATURE,
-    )
-    lake_io.write_partition(
-        pa.table(
-            {
-                "user_idx": users,
-                "history": [window[u] for u in users],
-                "seen": [window[u] for u in users],
-                "targets": [targets[u] for u in users],
-            },
-            schema=fs.VALIDATION_EXAMPLE,
-        ),
-        root,
-        lake.VALIDATION,
-        run_date,
-        fs.VALIDATION_EXAMPLE,
-    )
+    items = [
+        {
+            "item_idx": i,
+            "item_id": f"i{i}",
+            "category": "a" if i <= 6 else "b",
+            "category_idx": 1 if i <= 6 else 2,
+            "price_bucket": 1,
+            "title_tokens": [i, i + 100],
+            "age_days": 1.0,
+            "available": i not in unavailable,
+            "popularity": 1.0,
+            "title": f"item {i}",
+        }
+        for i in range(1, N_ITEMS + 1)
+    ]
+    write(lake.ITEM_FEATURES, fs.ITEM_FEATURE, items)
+    users = range(1, N_USERS + 1)
+    profiles = [
+        {
+            "user_idx": u,
+            "user_id": f"u{u}",
+            "age_bucket_idx": 1 + u % 2,
+            "region_idx": 1,
+            "segment": f"{u % 2}|north",
+        }
+        for u in users
+    ]
+    write(lake.USER_FEATURES, fs.USER_FEATURE, profiles)
+    validation = [
+        {"user_idx": u, "history": window[u], "seen": window[u], "targets": targets[u]} for u in users
+    ]
+    write(lake.VALIDATION, fs.VALIDATION_EXAMPLE, validation)
     return settings
 
 
@@ -221,7 +194,7 @@ def test_saved_baseline_scores_like_the_in_memory_one(tmp_path: Path) -> None:
 
 @pytest.mark.spark
 @pytest.mark.slow  # seconds on an idle machine, a minute when other Spark jobs share the two cores
-def test_als_learns_the_two_clusters(spark) -> None:  # type: ignore[no-untyped-def]
+def test_als_learns_the_two_clusters(spark: Any) -> None:
     users, items = tiny_matrix()
     matrix = baselines.interaction_matrix(users, items, N_USERS, N_ITEMS)
     module = baselines.fit_als(spark, matrix, rank=4, reg=0.01, alpha=5.0, iterations=5, blocks=1)

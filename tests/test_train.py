@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("tensorflow")
 
 import tensorflow as tf  # noqa: E402
+from test_two_tower import TINY  # noqa: E402
 
 from models import data as D  # noqa: E402
 from models import features as F  # noqa: E402
@@ -27,16 +28,6 @@ from schemas.settings import Settings  # noqa: E402
 from scoring.contract import LoadedModel  # noqa: E402
 
 pytestmark = pytest.mark.tf
-TINY = dict(
-    encoder="mean",
-    embedding_dim=8,
-    history_length=4,
-    seen_length=8,
-    max_targets=4,
-    batch_size=64,
-    learning_rate=0.02,
-    patience=10,
-)
 
 
 def tiny_data(with_validation: bool = True) -> D.TrainingData:
@@ -83,7 +74,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path: Path) -> Non
     with pytest.raises(KeyboardInterrupt):
         fit_two_tower(
             data,
-            params=TwoTowerParams(**TINY, epochs=3),
+            params=TwoTowerParams(encoder="mean", **{**TINY, "epochs": 3}),
             checkpoint_dir=checkpoint,
             callbacks=[Interrupt(at_epoch=2), first],
             run_eagerly=True,
@@ -94,7 +85,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path: Path) -> Non
     resumed = EpochLog()
     module, summary = fit_two_tower(
         data,
-        params=TwoTowerParams(**TINY, epochs=3),
+        params=TwoTowerParams(encoder="mean", **{**TINY, "epochs": 3}),
         checkpoint_dir=checkpoint,
         callbacks=[resumed],
         run_eagerly=True,
@@ -207,7 +198,8 @@ def test_train_two_tower_from_the_lake_exports_a_versioned_model(
     loaded = LoadedModel(model_dir)
     meta = loaded.metadata
     assert meta["name"] == "two_tower" and meta["kind"] == "two_tower" and meta["device"].startswith("CPU")
-    assert meta["data_window"]["train_end"] == (settings.run_date - dt.timedelta(days=1)).isoformat()
+    assert meta["data_window"]["end"] == (settings.run_date - dt.timedelta(days=1)).isoformat()
+    assert meta["created_at"] and meta["code_version"] and meta["train_seconds"] > 0  # the registry's keys
     assert meta["params"]["encoder"] == "gru" and "val_recall_at_10" in meta["metrics"]
     users = loaded.encode_users(
         user_idx=np.array([1, 50], np.int32),

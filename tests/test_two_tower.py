@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,22 +12,25 @@ pytest.importorskip("tensorflow")
 from models import data as D  # noqa: E402
 from models import features as F  # noqa: E402
 from models.train import fit_two_tower, recall_at_k  # noqa: E402
-from models.two_tower import TwoTowerParams, ease_matrix  # noqa: E402
+from models.two_tower import FULL_SOFTMAX_MAX_ITEMS, TwoTowerParams, ease_matrix  # noqa: E402
+from schemas.settings import Settings  # noqa: E402
 from scoring.contract import LoadedModel, save  # noqa: E402
 
 pytestmark = pytest.mark.tf
 
 GROUPS, GROUP_ITEMS, USERS, PER_USER = 4, 6, 48, 8
-TINY = dict(
-    embedding_dim=16,
-    history_length=4,
-    seen_length=8,
-    max_targets=4,
-    batch_size=64,
-    epochs=1,
-    learning_rate=0.02,
-    patience=5,
-)
+# small and fast; the tiny catalogues get the full softmax (the nightly default, sampled, is tested on its own)
+TINY = {
+    "full_softmax_max_items": FULL_SOFTMAX_MAX_ITEMS,
+    "embedding_dim": 16,
+    "history_length": 4,
+    "seen_length": 8,
+    "max_targets": 4,
+    "batch_size": 64,
+    "epochs": 1,
+    "learning_rate": 0.02,
+    "patience": 5,
+}
 
 
 def clustered_data(seed: int = 0, with_content: bool = True) -> D.TrainingData:
@@ -68,6 +73,11 @@ def clustered_data(seed: int = 0, with_content: bool = True) -> D.TrainingData:
     )
 
 
+def test_default_params_are_the_nightly_settings() -> None:
+    assert TwoTowerParams() == TwoTowerParams.from_settings(Settings())
+    assert TwoTowerParams().full_softmax_max_items == 0  # the nightly softmax is "sampled"
+
+
 def test_a_few_epochs_reduce_the_loss_and_learn_the_groups() -> None:
     data = clustered_data()
     module, summary = fit_two_tower(
@@ -81,7 +91,7 @@ def test_a_few_epochs_reduce_the_loss_and_learn_the_groups() -> None:
 def test_set_objective_and_sampled_softmax_train() -> None:
     data = clustered_data()
     params = TwoTowerParams(
-        encoder="mean", objective="set", full_softmax_max_items=0, wide=False, **{**TINY, "epochs": 3}
+        encoder="mean", objective="set", wide=False, **{**TINY, "epochs": 3, "full_softmax_max_items": 0}
     )
     module, summary = fit_two_tower(data, params=params)
     assert not summary["full_softmax"]
@@ -110,7 +120,7 @@ def _user_args(data: D.TrainingData) -> list[np.ndarray]:
     return [inputs[name] for name in F.USER_INPUTS]
 
 
-def test_export_and_reload_score_like_the_trained_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_export_and_reload_score_like_the_trained_model(tmp_path: Path) -> None:
     data = clustered_data()
     module, summary = fit_two_tower(data, params=TwoTowerParams(encoder="gru", **TINY))
     assert summary["wide"], "a 24-item catalogue gets the EASE part"
