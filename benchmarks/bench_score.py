@@ -189,10 +189,18 @@ def tf_top_k_reference(user_emb: np.ndarray, item_emb: np.ndarray) -> float:
 DATE = dt.date(2026, 1, 14)
 
 
-def write_features(root: str, name: str, table: pa.Table) -> None:
+def write_features(root: str, name: str, schema: pa.Schema, columns: dict[str, pa.Array]) -> None:
     from storage import lake_io
 
-    lake_io.write_partition(table, root, name, DATE, table.schema)
+    lake_io.write_partition(pa.table(columns, schema=schema), root, name, DATE, schema)
+
+
+def key_columns(side: str, count: int) -> dict[str, pa.Array]:
+    """The ``<side>_idx`` (from 1) and ``<side>_id`` ("u0", "i0", ...) columns of ``count`` users or items."""
+    return {
+        f"{side}_idx": pa.array(np.arange(1, count + 1, dtype=np.int32)),
+        f"{side}_id": pa.array([f"{side[0]}{k}" for k in range(count)]),
+    }
 
 
 def spark_job_path(user_emb: np.ndarray, item_emb: np.ndarray, work: str) -> float:
@@ -210,49 +218,36 @@ def spark_job_path(user_emb: np.ndarray, item_emb: np.ndarray, work: str) -> flo
     write_features(
         root,
         lake.ITEM_FEATURES,
-        pa.table(
-            {
-                "item_idx": pa.array(np.arange(1, items + 1, dtype=np.int32)),
-                "item_id": pa.array([f"i{i}" for i in range(items)]),
-                "category": pa.array(["c"] * items),
-                "category_idx": pa.array(np.ones(items, np.int32)),
-                "price_bucket": pa.array(np.ones(items, np.int32)),
-                "title_tokens": pa.array([[1]] * items, pa.list_(pa.int32())),
-                "age_days": pa.array(np.ones(items, np.float32)),
-                "available": pa.array(np.ones(items, bool)),
-                "popularity": pa.array(np.linspace(1, 0, items)),
-                "title": pa.array(["t"] * items),
-            },
-            schema=ITEM_FEATURE,
-        ),
+        ITEM_FEATURE,
+        {
+            **key_columns("item", items),
+            "category": pa.array(["c"] * items),
+            "category_idx": pa.array(np.ones(items, np.int32)),
+            "price_bucket": pa.array(np.ones(items, np.int32)),
+            "title_tokens": pa.array([[1]] * items, pa.list_(pa.int32())),
+            "age_days": pa.array(np.ones(items, np.float32)),
+            "available": pa.array(np.ones(items, bool)),
+            "popularity": pa.array(np.linspace(1, 0, items)),
+            "title": pa.array(["t"] * items),
+        },
     )
     write_features(
         root,
         lake.USER_FEATURES,
-        pa.table(
-            {
-                "user_idx": pa.array(np.arange(1, users + 1, dtype=np.int32)),
-                "user_id": pa.array([f"u{u}" for u in range(users)]),
-                "age_bucket_idx": pa.array(np.ones(users, np.int32)),
-                "region_idx": pa.array(np.ones(users, np.int32)),
-                "segment": pa.array(["s"] * users),
-            },
-            schema=USER_FEATURE,
-        ),
+        USER_FEATURE,
+        {
+            **key_columns("user", users),
+            "age_bucket_idx": pa.array(np.ones(users, np.int32)),
+            "region_idx": pa.array(np.ones(users, np.int32)),
+            "segment": pa.array(["s"] * users),
+        },
     )
     seen_array = pa.array([s.tolist() for s in seen], pa.list_(pa.int32()))
     write_features(
         root,
         lake.USER_HISTORIES,
-        pa.table(
-            {
-                "user_idx": pa.array(np.arange(1, users + 1, dtype=np.int32)),
-                "user_id": pa.array([f"u{u}" for u in range(users)]),
-                "history": seen_array,
-                "seen": seen_array,
-            },
-            schema=USER_HISTORY,
-        ),
+        USER_HISTORY,
+        {**key_columns("user", users), "history": seen_array, "seen": seen_array},
     )
     model_dir = f"{work}/model"
     _save_fixed_model(model_dir, user_emb, item_emb)

@@ -56,6 +56,6 @@ class CatalogueProduct:
             scores = np.asarray(sp.csr_matrix(head) @ self.items_t, np.float32)
         else:
             scores = head @ self.items_t
-        if self.tail_cols is not None:
+        if self.tail_cols is not None and self.tail_coef is not None:  # both or neither
             scores += users[:, self.tail_cols] * self.tail_coef
         return scores

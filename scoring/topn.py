@@ -20,29 +20,56 @@ chunk while it is there, all exact:
 Exclusions (items the user already interacted with) are set to -inf in each chunk before it is screened. The
 category cap (at most ``cap`` items of one category per list) is applied greedily in score order to the top ``pool``
 items; a row whose pool runs out before its list is full is redone over all items, so the result stays exact.
+
+The reference selection (:meth:`TopNScorer._reference_top_n`: a block of users' scores by numpy, exclusions and NaN
+set to -inf, ``np.partition`` for each row's n-th best score, a stable sort of the entries at least that good) is the
+specification: the kernel gives the same lists. (The same BLAS computes both products, but for other groups of rows:
+two scores within a rounding of each other can come in either order.) :class:`TopNScorer` selects with the
+reference, and logs why once per process, wherever the kernel cannot run: numba missing or failing to compile,
+numpy's BLAS exporting no ``cblas_sgemm`` under a known name, or the kernel's lists differing from the reference's
+on a small probe (another CPU, another numpy). ``RECFLOW_TOPN_KERNEL=reference`` (or
+``TopNScorer(kernel="reference")``) forces the reference; ``compiled``, the default, uses the kernel wherever it
+builds.
 """
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import importlib
 import itertools
+import logging
 import math
 import os
 import statistics
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-import numba as nb
 import numpy as np
-from llvmlite import ir
-from numba.core import types
-from numba.cpython.unsafe.numbers import trailing_zeros
-from numba.extending import intrinsic
 from threadpoolctl import ThreadpoolController
 
 from scoring.allocator import retain_freed_memory
-from scoring.dot_scores import indicator_tail
+from scoring.dot_scores import CatalogueProduct, indicator_tail
+
+try:  # the compiled kernel's tools: without them TopNScorer selects with the reference
+    from llvmlite import ir
+    from numba import njit
+    from numba.core import types
+    from numba.cpython.unsafe.numbers import trailing_zeros
+    from numba.extending import intrinsic
+
+    _NUMBA_MISSING: str | None = None
+except ImportError as missing:
+    _NUMBA_MISSING = f"numba cannot be imported ({missing})"
+
+    def _uncompiled(*args: Any, **options: Any) -> Any:
+        """numba's decorators' stand-in: the kernel's functions stay plain Python, and are never called."""
+        return args[0] if args and callable(args[0]) else _uncompiled
+
+    njit = intrinsic = _uncompiled
+
+log = logging.getLogger(__name__)
 
 STRIPES = 16
 # Each scoring thread computes a step of STEP_ROWS users one chunk of items at a time, into one buffer of about
@@ -66,6 +93,10 @@ BUCKETS = (
 )
 BUCKET_SORT_MAX = 512
 REDO_BATCH = 64  # rows the screening missed are scored again in batches of about this many
+KERNEL_ENV = "RECFLOW_TOPN_KERNEL"  # "compiled" (the default: the kernel wherever it runs) or "reference"
+COMPILED, REFERENCE = "compiled", "reference"
+# the reference selects for a block of users at a time, of about this many scores (4 MiB)
+REFERENCE_BLOCK_SCORES = 1 << 20
 
 
 @dataclasses.dataclass
@@ -87,6 +118,8 @@ class TopNScorer:
 
     ``item_embeddings``: float32 [N, d], one row per candidate item (unavailable items are left out by the caller,
     which is cheaper than masking them). ``item_categories``: int [N] >= 0, needed only for the category cap.
+    ``kernel``: "compiled" or "reference" (see the module's docstring); None reads ``RECFLOW_TOPN_KERNEL``, and
+    "compiled" when that is unset. ``self.kernel`` says which one selects.
     """
 
     def __init__(
@@ -95,6 +128,7 @@ class TopNScorer:
         item_categories: np.ndarray | None = None,
         step_rows: int | None = None,
         threads: int | None = None,
+        kernel: str | None = None,
     ) -> None:
         retain_freed_memory()  # every block allocates its result arrays again: reuse the heap, no fresh pages
         items = np.asarray(item_embeddings, dtype=np.float32)
@@ -131,7 +165,14 @@ class TopNScorer:
             tail_cols, tail_coef = np.zeros(0, np.intp), np.zeros(0, np.float32)
         # what the kernel reads of the items, one argument: chunks, [mean | covariance], the indicator tail
         self._items = (chunks_t, item_moments, tail_cols, tail_coef)
-        self._sgemm = _find_sgemm()
+        choice = (kernel or os.environ.get(KERNEL_ENV) or COMPILED).strip().lower()
+        if choice not in (COMPILED, REFERENCE):
+            raise ValueError(
+                f"the top-N kernel ({KERNEL_ENV}) is {COMPILED!r} or {REFERENCE!r}, not {choice!r}"
+            )
+        self._sgemm = compiled_kernel(SGEMM_SYMBOLS) if choice == COMPILED else None
+        # the reference's product (users @ items.T, the indicator tail gathered), only where the reference selects
+        self._reference_product = CatalogueProduct(items) if self._sgemm is None else None
         if item_categories is None:
             self.item_categories = np.zeros(self.num_items, np.int32)
         else:
@@ -141,6 +182,11 @@ class TopNScorer:
         self.screen_margin = SCREEN_MARGIN
         # one thread per core by default; a Spark task owns one core, so jobs/score.py passes threads=1
         self.threads = max(1, threads or len(os.sched_getaffinity(0)))
+
+    @property
+    def kernel(self) -> str:
+        """Which selection answers: "compiled" (the kernel) or "reference"."""
+        return REFERENCE if self._sgemm is None else COMPILED
 
     def top_n(
         self,
@@ -163,13 +209,46 @@ class TopNScorer:
             raise ValueError("n must be >= 1")
         if users.ndim != 2 or (rows and users.shape[1] != self.dim):
             raise ValueError(f"user_embeddings must be [B, {self.dim}], got shape {users.shape}")
-        positions = np.full((rows, n), -1, np.int32)
-        scores = np.full((rows, n), NEG_INF, np.float32)
+        top = TopN(np.full((rows, n), -1, np.int32), np.full((rows, n), NEG_INF, np.float32))
         if rows == 0 or self.num_items == 0:
-            return TopN(positions, scores)
+            return top
         indptr, cols = _exclusions_csr(exclude_rows, exclude_cols, rows, self.num_items)
         cap = max(0, int(category_cap))
+        # a capped list is picked from the row's best `pool` first (all of its items when they do not fill it)
         pool = min(self.num_items, max(n, pool_factor * n)) if cap else n
+        if self._sgemm is None:
+            self._reference_top_n(users, indptr, cols, cap, pool, top)
+        else:
+            self._compiled_top_n(users, indptr, cols, cap, pool, top)
+        return top
+
+    def _reference_top_n(
+        self, users: np.ndarray, indptr: np.ndarray, cols: np.ndarray, cap: int, pool: int, top: TopN
+    ) -> None:
+        """The specification, into ``top``: every score, excluded ones (CSR ``indptr``/``cols``) and NaN set to
+        -inf, then each row's list (see _reference_lists), a block of users at a time."""
+        product = self._reference_product
+        assert product is not None  # built wherever the reference selects
+        block = max(1, REFERENCE_BLOCK_SCORES // self.num_items)
+        with _blas_controller().limit(limits=self.threads, user_api="blas"):
+            for start in range(0, len(users), block):
+                stop = min(start + block, len(users))
+                scores = product(users[start:stop])
+                excluded_rows = np.repeat(np.arange(stop - start), np.diff(indptr[start : stop + 1]))
+                scores[excluded_rows, cols[indptr[start] : indptr[stop]]] = NEG_INF
+                scores[np.isnan(scores)] = NEG_INF
+                top.positions[start:stop], top.scores[start:stop] = _reference_lists(
+                    scores, top.positions.shape[1], self.item_categories, cap, pool
+                )
+
+    def _compiled_top_n(
+        self, users: np.ndarray, indptr: np.ndarray, cols: np.ndarray, cap: int, pool: int, top: TopN
+    ) -> None:
+        """The kernel (see the module's docstring), into ``top``; exclusions as CSR ``indptr``/``cols``."""
+        sgemm = self._sgemm
+        assert sgemm is not None  # the caller chose the kernel
+        positions, scores = top.positions, top.scores
+        rows, n = positions.shape
         # the threads take the next step as they get free (a shared counter: atomic under the GIL), so a thread that
         # gets less CPU (the Parquet writer or another process beside it) does fewer steps instead of being waited for
         starts = range(0, rows, self.step_rows)
@@ -189,9 +268,8 @@ class TopNScorer:
             chunk = np.empty((step_rows, self.chunk_width), np.float32)
             moments = np.empty((step_rows, 1 + self.head_dim), np.float32)
             screen = _new_screen(step_rows, capacity, first_z)
-            missed: list[
-                np.ndarray
-            ] = []  # rows to score again, batched: one BLAS call for many rows costs less
+            # rows to score again, batched: one BLAS call for many rows costs less
+            missed: list[np.ndarray] = []
             again = 0
             for step in next_step:
                 done = step >= len(starts)
@@ -199,7 +277,9 @@ class TopNScorer:
                     redo = np.concatenate(missed)
                     missed.clear()
                     again += len(redo)
-                    self._select_whole_rows(users[redo], redo, indptr, cols, n, cap, pool, positions, scores)
+                    self._select_whole_rows(
+                        sgemm, users[redo], redo, indptr, cols, n, cap, pool, positions, scores
+                    )
                 if done:
                     rescored.append(again)
                     return
@@ -208,7 +288,7 @@ class TopNScorer:
                 step_indptr = indptr[start : stop + 1] - indptr[start]
                 step_cols = cols[indptr[start] : indptr[stop]]
                 _score_step(
-                    self._sgemm,
+                    sgemm,
                     users[start:stop],
                     self._items,
                     self.head_dim,
@@ -241,10 +321,11 @@ class TopNScorer:
             else:
                 with ThreadPoolExecutor(threads) as executor:
                     list(executor.map(score_steps, range(threads)))  # list(): re-raises a thread's error
-        return TopN(positions, scores, sum(rescored))
+        top.rescored = sum(rescored)
 
     def _select_whole_rows(
         self,
+        sgemm: Sgemm,
         row_users: np.ndarray,
         rows: np.ndarray,
         indptr: np.ndarray,
@@ -258,7 +339,7 @@ class TopNScorer:
         """The rows the screening could not settle (see _finish_rows), selected over their whole score rows."""
         whole = np.empty((len(rows), self.padded_items), np.float32)
         _score_whole_rows(
-            self._sgemm, np.ascontiguousarray(row_users), self._items, self.head_dim, self.num_items, whole
+            sgemm, np.ascontiguousarray(row_users), self._items, self.head_dim, self.num_items, whole
         )
         counts = indptr[rows + 1] - indptr[rows]
         row_indptr = np.zeros(len(rows) + 1, np.int64)
@@ -299,7 +380,7 @@ def _new_screen(rows: int, capacity: int, first_z: float) -> Screen:
 _CONTROLLER: list[ThreadpoolController] = []
 # cblas_sgemm by name, and whether its ints are 64-bit: numpy's PyPI wheels bundle scipy-openblas (ILP64); other
 # builds link a plain LP64 BLAS (OpenBLAS, MKL, Accelerate)
-_SGEMM_SYMBOLS = (
+SGEMM_SYMBOLS = (
     ("scipy_cblas_sgemm64_", True),
     ("cblas_sgemm64_", True),
     ("scipy_cblas_sgemm", False),
@@ -315,7 +396,7 @@ def _blas_controller() -> ThreadpoolController:
     return _CONTROLLER[0]
 
 
-def _find_sgemm() -> Sgemm:
+def _find_sgemm(symbols: tuple[tuple[str, bool], ...]) -> Sgemm:
     """The ``cblas_sgemm`` of the BLAS numpy itself links, which the kernel calls from compiled code (one call per
     chunk, no Python in between; numba's own ``np.dot`` goes through scipy's BLAS, 15% slower here). Looked up
     through numpy's extension module, whose dependencies dlsym searches: another loaded BLAS (scipy's own, say) is
@@ -325,13 +406,98 @@ def _find_sgemm() -> Sgemm:
     except ImportError:  # numpy 1.x
         extension = importlib.import_module("numpy.core._multiarray_umath")
     numpy_itself = ctypes.CDLL(extension.__file__)
-    for symbol, ilp64 in _SGEMM_SYMBOLS:
+    for symbol, ilp64 in symbols:
         if hasattr(numpy_itself, symbol):
             return int(ctypes.cast(getattr(numpy_itself, symbol), ctypes.c_void_p).value or 0), ilp64
     raise RuntimeError(
         "the top-N kernel needs the BLAS numpy links to export cblas_sgemm; it has none of "
-        f"{', '.join(name for name, _ in _SGEMM_SYMBOLS)}"
+        f"{', '.join(name for name, _ in symbols)}"
     )
+
+
+@functools.cache
+def compiled_kernel(sgemm_symbols: tuple[tuple[str, bool], ...]) -> Sgemm | None:
+    """The ``cblas_sgemm`` (first of ``sgemm_symbols`` that numpy's BLAS exports) for the compiled kernel, once the
+    kernel is built and gives the reference's lists on a probe; None, logged once, where it cannot run."""
+    try:
+        if _NUMBA_MISSING:
+            raise ImportError(_NUMBA_MISSING)
+        sgemm = _find_sgemm(sgemm_symbols)
+        _probe_kernel(sgemm)
+    except Exception as error:  # a compile error, no symbol, a wrong list: the reference scores instead
+        reason = (str(error).strip().splitlines() or [""])[0]
+        log.warning(
+            "top-N: the compiled kernel cannot run here, scoring by the reference (%s: %s)",
+            type(error).__name__,
+            reason,
+        )
+        log.debug("why the compiled top-N kernel cannot run", exc_info=True)
+        return None
+    return sgemm
+
+
+def _probe_kernel(sgemm: Sgemm) -> None:
+    """Builds every compiled path (numba compiles it, or loads it from its disk cache) and runs it on a small problem
+    with ties, exclusions in any order, short rows and a category cap; raises unless it gives the reference's lists.
+    Integer embeddings: their scores are exact in any order of summation."""
+    rng = np.random.default_rng(0)
+    items = rng.integers(-2, 3, (300, 3)).astype(np.float32)
+    users = rng.integers(-2, 3, (9, 3)).astype(np.float32)
+    # 80 exclusions among users 0-7, in no order; user 8 keeps 10 items, fewer than its list
+    exclude_rows = np.r_[rng.integers(0, 8, 80), np.full(290, 8)]
+    exclude_cols = np.r_[rng.integers(0, 300, 80), rng.permutation(300)[:290]]
+    probe = TopNScorer(items, rng.integers(0, 4, 300), step_rows=4, threads=1, kernel=REFERENCE)
+    expected = [probe.top_n(users, 20, exclude_rows, exclude_cols, category_cap=cap) for cap in (0, 3)]
+    probe._sgemm = sgemm
+    for margin in (SCREEN_MARGIN, -30.0):  # -30: every row's threshold too high, all rows selected whole
+        probe.screen_margin = margin
+        for cap, want in zip((0, 3), expected, strict=True):
+            got = probe.top_n(users, 20, exclude_rows, exclude_cols, category_cap=cap)
+            same = np.array_equal(got.positions, want.positions) and np.array_equal(got.scores, want.scores)
+            if not same:
+                raise RuntimeError(f"its lists differ from the reference's on a probe (category cap {cap})")
+
+
+def _reference_lists(
+    scores: np.ndarray, n: int, categories: np.ndarray, cap: int, depth: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's list (positions int32 and scores float32 [B, n], -1 / -inf where it ends) from ``scores`` [B, N],
+    excluded ones already -inf: the finite entries in a stable sort's order (score descending, equal scores by
+    position), skipping those of a category already listed ``cap`` times (none skipped when ``cap`` is 0), until
+    n are listed. Only each row's ``depth`` best are sorted, with any tied with the last: a prefix of that order;
+    a row they leave short while it has other finite entries is listed again from all of them."""
+    rows, num_items = scores.shape
+    positions = np.full((rows, n), -1, np.int32)
+    values = np.full((rows, n), NEG_INF, np.float32)
+    finite = scores > -np.inf
+    candidates = finite
+    if depth < num_items:
+        depth_best = -np.partition(-scores, depth - 1, axis=1)[:, depth - 1 : depth]
+        candidates = finite & (scores >= depth_best)
+    row, col = np.nonzero(candidates)  # row by row, positions ascending
+    value = scores[row, col]
+    order = np.lexsort((-value, row))  # stable: equal scores stay in position order
+    row, col, value = row[order], col[order], value[order]
+    if cap:
+        allowed = _rank_among_equal(row * (int(categories.max()) + 1) + categories[col]) < cap
+        row, col, value = row[allowed], col[allowed], value[allowed]
+    rank = _rank_among_equal(row)
+    listed = rank < n
+    positions[row[listed], rank[listed]] = col[listed]
+    values[row[listed], rank[listed]] = value[listed]
+    short = (positions[:, -1] < 0) & (candidates.sum(axis=1) < finite.sum(axis=1))
+    if short.any():
+        positions[short], values[short] = _reference_lists(scores[short], n, categories, cap, num_items)
+    return positions, values
+
+
+def _rank_among_equal(keys: np.ndarray) -> np.ndarray:
+    """For each entry of ``keys``, how many entries before it hold the same key."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    ranks = np.empty(len(keys), np.int64)
+    ranks[order] = np.arange(len(keys)) - np.searchsorted(ordered, ordered)
+    return ranks
 
 
 def _exclusions_csr(
@@ -353,7 +519,7 @@ def _exclusions_csr(
     return indptr, cols_ex.astype(np.int32)
 
 
-@nb.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _count_at_least(values: np.ndarray, size: int, threshold: float) -> int:
     count = 0
     for i in range(size):
@@ -361,7 +527,7 @@ def _count_at_least(values: np.ndarray, size: int, threshold: float) -> int:
     return count
 
 
-@nb.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _bisect(values: np.ndarray, size: int, m: int, slack: int, lo: float, hi: float) -> float:
     """Narrows ``count(>= lo) >= m > count(>= hi)`` until ``count(>= lo)`` is at most ``m + slack`` (or the
     bracket cannot shrink further: ties); returns ``lo``."""
@@ -379,7 +545,7 @@ def _bisect(values: np.ndarray, size: int, m: int, slack: int, lo: float, hi: fl
     return lo
 
 
-@nb.njit(cache=True)
+@njit(cache=True)
 def _threshold(values: np.ndarray, size: int, m: int, slack: int) -> float:
     """A t with ``m <= count(values >= t)``, close to m (at most m + slack when ties allow), by bisection.
 
@@ -405,7 +571,7 @@ def _threshold(values: np.ndarray, size: int, m: int, slack: int) -> float:
     return _bisect(values, size, m, slack, lo, hi)
 
 
-@nb.njit(cache=True)
+@njit(cache=True)
 def _threshold_from(values: np.ndarray, size: int, m: int, slack: int, guess: float, step: float) -> float:
     """What :func:`_threshold` returns (a t with m <= count(values >= t) <= m + slack when ties allow), searched
     from ``guess``: a bracket grown by doubling ``step`` away from it, then bisection. A good guess costs 1-3
@@ -438,7 +604,7 @@ def _threshold_from(values: np.ndarray, size: int, m: int, slack: int, guess: fl
     return _bisect(values, size, m, slack, lo, hi)
 
 
-@nb.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _desc_key(value: float, position: int) -> np.uint64:
     """A uint64 whose ascending order is score descending, then position ascending (a stable full sort's order)."""
     bits = np.float32(value + np.float32(0.0)).view(np.uint32)  # + 0.0: -0.0 becomes +0.0 (equal scores tie)
@@ -450,7 +616,7 @@ Scratch = tuple  # maxes, lower/upper half-group maxes, hot half-groups (2), can
 #                 bucket counts, sorted candidates (pos, val), the last threshold in deviations above the mean
 
 
-@nb.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _gather_hot(
     row: np.ndarray,
     groups: int,
@@ -476,7 +642,7 @@ def _gather_hot(
     return size
 
 
-@nb.njit(cache=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, fastmath={"reassoc", "contract"})
 def _mean_spread(values: np.ndarray, size: int) -> tuple[float, float]:
     """Mean and standard deviation of ``values[:size]``, summed in any order (vectorised: a strict left-to-right
     float sum is a chain of dependent adds, ~0.5 of the 4.3 us a 20k-item row's selection took). They only place
@@ -487,11 +653,11 @@ def _mean_spread(values: np.ndarray, size: int) -> tuple[float, float]:
         v = values[g]
         total += v
         squares += v * v
-    mean = total / size
-    return mean, math.sqrt(max(squares / size - mean * mean, 0.0))
+    mean = float(total / size)  # float64 in numba already: float() tells the type checker
+    return mean, math.sqrt(max(float(squares / size) - mean * mean, 0.0))
 
 
-@nb.njit(cache=True)
+@njit(cache=True)
 def _order_candidates(
     pos: np.ndarray,
     val: np.ndarray,
@@ -553,7 +719,7 @@ def _order_candidates(
         res_val[i] = val[order[i]]
 
 
-@nb.njit(cache=True)
+@njit(cache=True)
 def _top_into(row: np.ndarray, m: int, scratch: Scratch, res_pos: np.ndarray, res_val: np.ndarray) -> int:
     """The ``m`` best finite entries of ``row`` (length a multiple of STRIPES) into ``res_pos[:k]``/``res_val[:k]``,
     best first, equal scores by position (a stable full sort's order); returns k (< m only when the row has fewer
@@ -582,7 +748,7 @@ def _top_into(row: np.ndarray, m: int, scratch: Scratch, res_pos: np.ndarray, re
         threshold = _threshold(maxes, groups, m, SLACK)
     finite_cut = threshold > -np.inf
     if not finite_cut:
-        threshold = -np.finfo(np.float32).max  # every finite entry (not -inf, not NaN)
+        threshold = float(-np.finfo(np.float32).max)  # every finite entry (not -inf, not NaN)
     # half-groups holding an entry >= threshold (branch-free appends), then their entries stripe by stripe: the
     # candidates come out in position order
     n_lo = 0
@@ -611,7 +777,7 @@ def _top_into(row: np.ndarray, m: int, scratch: Scratch, res_pos: np.ndarray, re
     return k
 
 
-@nb.njit(cache=True)
+@njit(cache=True)
 def _fill_capped(
     pool_pos: np.ndarray,
     pool_val: np.ndarray,
@@ -639,7 +805,7 @@ def _fill_capped(
     return filled
 
 
-@nb.njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _select_rows(
     scores: np.ndarray,
     num_items: int,
@@ -788,7 +954,7 @@ def _sgemm(typingctx, sgemm_t, a_t, lda_t, b_t, ldb_t, c_t, ldc_t, m_t, n_t, k_t
     return signature, codegen
 
 
-@nb.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _leading(array: np.ndarray) -> int:
     """A row-major float32 matrix's leading dimension for BLAS (numpy may give a one-row or empty array any row
     stride: then any value >= its width will do)."""
@@ -798,7 +964,7 @@ def _leading(array: np.ndarray) -> int:
 Items = tuple  # TopNScorer._items: chunks [C, d, W], [mean | covariance] [d, 1 + d], tail columns and coefficients
 
 
-@nb.njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _product(sgemm: Sgemm, users: np.ndarray, head_dim: int, right: np.ndarray, out: np.ndarray) -> None:
     """``out`` [B, W] = ``users[:, :head_dim] @ right`` ([head_dim, W]) by one BLAS call; ``users``: whole rows,
     [B, d] C-contiguous."""
@@ -811,7 +977,7 @@ def _product(sgemm: Sgemm, users: np.ndarray, head_dim: int, right: np.ndarray, 
     _sgemm(sgemm, users, _leading(users), right, _leading(right), out, _leading(out), rows, width, head_dim)  # type: ignore[call-arg]  # typingctx is numba's
 
 
-@nb.njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _score_chunk(
     sgemm: Sgemm, users: np.ndarray, items: Items, head_dim: int, num_items: int, number: int, out: np.ndarray
 ) -> None:
@@ -828,7 +994,7 @@ def _score_chunk(
             out[r, j] += users[r, tail_cols[offset + j]] * tail_coef[offset + j]
 
 
-@nb.njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _score_whole_rows(
     sgemm: Sgemm, users: np.ndarray, items: Items, head_dim: int, num_items: int, out: np.ndarray
 ) -> None:
@@ -840,7 +1006,7 @@ def _score_whole_rows(
         )
 
 
-@nb.njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _score_step(
     sgemm: Sgemm,
     users: np.ndarray,
@@ -870,7 +1036,7 @@ def _score_step(
         _screen_chunk(step_chunk, number * width, num_items, indptr, excluded, next_excluded, screen)
 
 
-@nb.njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _sorted_per_row(indptr: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """A copy of CSR ``cols`` with each row's entries in ascending order."""
     ordered = cols.copy()
@@ -889,7 +1055,7 @@ def _sorted_per_row(indptr: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return ordered
 
 
-@nb.njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _start_rows(users: np.ndarray, moments: np.ndarray, margin: float, screen: Screen) -> None:
     """Each row's screening threshold: its mean score + z * its score deviation, z the running mean of the settled
     rows' z less ``margin`` times its mean change. ``moments``: ``users @ [mean | Cov]``."""
@@ -906,7 +1072,7 @@ def _start_rows(users: np.ndarray, moments: np.ndarray, margin: float, screen: S
         count[r] = 0
 
 
-@nb.njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _screen_chunk(
     chunk: np.ndarray,
     offset: int,
@@ -953,7 +1119,7 @@ def _screen_chunk(
         count[r] = size
 
 
-@nb.njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _finish_rows(
     screen: Screen,
     rows: int,
@@ -986,37 +1152,25 @@ def _finish_rows(
             too_low |= size < 0
             too_high |= size >= 0
             continue
+        # the row's best: without a cap its list itself, with one a pool of m the cap then picks from
+        ranked_pos, ranked_val, ranked = (out_pos[r], out_val[r], n) if cap <= 0 else (pool_pos, pool_val, m)
+        _order_candidates(
+            cand_pos[r],
+            cand_val[r],
+            size,
+            provisional[r],
+            ranked,
+            keys,
+            buckets,
+            sorted_pos,
+            sorted_val,
+            ranked_pos,
+            ranked_val,
+        )
+        cut = ranked_val[ranked - 1]
         if cap <= 0:
-            _order_candidates(
-                cand_pos[r],
-                cand_val[r],
-                size,
-                provisional[r],
-                n,
-                keys,
-                buckets,
-                sorted_pos,
-                sorted_val,
-                out_pos[r],
-                out_val[r],
-            )
-            cut = out_val[r, n - 1]
             redo[r] = False
         else:
-            _order_candidates(
-                cand_pos[r],
-                cand_val[r],
-                size,
-                provisional[r],
-                m,
-                keys,
-                buckets,
-                sorted_pos,
-                sorted_val,
-                pool_pos,
-                pool_val,
-            )
-            cut = pool_val[m - 1]
             filled = _fill_capped(pool_pos, pool_val, m, categories, cap, taken, out_pos[r], out_val[r])
             if filled == n or m >= num_items:
                 for t in range(filled, n):

@@ -259,11 +259,14 @@ def read(path: str) -> pa.Table:
     return pq.read_table(path)
 
 
-def check_contract(table: pa.Table, schema: pa.Schema) -> None:
+def read_checked(path: str, schema: pa.Schema) -> pa.Table:
+    """The table at ``path``, checked against its contract: some rows, the schema's types, no nulls."""
+    table = read(path)
     assert table.num_rows > 0
     for field in schema:
         assert table.schema.field(field.name).type == field.type, field.name
         assert table[field.name].null_count == 0, field.name
+    return table
 
 
 def lists_of(table: pa.Table, key: str, value: str) -> dict[str, list[str]]:
@@ -291,8 +294,7 @@ def scored(spark, tmp_path_factory) -> tuple[Settings, dict[str, str]]:  # type:
 @pytest.mark.tf
 def test_recommendations_exclude_seen_and_unavailable_and_match_brute_force(scored) -> None:  # type: ignore[no-untyped-def]
     settings, paths = scored
-    table = read(paths[lake.RECOMMENDATIONS])
-    check_contract(table, RECOMMENDATION)
+    table = read_checked(paths[lake.RECOMMENDATIONS], RECOMMENDATION)
     assert Path(paths[lake.RECOMMENDATIONS], "_SUCCESS").exists()
     model_rows = table.filter(pa.compute.equal(table["strategy"], "model"))
     got = lists_of(model_rows, "user_id", "item_id")
@@ -344,8 +346,7 @@ def test_users_without_history_get_popular_items_of_their_segment(scored) -> Non
 @pytest.mark.tf
 def test_similar_items_exclude_self_and_unavailable(scored) -> None:  # type: ignore[no-untyped-def]
     settings, paths = scored
-    table = read(paths[lake.SIMILAR_ITEMS])
-    check_contract(table, SIMILAR_ITEM)
+    table = read_checked(paths[lake.SIMILAR_ITEMS], SIMILAR_ITEM)
     got = lists_of(table, "item_id", "similar_item_id")
     _, items = tiny_vectors()
     unit = items / np.maximum(np.linalg.norm(items, axis=1, keepdims=True), 1e-12)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from threadpoolctl import threadpool_limits
 
-from scoring.topn import BUCKET_SORT_MAX, TopNScorer
+from scoring import topn
+from scoring.topn import BUCKET_SORT_MAX, KERNEL_ENV, TopN, TopNScorer
 
 
 def full_sort(scores: np.ndarray, n: int, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,10 +119,13 @@ def test_a_blas_with_32_bit_ints_gives_the_same_lists() -> None:
     item_emb = rng.standard_normal((3000, 16), dtype=np.float32)
     user_emb = rng.standard_normal((500, 16), dtype=np.float32)
     usual = TopNScorer(item_emb)
-    assert usual._sgemm[1]  # numpy's own (the PyPI wheel's): 64-bit ints
+    assert usual._sgemm is not None and usual._sgemm[1]  # numpy's own (the PyPI wheel's): 64-bit ints
     narrow = TopNScorer(item_emb)
     narrow._sgemm = (ctypes.cast(lp64.scipy_cblas_sgemm, ctypes.c_void_p).value, False)
-    expected, got = usual.top_n(user_emb, 50), narrow.top_n(user_emb, 50)
+    # one BLAS thread for scipy's too: the kernel limits the BLAS libraries loaded when it first scored, and a
+    # multi-threaded product rounds differently
+    with threadpool_limits(limits=1, user_api="blas"):
+        expected, got = usual.top_n(user_emb, 50), narrow.top_n(user_emb, 50)
     np.testing.assert_array_equal(got.positions, expected.positions)
     np.testing.assert_array_equal(got.scores, expected.scores)
 
@@ -200,3 +211,95 @@ def test_task_rows_read_back_as_the_contract(tmp_path) -> None:  # type: ignore[
     ]
     assert len(expected) == 55
     assert list(zip(*[table.column(c).to_pylist() for c in table.column_names], strict=True)) == expected
+
+
+def assert_same_lists(got: TopN, expected: TopN) -> None:
+    np.testing.assert_array_equal(got.positions, expected.positions)
+    np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("forced_by", ["environment", "argument"])
+@pytest.mark.parametrize(
+    ("items", "dim", "integer", "n", "step_rows"),
+    [(20000, 4, True, 100, None), (5003, 8, False, 50, 16), (997, 3, True, 300, 40), (64, 4, True, 100, 16)],
+)
+def test_the_reference_gives_the_compiled_kernels_lists(
+    monkeypatch: pytest.MonkeyPatch,
+    forced_by: str,
+    items: int,
+    dim: int,
+    integer: bool,
+    n: int,
+    step_rows: int | None,
+) -> None:
+    # integer embeddings give many equal scores (ties by position); exclusions come in no order, over every chunk,
+    # and user 1 keeps 3 items, fewer than its list
+    rng = np.random.default_rng(items + dim)
+    if integer:
+        item_emb, user_emb = (rng.integers(-2, 3, (rows, dim)).astype(np.float32) for rows in (items, 150))
+    else:
+        item_emb, user_emb = (rng.standard_normal((rows, dim), dtype=np.float32) for rows in (items, 150))
+    categories = rng.integers(0, 40, items)
+    ex_rows, ex_cols, _ = exclusions(rng, 150, items, 30)
+    order = rng.permutation(len(ex_rows))
+    ex_rows = np.r_[ex_rows[order], np.ones(items - 3, int)]
+    ex_cols = np.r_[ex_cols[order], np.arange(3, items)]
+    monkeypatch.delenv(KERNEL_ENV, raising=False)
+    compiled = TopNScorer(item_emb, categories, step_rows=step_rows, threads=2)
+    if forced_by == "environment":
+        monkeypatch.setenv(KERNEL_ENV, "reference")
+        reference = TopNScorer(item_emb, categories, step_rows=step_rows, threads=2)
+    else:
+        reference = TopNScorer(item_emb, categories, step_rows=step_rows, threads=2, kernel="reference")
+    assert (compiled.kernel, reference.kernel) == ("compiled", "reference")
+    for users in (user_emb, user_emb[:1], user_emb[:0]):  # a block, one row, none
+        for cap in (0, 2):
+            expected = compiled.top_n(users, n, ex_rows, ex_cols, category_cap=cap)
+            assert_same_lists(reference.top_n(users, n, ex_rows, ex_cols, category_cap=cap), expected)
+
+
+def test_an_unknown_kernel_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KERNEL_ENV, "fastest")
+    with pytest.raises(ValueError, match=KERNEL_ENV):
+        TopNScorer(np.ones((4, 2), np.float32))
+
+
+def test_a_kernel_that_cannot_be_built_leaves_the_reference_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # numpy's BLAS exports no cblas_sgemm by this name: the kernel cannot be built, once per process
+    monkeypatch.setattr(topn, "SGEMM_SYMBOLS", (("cblas_sgemm_of_no_blas", True),))
+    monkeypatch.delenv(KERNEL_ENV, raising=False)
+    topn.compiled_kernel.cache_clear()
+    rng = np.random.default_rng(11)
+    item_emb = rng.integers(-2, 3, (3000, 4)).astype(np.float32)
+    user_emb = rng.integers(-2, 3, (50, 4)).astype(np.float32)
+    ex_rows, ex_cols, mask = exclusions(rng, 50, 3000, 20)
+    with caplog.at_level(logging.WARNING, logger="scoring.topn"):
+        scorers = [TopNScorer(item_emb), TopNScorer(item_emb)]
+    assert [scorer.kernel for scorer in scorers] == ["reference", "reference"]
+    (warning,) = [record.getMessage() for record in caplog.records if record.name == "scoring.topn"]
+    assert "cblas_sgemm_of_no_blas" in warning and "reference" in warning
+    top = scorers[0].top_n(user_emb, 100, ex_rows, ex_cols)
+    pos, val = full_sort(user_emb @ item_emb.T, 100, mask)
+    np.testing.assert_array_equal(top.positions, pos)
+    np.testing.assert_array_equal(top.scores, val)
+
+
+def test_without_numba_the_module_still_scores_by_the_reference() -> None:
+    code = (
+        "import sys; sys.modules['numba'] = None\n"  # import numba now raises ImportError
+        "import json, numpy as np\n"
+        "from scoring.topn import TopNScorer\n"
+        "scorer = TopNScorer(np.arange(40, dtype=np.float32).reshape(20, 2) % 5)\n"
+        "top = scorer.top_n(np.ones((2, 2), np.float32), 4, np.array([0, 0]), np.array([4, 9]))\n"
+        "print(json.dumps([scorer.kernel, top.positions.tolist()]))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    kernel, positions = json.loads(done.stdout)
+    assert kernel == "reference" and "numba cannot be imported" in done.stderr
+    items = np.arange(40, dtype=np.float32).reshape(20, 2) % 5
+    excluded = np.zeros((2, 20), bool)
+    excluded[0, [4, 9]] = True
+    assert positions == full_sort(np.ones((2, 2), np.float32) @ items.T, 4, excluded)[0].tolist()
