@@ -38,6 +38,28 @@ SIMILAR_ITEMS_ASSET = Asset(
 )
 
 
+def _bounded(field: str, kind: str, minimum: float, maximum: float, title: str, description: str) -> Param:
+    """An integer or number knob with bounds, defaulting to this deployment's setting."""
+    return Param(
+        getattr(_DEFAULTS, field),
+        type=kind,
+        minimum=minimum,
+        maximum=maximum,
+        title=title,
+        description=description,
+    )
+
+
+def _choice(field: str, values: list[str], title: str, description: str) -> Param:
+    """One of ``values``, defaulting to this deployment's setting."""
+    return Param(getattr(_DEFAULTS, field), type="string", enum=values, title=title, description=description)
+
+
+def _switch(title: str, description: str) -> Param:
+    """A steering switch, off unless a run turns it on."""
+    return Param(False, type="boolean", title=title, description=description)
+
+
 def nightly_params() -> dict[str, Param]:
     return {
         # ---- what to run ------------------------------------------------------------------------------
@@ -49,162 +71,139 @@ def nightly_params() -> dict[str, Param]:
             description="Day D to process (YYYY-MM-DD). Empty: the day before the run's data-interval end "
             "(for a scheduled run, the day that just finished).",
         ),
-        "scenario": Param(
-            _DEFAULTS.scenario,
-            type="string",
-            enum=list(SCENARIOS),
-            title="Scenario",
-            description="Which kind of catalogue the logs come from: ecommerce products or news articles.",
+        "scenario": _choice(
+            "scenario",
+            list(SCENARIOS),
+            "Scenario",
+            "Which kind of catalogue the logs come from: ecommerce products or news articles.",
         ),
-        "generate_demo_data": Param(
-            False,
-            type="boolean",
-            title="Generate demo data",
-            description="First write synthetic raw logs for D and the training window (demo and tests only).",
+        "generate_demo_data": _switch(
+            "Generate demo data",
+            "First write synthetic raw logs for D and the training window (demo and tests only).",
         ),
         # ---- demo data size (used only when generate_demo_data is on) -------------------------------
-        "users": Param(
-            _DEFAULTS.users,
-            type="integer",
-            minimum=10,
-            maximum=10_000_000,
-            title="Demo users",
-            description="Synthetic users (generate_demo_data only).",
+        "users": _bounded(
+            "users", "integer", 10, 10_000_000, "Demo users", "Synthetic users (generate_demo_data only)."
         ),
-        "items": Param(
-            _DEFAULTS.items,
-            type="integer",
-            minimum=10,
-            maximum=5_000_000,
-            title="Demo items",
-            description="Synthetic catalogue size (generate_demo_data only).",
+        "items": _bounded(
+            "items",
+            "integer",
+            10,
+            5_000_000,
+            "Demo items",
+            "Synthetic catalogue size (generate_demo_data only).",
         ),
-        "events_per_day": Param(
-            _DEFAULTS.events_per_day,
-            type="integer",
-            minimum=100,
-            maximum=100_000_000,
-            title="Demo events per day",
-            description="Synthetic raw events per day (generate_demo_data only).",
+        "events_per_day": _bounded(
+            "events_per_day",
+            "integer",
+            100,
+            100_000_000,
+            "Demo events per day",
+            "Synthetic raw events per day (generate_demo_data only).",
         ),
         # ---- features --------------------------------------------------------------------------------
-        "window_days": Param(
-            _DEFAULTS.window_days,
-            type="integer",
-            minimum=1,
-            maximum=90,
-            title="Training window (days)",
-            description="Days of clean events before D used for training; D itself is the validation day.",
+        "window_days": _bounded(
+            "window_days",
+            "integer",
+            1,
+            90,
+            "Training window (days)",
+            "Days of clean events before D used for training; D itself is the validation day.",
         ),
         # ---- model -----------------------------------------------------------------------------------
-        "skip_training": Param(
-            False,
-            type="boolean",
-            title="Skip training",
-            description="Score with the current production model without training or evaluating a new one.",
+        "skip_training": _switch(
+            "Skip training",
+            "Score with the current production model without training or evaluating a new one.",
         ),
-        "model": Param(
-            _DEFAULTS.model,
-            type="string",
-            enum=list(MODELS),
-            title="Deep model",
-            description="The deep candidate model (popularity, item-CF, ALS and EASE baselines are always "
+        "model": _choice(
+            "model",
+            list(MODELS),
+            "Deep model",
+            "The deep candidate model (popularity, item-CF, ALS and EASE baselines are always "
             "trained and evaluated next to it).",
         ),
-        "encoder": Param(
-            _DEFAULTS.encoder,
-            type="string",
-            enum=list(ENCODERS),
-            title="Sequence encoder",
-            description="User-tower encoder over the recent interaction sequence.",
+        "encoder": _choice(
+            "encoder",
+            list(ENCODERS),
+            "Sequence encoder",
+            "User-tower encoder over the recent interaction sequence.",
         ),
-        "softmax": Param(
-            _DEFAULTS.softmax,
-            type="string",
-            enum=list(SOFTMAX_KINDS),
-            title="Softmax",
-            description="sampled: in-batch negatives (faster); full: every catalogue item is a negative.",
+        "softmax": _choice(
+            "softmax",
+            list(SOFTMAX_KINDS),
+            "Softmax",
+            "sampled: in-batch negatives (faster); full: every catalogue item is a negative.",
         ),
-        "epochs": Param(
-            _DEFAULTS.epochs,
-            type="integer",
-            minimum=1,
-            maximum=200,
-            title="Epochs",
-            description="Maximum training epochs (early stopping may end sooner).",
+        "epochs": _bounded(
+            "epochs", "integer", 1, 200, "Epochs", "Maximum training epochs (early stopping may end sooner)."
         ),
         # ---- gate and validation thresholds ------------------------------------------------------
-        "gate_margin": Param(
-            _DEFAULTS.gate_margin,
-            type="number",
-            minimum=0.0,
-            maximum=1.0,
-            title="Promotion margin",
-            description="A candidate replaces production only if it beats it on the gate metric by this much.",
+        "gate_margin": _bounded(
+            "gate_margin",
+            "number",
+            0.0,
+            1.0,
+            "Promotion margin",
+            "A candidate replaces production only if it beats it on the gate metric by this much.",
         ),
-        "min_recall_at_k": Param(
-            _DEFAULTS.min_recall_at_k,
-            type="number",
-            minimum=0.0,
-            maximum=1.0,
-            title="Min Recall@K",
-            description="Metrics validation fails if the best model's Recall@K is below this.",
+        "min_recall_at_k": _bounded(
+            "min_recall_at_k",
+            "number",
+            0.0,
+            1.0,
+            "Min Recall@K",
+            "Metrics validation fails if the best model's Recall@K is below this.",
         ),
-        "min_ndcg_at_k": Param(
-            _DEFAULTS.min_ndcg_at_k,
-            type="number",
-            minimum=0.0,
-            maximum=1.0,
-            title="Min nDCG@K",
-            description="Metrics validation fails if the best model's nDCG@K is below this.",
+        "min_ndcg_at_k": _bounded(
+            "min_ndcg_at_k",
+            "number",
+            0.0,
+            1.0,
+            "Min nDCG@K",
+            "Metrics validation fails if the best model's nDCG@K is below this.",
         ),
-        "min_lift_over_popularity": Param(
-            _DEFAULTS.min_lift_over_popularity,
-            type="number",
-            minimum=-1.0,
-            maximum=1.0,
-            title="Min lift over popularity",
-            description="Best model's Recall/nDCG minus popularity's must be at least this (-1 disables).",
+        "min_lift_over_popularity": _bounded(
+            "min_lift_over_popularity",
+            "number",
+            -1.0,
+            1.0,
+            "Min lift over popularity",
+            "Best model's Recall/nDCG minus popularity's must be at least this (-1 disables).",
         ),
-        "volume_band": Param(
-            _DEFAULTS.volume_band,
-            type="number",
-            minimum=0.0,
-            maximum=10.0,
-            title="Volume band",
-            description="The day's clean row count must lie within median*(1 -/+ band) of recent days.",
+        "volume_band": _bounded(
+            "volume_band",
+            "number",
+            0.0,
+            10.0,
+            "Volume band",
+            "The day's clean row count must lie within median*(1 -/+ band) of recent days.",
         ),
-        "raw_max_bad_share": Param(
-            _DEFAULTS.raw_max_bad_share,
-            type="number",
-            minimum=0.0,
-            maximum=1.0,
-            title="Max bad raw share",
-            description="Raw validation fails if more than this share of raw lines is unusable.",
+        "raw_max_bad_share": _bounded(
+            "raw_max_bad_share",
+            "number",
+            0.0,
+            1.0,
+            "Max bad raw share",
+            "Raw validation fails if more than this share of raw lines is unusable.",
         ),
-        "max_cold_start_share": Param(
-            _DEFAULTS.max_cold_start_share,
-            type="number",
-            minimum=0.0,
-            maximum=1.0,
-            title="Max cold-start share",
-            description="Validation fails if more than this share of recommendation rows are cold-start.",
+        "max_cold_start_share": _bounded(
+            "max_cold_start_share",
+            "number",
+            0.0,
+            1.0,
+            "Max cold-start share",
+            "Validation fails if more than this share of recommendation rows are cold-start.",
         ),
         # ---- output ---------------------------------------------------------------------------------
-        "top_n": Param(
-            _DEFAULTS.top_n,
-            type="integer",
-            minimum=1,
-            maximum=1000,
-            title="Top N",
-            description="Recommendations per user in the published table.",
+        "top_n": _bounded(
+            "top_n", "integer", 1, 1000, "Top N", "Recommendations per user in the published table."
         ),
-        "category_cap": Param(
-            _DEFAULTS.category_cap,
-            type="integer",
-            minimum=0,
-            maximum=1000,
-            title="Per-category cap",
-            description="At most this many items of one category per user (0: no cap).",
+        "category_cap": _bounded(
+            "category_cap",
+            "integer",
+            0,
+            1000,
+            "Per-category cap",
+            "At most this many items of one category per user (0: no cap).",
         ),
     }

@@ -33,7 +33,7 @@ import pendulum
 # _params lives next to this file: Airflow puts the DAG bundle's folder on sys.path when it parses DAGs
 from _params import RECOMMENDATIONS_ASSET, SIMILAR_ITEMS_ASSET, nightly_params
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import TriggerRule, dag, get_current_context, task
 
 from jobs.pseudonymise import key_for_spark_job
 from schemas.settings import Settings
@@ -137,7 +137,7 @@ def recflow_nightly() -> None:
             "started_at": pendulum.now("UTC").isoformat(),  # wall-clock, for the summary's run duration only
         }
 
-    resolved = resolve_settings()
+    resolved: Any = resolve_settings()  # an XComArg: its keys are resolved when a task runs
 
     @task.run_if(lambda ctx: bool(ctx["params"].get("generate_demo_data")))
     @task(execution_timeout=dt.timedelta(minutes=20))
@@ -193,7 +193,9 @@ def recflow_nightly() -> None:
     clean = spark_stage("clean")
     features = spark_stage("features")
     score = spark_stage("score")
-    score.trigger_rule = "none_failed_min_one_success"  # after either gate branch, or with skip_training
+    score.trigger_rule = (
+        TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
+    )  # after either gate branch, or with skip_training
 
     @task.run_if(lambda ctx: not ctx["params"].get("skip_training"))
     @task(execution_timeout=dt.timedelta(minutes=60))
@@ -239,7 +241,7 @@ def recflow_nightly() -> None:
 
         settings = _settings(settings_dict)
         _raise_on_exit(publish_job.main, settings.to_cli())
-        extra = {"dt": settings.ds, "lake_root": settings.lake_root}
+        extra: dict[str, Any] = {"dt": settings.ds, "lake_root": settings.lake_root}
         outlet_events = get_current_context()["outlet_events"]
         outlet_events[RECOMMENDATIONS_ASSET].extra = extra
         outlet_events[SIMILAR_ITEMS_ASSET].extra = extra
@@ -265,14 +267,16 @@ def recflow_nightly() -> None:
         """The summary runs even after a failure; this leaf keeps such a run marked failed."""
         raise RuntimeError("a recflow stage failed: see the failed task's log and reports/dt=D/summary.md")
 
-    settings_dict = resolved["settings"]
+    settings_dict: Any = resolved["settings"]
     generated = generate_demo_data(settings_dict)
     validated_raw = validate_stage("raw")
-    validated_raw.operator.trigger_rule = "none_failed"  # runs whether demo data was generated or skipped
+    validated_raw.operator.trigger_rule = (
+        TriggerRule.NONE_FAILED
+    )  # runs whether demo data was generated or skipped
     validated_clean = validate_stage("clean")
     validated_features = validate_stage("features")
-    trained = train(settings_dict)
-    metrics = evaluate(settings_dict, trained)
+    trained: Any = train(settings_dict)
+    metrics: Any = evaluate(settings_dict, trained)
     validated_metrics = validate_stage("metrics")
     decided = gate(settings_dict, metrics)
     validated_recs = validate_stage("recommendations")

@@ -34,20 +34,19 @@ import gzip
 import json
 import logging
 import math
-import os
-import shutil
 import time
 import unicodedata
 import zlib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from schemas import lake
+from schemas.clean import QUARANTINE_REASONS
 from schemas.raw import SCENARIO_EVENT_TYPES
 from schemas.settings import Settings
+from storage import lake_io
 
 log = logging.getLogger(__name__)
 
@@ -261,10 +260,18 @@ class Items:
 
     @staticmethod
     def concat(parts: Sequence[Items]) -> Items:
-        fields = {}
+        fields: dict[str, Any] = {}
         for f in dataclasses.fields(Items):
             values = [getattr(p, f.name) for p in parts]
             fields[f.name] = None if values[0] is None else np.concatenate(values)
+        return Items(**fields)
+
+    def take(self, rows: np.ndarray) -> Items:
+        """The items at ``rows``, every column alike."""
+        fields: dict[str, Any] = {}
+        for f in dataclasses.fields(Items):
+            column = getattr(self, f.name)
+            fields[f.name] = None if column is None else column[rows]
         return Items(**fields)
 
 
@@ -422,15 +429,30 @@ class World:
                 f'"title":{_j(title)},"publish_time":"{publish_iso[i]}","available":'
             )
             frags.append(f'"item_id":{_j(ids[i])},"price":{price[i]:.2f},')
+        return self._items(rng, ids, category, factors, price, publish_ms, heads, ["}"] * n, frags)
+
+    def _items(
+        self,
+        rng: np.random.Generator,
+        ids: np.ndarray,
+        category: np.ndarray,
+        factors: np.ndarray,
+        price: np.ndarray | None,
+        publish_ms: np.ndarray,
+        heads: list[str],
+        tails: list[str],
+        frags: list[str],
+    ) -> Items:
+        """Items from their columns and JSON line pieces; popularity drawn from the scenario's long tail."""
         return Items(
             ids=ids,
             category=category,
             factors=factors,
-            pop_bias=_zipf_bias(rng, n, self.behaviour.zipf_exponent),
+            pop_bias=_zipf_bias(rng, len(ids), self.behaviour.zipf_exponent),
             price=price,
             publish_ms=publish_ms,
             line_head=np.array(heads, dtype=object),
-            line_tail=np.full(n, "}", dtype=object),
+            line_tail=np.array(tails, dtype=object),
             event_fragment=np.array(frags, dtype=object),
         )
 
@@ -478,17 +500,7 @@ class World:
             )
             tails.append(f',"source":{_j(NEWS_SOURCES[source[i]])}}}')
             frags.append(f'"item_id":{_j(ids[i])},')
-        cohort = Items(
-            ids=ids,
-            category=category,
-            factors=factors,
-            pop_bias=_zipf_bias(rng, n, self.behaviour.zipf_exponent),
-            price=None,
-            publish_ms=publish_ms,
-            line_head=np.array(heads, dtype=object),
-            line_tail=np.array(tails, dtype=object),
-            event_fragment=np.array(frags, dtype=object),
-        )
+        cohort = self._items(rng, ids, category, factors, None, publish_ms, heads, tails, frags)
         self._news_cohorts[ordinal] = cohort
         return cohort
 
@@ -503,12 +515,7 @@ class World:
             )
             if not listed.all():
                 keep = np.flatnonzero(listed)
-                items = Items(
-                    **{
-                        f.name: (None if getattr(items, f.name) is None else getattr(items, f.name)[keep])
-                        for f in dataclasses.fields(Items)
-                    }
-                )
+                items = items.take(keep)
                 in_outage = in_outage[keep]
             return items, ~in_outage
         items = Items.concat(
@@ -746,21 +753,7 @@ def event_lines(world: World, day: dt.date, events: DayEvents, items: Items) -> 
 # ---- corruptions ---------------------------------------------------------------------------------------------------
 # One kind per quarantine reason of the cleaning job (schemas.clean.QUARANTINE_REASONS), plus "extra_column":
 # an unknown extra field that must be tolerated (the row is good) and reported as schema drift.
-CORRUPTION_KINDS = (
-    "malformed_json",
-    "missing_field",
-    "wrong_type",
-    "unknown_event_type",
-    "timestamp_out_of_day",
-    "duplicate_event_id",
-    "unknown_item",
-    "bot_user",
-    "null_user",
-    "oversized_field",
-    "invalid_utf8",
-    "invalid_price",
-    "extra_column",
-)
+CORRUPTION_KINDS = (*QUARANTINE_REASONS, "extra_column")
 TOLERATED_KINDS = ("extra_column",)
 UNKNOWN_EVENT_TYPES = ("wishlist", "like", "rate", "hover")
 REQUIRED_DROPPABLE = ("event_id", "event_time", "event_type", "item_id")  # user_id: that is null_user's case
@@ -872,8 +865,8 @@ def inject_corruptions(
                 row["user_agent"] = "Mozilla/5.0 " + "A" * (max_field_chars + int(rng.integers(1, 5_000)))
                 add(kind, _dumps(row))
             elif kind == "invalid_utf8":
-                text = _dumps({**row, "user_agent": "Mozilla/5.0 @@BAD@@"}).encode()
-                add(kind, text.replace(b"@@BAD@@", b"\xc3\x28\xff"))
+                encoded = _dumps({**row, "user_agent": "Mozilla/5.0 @@BAD@@"}).encode()
+                add(kind, encoded.replace(b"@@BAD@@", b"\xc3\x28\xff"))
             elif kind == "invalid_price":
                 row["price"] = (
                     -round(float(rng.uniform(0.01, 500)), 2)
@@ -892,30 +885,6 @@ def inject_corruptions(
 
 
 # ---- writing -------------------------------------------------------------------------------------------------------
-def _local_root(root: str) -> Path:
-    if root.startswith("file://"):
-        return Path(root[len("file://") :])
-    if "://" in root:
-        raise ValueError(f"the generator writes to a local lake root (a path or file://), got {root!r}")
-    return Path(root)
-
-
-def replace_partition(path: Path, files: dict[str, bytes]) -> None:
-    """Write a partition's files into a hidden sibling folder, then swap it in: the old files go, others stay."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    old = path.parent / f".{path.name}.old-{os.getpid()}"
-    for leftover in (tmp, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    tmp.mkdir()
-    for name, data in files.items():
-        (tmp / name).write_bytes(data)
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _jsonl(lines: Sequence[str] | Sequence[bytes]) -> bytes:
     if lines and isinstance(lines[0], bytes):
         return b"\n".join(lines) + b"\n"  # type: ignore[arg-type]
@@ -927,7 +896,7 @@ def generate(settings: Settings) -> dict[str, Any]:
     started = time.perf_counter()
     if not 0 <= settings.corrupt_share <= 1:
         raise ValueError(f"corrupt_share must be in [0, 1], got {settings.corrupt_share}")
-    root = _local_root(settings.lake_root)
+    root = settings.lake_root
     world = World(settings)
     dates = [settings.run_date - dt.timedelta(days=i) for i in range(settings.days - 1, -1, -1)]
     summary: dict[str, Any] = {
@@ -940,7 +909,7 @@ def generate(settings: Settings) -> dict[str, Any]:
         "items_per_day": {},
         "users": 0,
         "corruptions": dict.fromkeys(CORRUPTION_KINDS, 0),
-        "lake_root": str(root),
+        "lake_root": root,
     }
     for number, day in enumerate(dates, 1):
         t0 = time.perf_counter()
@@ -963,17 +932,13 @@ def generate(settings: Settings) -> dict[str, Any]:
             events_file = {"part-00000.jsonl.gz": gzip.compress(data, compresslevel=5, mtime=0)}
         else:
             events_file = {"part-00000.jsonl": data}
-        replace_partition(root / lake.RAW_EVENTS / f"dt={day.isoformat()}", events_file)
+        lake_io.replace_folder(lake.raw_events(root, day), events_file)
         flags = np.where(available, "true", "false").astype(object)
         item_lines = (items.line_head + flags + items.line_tail).tolist()
-        replace_partition(
-            root / lake.RAW_ITEMS / f"dt={day.isoformat()}", {"items.jsonl": _jsonl(item_lines)}
-        )
+        lake_io.replace_folder(lake.raw_items(root, day), {"items.jsonl": _jsonl(item_lines)})
         signed_up = world.users.signup_ms < _epoch_ms(day) + DAY_MS
         user_lines = world.users.lines[signed_up].tolist()
-        replace_partition(
-            root / lake.RAW_USERS / f"dt={day.isoformat()}", {"users.jsonl": _jsonl(user_lines)}
-        )
+        lake_io.replace_folder(lake.raw_users(root, day), {"users.jsonl": _jsonl(user_lines)})
         summary["events"] += len(events.time_ms)
         summary["sessions"] += events.sessions
         summary["events_per_day"][day.isoformat()] = len(events.time_ms)

@@ -23,9 +23,9 @@ from typing import Any
 
 import pandas as pd
 
-from demo.generate import _local_root, replace_partition
 from schemas import lake
 from schemas.settings import Settings
+from storage import lake_io
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def convert(settings: Settings) -> dict[str, Any]:
         )
         log.warning(reason)
         return {"skipped": reason}
-    root = _local_root(settings.lake_root)
+    root = settings.lake_root
     ratings = read_ratings(folder / "u.data")
     items = read_items(folder)
     users = read_users(folder)
@@ -169,14 +169,13 @@ def convert(settings: Settings) -> dict[str, Any]:
                 group["user"], group["item"], group["event_time"], group["event_type"], strict=True
             )
         ]
-        replace_partition(
-            root / lake.RAW_EVENTS / f"dt={day}", {"part-00000.jsonl": ("\n".join(lines) + "\n").encode()}
-        )
-        replace_partition(root / lake.RAW_ITEMS / f"dt={day}", {"items.jsonl": item_lines})
-        replace_partition(root / lake.RAW_USERS / f"dt={day}", {"users.jsonl": user_lines})
+        events_file = {"part-00000.jsonl": ("\n".join(lines) + "\n").encode()}
+        lake_io.replace_folder(lake.raw_events(root, day), events_file)
+        lake_io.replace_folder(lake.raw_items(root, day), {"items.jsonl": item_lines})
+        lake_io.replace_folder(lake.raw_users(root, day), {"users.jsonl": user_lines})
     summary = {
         "source": str(folder),
-        "lake_root": str(root),
+        "lake_root": root,
         "events": len(ratings),
         "purchases": int((ratings["event_type"] == "purchase").sum()),
         "items": len(items),

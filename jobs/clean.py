@@ -50,6 +50,7 @@ Decisions (the why lives here, the rules in the code below):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -619,20 +620,52 @@ def plan_dates(spark: SparkSession, settings: Settings) -> dict[str, list[str]]:
     return plan
 
 
+@dataclasses.dataclass
+class RawTally:
+    """What clean counted while reading: raw lines per day, extra keys per (day, key), and (raw, clean) rows of
+    the item and user profiles per day."""
+
+    lines: dict[str, int]
+    drift: dict[tuple[str, str], int]
+    items: dict[str, tuple[int, int]]
+    users: dict[str, tuple[int, int]]
+
+
 def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
     """Clean the planned days; returns the manifest written for each day."""
     started_at = manifests.utc_now()
     run_id = manifests.new_run_id(STAGE)
+    _use_utc_micros(spark)
+    key = resolve_key(settings)  # before any work: no key, no run
+    plan = plan_dates(spark, settings)
+    dates = plan["cleaned"]
+    user_dates = [ds for ds in dates if path_exists(spark, lake.raw_users(settings.lake_root, ds))]
+    tally = clean_and_write(spark, settings, key, dates, user_dates, run_id)
+    finished_at = manifests.utc_now()
+    out: dict[str, dict[str, Any]] = {}
+    for ds in dates:
+        counts = reconciled_counts(settings.lake_root, ds, tally)
+        manifest = day_manifest(settings, ds, run_id, counts, tally, user_dates, (started_at, finished_at))
+        if ds == settings.ds:
+            manifest["window"] = {k: plan[k] for k in ("backfilled", "skipped_no_raw", "already_clean")}
+        manifests.write_manifest(settings.lake_root, STAGE, ds, manifest, spark)
+        manifests.record_run(settings.lake_root, STAGE, ds, manifest, spark)
+        out[ds] = manifest
+    return out
+
+
+def _use_utc_micros(spark: SparkSession) -> None:
     spark.conf.set("spark.sql.session.timeZone", "UTC")  # "the day" of an event is its UTC day
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
     # Parquet timestamps as UTC-adjusted micros (what the contract's timestamp("us", "UTC") means), not INT96
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-    key = resolve_key(settings)  # before any work: no key, no run
-    root = settings.lake_root
-    plan = plan_dates(spark, settings)
-    dates = plan["cleaned"]
-    user_dates = [ds for ds in dates if path_exists(spark, lake.raw_users(root, ds))]
 
+
+def clean_and_write(
+    spark: SparkSession, settings: Settings, key: bytes, dates: list[str], user_dates: list[str], run_id: str
+) -> RawTally:
+    """Read, flag, route and write the four tables of every planned day; returns what was counted on the way."""
+    root = settings.lake_root
     # the parsed lines are written once to a run-private Parquet staging table and every later step reads the
     # columns it needs from there: one read and one JSON parse of the raw files per run, and memory that does not
     # grow with the day's size (an in-memory cache of them ran out of a 2 GiB heap at 16M events)
@@ -654,144 +687,147 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
                     functools.partial(_duplicates_and_bots, flagged, settings.bot_events_per_minute, cached),
                 ]
             )
-            # raw_events per day: one row per line read, before any filter or join (the staged lines are the text
-            # lines plus row-local columns), so it stays independent of the routing below
-            raw_counts: dict[str, int] = {ds: 0 for ds in dates}
-            drift: dict[tuple[str, str], int] = {}
-            for (ds, extra_keys), rows in line_counts.items():
-                raw_counts[ds] += rows
-                for name in extra_keys or ():
-                    drift[(ds, name)] = drift.get((ds, name), 0) + rows
+        tally = _tally_lines(line_counts, dates, item_counts, user_counts)
         routed = route_events(flagged, duplicates, bots, items.select("dt", "item_id"), settings, key)
         # the quarantined rows (a small share as a rule) are materialised once: their counts say which days have
         # clean and quarantined rows, and the lines quarantined after the row rules are read again from raw
         quarantined = quarantined_rows(routed).persist()
         cached.append(quarantined)
         quarantined_per_day = {ds: rows for (ds,), rows in _counts_by(quarantined, "dt").items()}
-        clean_days = {ds for ds in dates if raw_counts[ds] > quarantined_per_day.get(ds, 0)}
         unstaged = quarantined.where(F.col("value").isNull()).select("_row", "_line_hash").persist()
         cached.append(unstaged)
         recovered = recover_lines(extract_events(spark, root, dates), _small(unstaged, unstaged.count()))
-        in_parallel(
-            [  # four tables, four independent writes
-                functools.partial(
-                    write_days,
-                    clean_events(routed),
-                    root,
-                    lake.CLEAN_EVENTS,
-                    CLEAN_EVENT,
-                    dates,
-                    clean_days,
-                    sort_by=("event_time", "event_id"),
-                ),
-                functools.partial(
-                    write_days,
-                    quarantine_events(quarantined, recovered),
-                    root,
-                    lake.QUARANTINE_EVENTS,
-                    QUARANTINE_EVENT,
-                    dates,
-                    set(quarantined_per_day),
-                    sort_by=("reason", "source_file", "raw_line"),
-                ),
-                functools.partial(
-                    write_days,
-                    items,
-                    root,
-                    lake.CLEAN_ITEMS,
-                    CLEAN_ITEM,
-                    dates,
-                    {ds for ds, (_, n) in item_counts.items() if n},
-                    sort_by=("item_id",),
-                ),
-                functools.partial(
-                    write_days,
-                    clean_users(raw_users, key),
-                    root,
-                    lake.CLEAN_USERS,
-                    CLEAN_USER,
-                    dates,
-                    {ds for ds, (_, n) in user_counts.items() if n},
-                    sort_by=("user_id",),
-                ),
+        tables = [  # (frame, table, contract, days with rows, sort order)
+            (
+                clean_events(routed),
+                lake.CLEAN_EVENTS,
+                CLEAN_EVENT,
+                {ds for ds in dates if tally.lines[ds] > quarantined_per_day.get(ds, 0)},
+                ("event_time", "event_id"),
+            ),
+            (
+                quarantine_events(quarantined, recovered),
+                lake.QUARANTINE_EVENTS,
+                QUARANTINE_EVENT,
+                set(quarantined_per_day),
+                ("reason", "source_file", "raw_line"),
+            ),
+            (items, lake.CLEAN_ITEMS, CLEAN_ITEM, _days_with_rows(tally.items), ("item_id",)),
+            (
+                clean_users(raw_users, key),
+                lake.CLEAN_USERS,
+                CLEAN_USER,
+                _days_with_rows(tally.users),
+                ("user_id",),
+            ),
+        ]
+        in_parallel(  # four tables, four independent writes
+            [
+                functools.partial(write_days, frame, root, name, schema, dates, days, sort_by=order)
+                for frame, name, schema, days, order in tables
             ]
         )
     finally:
         for frame in cached:
             frame.unpersist()
         delete_path(spark, lines_path)
+    return tally
 
-    # counts of the events that landed, read back from the written tables (footers and the reason column, with
-    # pyarrow: no Spark job)
-    written_clean = {ds: lake_io.count_rows(lake.partition(root, lake.CLEAN_EVENTS, ds)) for ds in dates}
-    written_quarantine = {
-        (ds, reason): rows for ds in dates for reason, rows in _rows_by_reason(root, ds).items()
+
+def _tally_lines(
+    line_counts: dict[tuple[str, Any], int],
+    dates: list[str],
+    item_counts: dict[str, tuple[int, int]],
+    user_counts: dict[str, tuple[int, int]],
+) -> RawTally:
+    """raw_events per day: one row per line read, before any filter or join (the staged lines are the text lines
+    plus row-local columns), so it stays independent of the routing; extra keys counted per day."""
+    lines: dict[str, int] = dict.fromkeys(dates, 0)
+    drift: dict[tuple[str, str], int] = {}
+    for (ds, extra_keys), rows in line_counts.items():
+        lines[ds] += rows
+        for name in extra_keys or ():
+            drift[(ds, name)] = drift.get((ds, name), 0) + rows
+    return RawTally(lines, drift, item_counts, user_counts)
+
+
+def _days_with_rows(profile_counts: dict[str, tuple[int, int]]) -> set[str]:
+    return {ds for ds, (_, clean_rows) in profile_counts.items() if clean_rows}
+
+
+def reconciled_counts(root: str, ds: str, tally: RawTally) -> dict[str, Any]:
+    """The day's counts, with the events that landed read back from the written tables (footers and the reason
+    column, with pyarrow: no Spark job); raises unless raw = clean + quarantined + duplicates dropped."""
+    written = _rows_by_reason(root, ds)
+    unexpected = set(written) - set(QUARANTINE_REASONS)
+    if unexpected:
+        raise ValueError(f"quarantine for {ds} has undeclared reasons {sorted(unexpected)}")
+    by_reason = {reason: written.get(reason, 0) for reason in QUARANTINE_REASONS}
+    counts: dict[str, Any] = {
+        "raw_events": tally.lines[ds],
+        "clean_events": lake_io.count_rows(lake.partition(root, lake.CLEAN_EVENTS, ds)),
+        "quarantined_events": sum(by_reason.values()),
+        "quarantined_by_reason": by_reason,
+        "duplicates_dropped": DUPLICATES_DROPPED,
+        "raw_items": tally.items.get(ds, (0, 0))[0],
+        "clean_items": tally.items.get(ds, (0, 0))[1],  # one row per distinct non-blank item_id
+        "raw_users": tally.users.get(ds, (0, 0))[0],
+        "clean_users": tally.users.get(ds, (0, 0))[1],
     }
+    manifests.reconcile(
+        f"clean {ds} events",
+        counts["raw_events"],
+        {
+            "clean": counts["clean_events"],
+            **{f"quarantined {r}": n for r, n in by_reason.items() if n},
+            "duplicates dropped": DUPLICATES_DROPPED,
+        },
+    )
+    return counts
 
-    finished_at = manifests.utc_now()
-    out: dict[str, dict[str, Any]] = {}
-    for ds in dates:
-        by_reason = {reason: written_quarantine.get((ds, reason), 0) for reason in QUARANTINE_REASONS}
-        unexpected = {r for (d, r) in written_quarantine if d == ds and r not in QUARANTINE_REASONS}
-        if unexpected:
-            raise ValueError(f"quarantine for {ds} has undeclared reasons {sorted(unexpected)}")
-        counts: dict[str, Any] = {
-            "raw_events": raw_counts[ds],
-            "clean_events": written_clean[ds],
-            "quarantined_events": sum(by_reason.values()),
-            "quarantined_by_reason": by_reason,
-            "duplicates_dropped": DUPLICATES_DROPPED,
-            "raw_items": item_counts.get(ds, (0, 0))[0],
-            "clean_items": item_counts.get(ds, (0, 0))[1],  # one row per distinct non-blank item_id
-            "raw_users": user_counts.get(ds, (0, 0))[0],
-            "clean_users": user_counts.get(ds, (0, 0))[1],
-        }
-        manifests.reconcile(
-            f"clean {ds} events",
-            counts["raw_events"],
-            {
-                "clean": counts["clean_events"],
-                **{f"quarantined {r}": n for r, n in by_reason.items() if n},
-                "duplicates dropped": DUPLICATES_DROPPED,
-            },
-        )
-        notes = []
-        if counts["raw_events"] == 0:
-            notes.append("raw events folder has no lines: empty but valid run")
-        if ds not in user_dates:
-            notes.append(f"no {lake.raw_users(root, ds)}: clean/users is empty for this day")
-        manifest: dict[str, Any] = {
-            "stage": STAGE,
-            "dt": ds,
-            "run_id": run_id,
-            "run_date": settings.ds,
-            "started_at": started_at.isoformat(),
-            "finished_at": finished_at.isoformat(),
-            "why": "run date" if ds == settings.ds else "backfill: raw events present, no clean manifest yet",
-            "inputs": {
-                "events": lake.raw_events(root, ds),
-                "items": lake.raw_items(root, ds),
-                "users": lake.raw_users(root, ds) if ds in user_dates else None,
-            },
-            "outputs": {
-                name: lake.partition(root, name, ds)
-                for name in (lake.CLEAN_EVENTS, lake.CLEAN_ITEMS, lake.CLEAN_USERS, lake.QUARANTINE_EVENTS)
-            },
-            "counts": counts,
-            "reconciliation": {"rule": RECONCILIATION_RULE, "ok": True},
-            "schema_drift": {"extra_keys": {k: n for (d, k), n in sorted(drift.items()) if d == ds}},
-            "settings": {
-                name: getattr(settings, name)
-                for name in ("scenario", "bot_events_per_minute", "max_field_chars", "max_price")
-            },
-            "notes": notes,
-        }
-        if ds == settings.ds:
-            manifest["window"] = {k: plan[k] for k in ("backfilled", "skipped_no_raw", "already_clean")}
-        manifests.write_manifest(root, STAGE, ds, manifest, spark)
-        manifests.record_run(root, STAGE, ds, manifest, spark)
-        out[ds] = manifest
-    return out
+
+def day_manifest(
+    settings: Settings,
+    ds: str,
+    run_id: str,
+    counts: dict[str, Any],
+    tally: RawTally,
+    user_dates: list[str],
+    times: tuple[Any, Any],
+) -> dict[str, Any]:
+    """The run manifest of one cleaned day: inputs, outputs, reconciled counts, schema drift, notes."""
+    root = settings.lake_root
+    notes = []
+    if counts["raw_events"] == 0:
+        notes.append("raw events folder has no lines: empty but valid run")
+    if ds not in user_dates:
+        notes.append(f"no {lake.raw_users(root, ds)}: clean/users is empty for this day")
+    return {
+        "stage": STAGE,
+        "dt": ds,
+        "run_id": run_id,
+        "run_date": settings.ds,
+        "started_at": times[0].isoformat(),
+        "finished_at": times[1].isoformat(),
+        "why": "run date" if ds == settings.ds else "backfill: raw events present, no clean manifest yet",
+        "inputs": {
+            "events": lake.raw_events(root, ds),
+            "items": lake.raw_items(root, ds),
+            "users": lake.raw_users(root, ds) if ds in user_dates else None,
+        },
+        "outputs": {
+            name: lake.partition(root, name, ds)
+            for name in (lake.CLEAN_EVENTS, lake.CLEAN_ITEMS, lake.CLEAN_USERS, lake.QUARANTINE_EVENTS)
+        },
+        "counts": counts,
+        "reconciliation": {"rule": RECONCILIATION_RULE, "ok": True},
+        "schema_drift": {"extra_keys": {k: n for (d, k), n in sorted(tally.drift.items()) if d == ds}},
+        "settings": {
+            name: getattr(settings, name)
+            for name in ("scenario", "bot_events_per_minute", "max_field_chars", "max_price")
+        },
+        "notes": notes,
+    }
 
 
 @contextlib.contextmanager

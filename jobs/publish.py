@@ -117,12 +117,12 @@ def publish(
             published.move_into_place(fs, local, staging, table_path, partition)
             published.crash_point("after_move")
             manifest = {"table": name, "dt": date.isoformat(), "run_id": run_id, **summary}
-            with fs.open_output_stream(
-                f"{final}/{published.MANIFEST}"
-            ) as fh:  # beside the data; readers skip _ files
-                fh.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
+            # beside the data; readers skip _ files
+            lake_io.write_text_atomic(
+                f"{final}/{published.MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True), fs
+            )
         published.crash_point("before_pointer")
-        published.write_pointer(fs, local, f"{table_path}/_LATEST", partition)
+        published.write_pointer(fs, f"{table_path}/_LATEST", partition)
         summaries[name] = {
             **(summary or {"already_published": True}),
             "path": f"{lake.table(root, name)}/{partition}",

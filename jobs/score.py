@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from schemas import lake
-from schemas.features import pad_ids
+from schemas.features import pad_ids, user_inputs
 from schemas.outputs import RECOMMENDATION, SIMILAR_ITEM
 from schemas.settings import Settings
 
@@ -286,15 +286,15 @@ def recommend_batch(
 ) -> Any:
     """One block of users (user_idx, user_id, history, seen, age_bucket_idx, region_idx) -> its top-N."""
     seen = batch.column("seen")
-    histories = batch.column("history").to_pylist()
-    seen_lists = seen.to_pylist()
-    seen_width = max(1, max((len(s) for s in seen_lists), default=1))
     embeddings = model.encode_users(
-        user_idx=batch.column("user_idx").to_numpy().astype(np.int32),
-        history=pad_ids(histories, params["history_length"]),
-        seen=pad_ids(seen_lists, seen_width),
-        age_bucket_idx=batch.column("age_bucket_idx").to_numpy().astype(np.int32),
-        region_idx=batch.column("region_idx").to_numpy().astype(np.int32),
+        **user_inputs(
+            batch.column("user_idx").to_numpy(),
+            batch.column("history").to_pylist(),
+            seen.to_pylist(),
+            params["history_length"],
+            age_bucket_idx=batch.column("age_bucket_idx").to_numpy(),
+            region_idx=batch.column("region_idx").to_numpy(),
+        )
     )
     seen_items = seen.flatten().to_numpy().astype(np.int64)
     seen_rows = pc.list_parent_indices(seen).to_numpy().astype(np.int64)
@@ -356,12 +356,13 @@ def commit_task_files(written: list[Any], staging: str) -> None:
     """Makes ``staging`` whole: moves in the task files the job returned (its successful attempts: failed or
     speculative ones are left in ``_tasks/`` and deleted with it) and Spark's part files from ``_spark/``, then
     writes ``_SUCCESS`` last. Until then readers skip both folders (``_`` prefix) and publish refuses the folder."""
+    from storage import lake_io
     from storage.lake_io import filesystem
 
     fs, inner = filesystem(staging)
     sources = [filesystem(row["file"])[1] for row in sorted(written, key=lambda row: row["file"])]
     spark_written = f"{inner}/{SPARK_WRITTEN}"
-    if fs.get_file_info(spark_written).type != pafs.FileType.NotFound:
+    if lake_io.exists(spark_written, fs):
         sources += sorted(
             info.path
             for info in fs.get_file_info(pafs.FileSelector(spark_written))
@@ -370,7 +371,7 @@ def commit_task_files(written: list[Any], staging: str) -> None:
     for number, source in enumerate(sources):
         fs.move(source, f"{inner}/part-{number:05d}.parquet")
     for folder in (TASKS, SPARK_WRITTEN):
-        if fs.get_file_info(f"{inner}/{folder}").type != pafs.FileType.NotFound:
+        if lake_io.exists(f"{inner}/{folder}", fs):
             fs.delete_dir(f"{inner}/{folder}")
     with fs.open_output_stream(f"{inner}/_SUCCESS"):
         pass
@@ -430,29 +431,19 @@ def run(
     generated_at: dt.datetime | None = None,
 ) -> dict[str, str]:
     """Scores ``settings.run_date`` into staging; returns ``{table name: staging path}``."""
-    import importlib
-
-    from pyspark.sql import functions as F
-
     from schemas.features import ITEM_FEATURE, USER_FEATURE, USER_HISTORY
-    from schemas.spark import to_spark
-    from storage.spark import check_schema, delete_path, in_parallel, read_partition, spark_session
+    from storage.spark import delete_path, read_partition
 
     started = time.perf_counter()
     root, date = settings.lake_root, settings.run_date
-    if model_dir is None:
-        pointer = read_production_pointer(root)
-        model_dir, model_version = pointer["path"], model_version or pointer.get("version")
-    # TensorFlow's import and the model's load (~5 s) run while the Spark session starts
-    with ThreadPoolExecutor(1, thread_name_prefix="model-load") as loader:
-        loading = loader.submit(loaded_model, model_dir)
-        spark = spark or spark_session(settings, "score")
-        model = loading.result()
-    model_version = str(
-        model_version or model.metadata.get("version") or model_dir.rstrip("/").rsplit("/", 1)[-1]
-    )
+    spark, model, model_dir, model_version = load_model_and_session(settings, spark, model_dir, model_version)
     run_id = run_id or default_run_id(date)
     generated_at = generated_at or default_generated_at(date)
+    paths = {
+        name: lake.staging(root, name, date, run_id) for name in (lake.RECOMMENDATIONS, lake.SIMILAR_ITEMS)
+    }
+    for path in paths.values():  # a rerun of the same run id starts from an empty staging folder
+        delete_path(spark, path)
     params = {
         "model_dir": model_dir,
         "model_version": model_version,
@@ -462,8 +453,9 @@ def run(
         "history_length": settings.history_length,
         "similar_items_n": settings.similar_items_n,
         "side_key": uuid.uuid4().hex,  # names this run's broadcast in the worker caches (not written anywhere)
+        "recommendations_tasks": f"{paths[lake.RECOMMENDATIONS]}/{TASKS}",
+        "similar_items_tasks": f"{paths[lake.SIMILAR_ITEMS]}/{TASKS}",
     }
-
     items_df = read_partition(spark, root, lake.ITEM_FEATURES, date, ITEM_FEATURE)
     items = (
         items_df.select(
@@ -473,81 +465,15 @@ def run(
         .toArrow()
     )
     side = item_side(items, encode_catalogue(model, items, settings.title_tokens))
-    side_broadcast = spark.sparkContext.broadcast(side)
-
     # Arrow batches = scoring blocks: one encode_users call and one TopNScorer call per block of users
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(settings.score_block_users))
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-    parallelism = spark.sparkContext.defaultParallelism
     histories = read_partition(spark, root, lake.USER_HISTORIES, date, USER_HISTORY)
     users = read_partition(spark, root, lake.USER_FEATURES, date, USER_FEATURE)
-    model_input = (
-        histories.join(users.select("user_idx", "age_bucket_idx", "region_idx"), "user_idx", "left")
-        .select(
-            "user_idx",
-            "user_id",
-            "history",
-            "seen",
-            F.coalesce("age_bucket_idx", F.lit(0)).alias("age_bucket_idx"),
-            F.coalesce("region_idx", F.lit(0)).alias("region_idx"),
-        )
-        .repartition(parallelism)
+    cold = cold_start_rows(histories, users, items_df, settings, model_version, generated_at)
+    cold_counts, recommended, similar = score_and_write(
+        spark, model_input(histories, users), cold, side, params, paths
     )
-    # by reference to the importable module (not __main__ under spark-submit), so the worker caches persist
-    this = importlib.import_module("jobs.score")
-    paths = {
-        name: lake.staging(root, name, date, run_id) for name in (lake.RECOMMENDATIONS, lake.SIMILAR_ITEMS)
-    }
-    for path in paths.values():  # a rerun of the same run id starts from an empty staging folder
-        delete_path(spark, path)
-    params["recommendations_tasks"] = f"{paths[lake.RECOMMENDATIONS]}/{TASKS}"
-    params["similar_items_tasks"] = f"{paths[lake.SIMILAR_ITEMS]}/{TASKS}"
-    # cold-start rows come from Spark SQL and go through Spark's writer, into _spark/ until the commit
-    cold = cold_start(histories, users, items_df, settings).select(
-        *[F.col(name) for name in ("user_id", "rank", "item_id", "score")],
-        F.lit(model_version).alias("model_version"),
-        F.lit(COLD_START).alias("strategy"),
-        F.lit(generated_at).cast("timestamp").alias("generated_at"),
-    )
-    cold = cold.select(
-        *[F.col(f.name).cast(to_spark(RECOMMENDATION)[f.name].dataType) for f in RECOMMENDATION]
-    )
-    check_schema(cold, RECOMMENDATION, lake.RECOMMENDATIONS)
-
-    def write_cold() -> Any:  # written, then counted (Spark skips a _ folder given as a path: not read back)
-        persisted = cold.persist()
-        persisted.write.parquet(f"{paths[lake.RECOMMENDATIONS]}/{SPARK_WRITTEN}")
-        counts = persisted.agg(
-            F.count(F.lit(1)).alias("rows"),
-            F.countDistinct("user_id").alias("users"),
-            F.collect_set("item_id").alias("items"),
-        ).first()
-        persisted.unpersist()
-        return counts
-
-    sources = len(side["source_ids"])
-    # three independent jobs from driver threads: cold start is many small, driver-bound jobs, which start while
-    # the scoring tasks hold the cores (with the model loading beside the session's start: `python -m jobs.score`
-    # on the demo lake, 20k users, 35.8 -> 30.3 s)
-    cold_counts, recommended, similar = in_parallel(
-        [
-            write_cold,
-            lambda: model_input.mapInArrow(
-                lambda batches: this.recommend_partition(batches, side_broadcast, params), to_spark(TASK_FILE)
-            ).collect(),
-            lambda: (
-                spark.range(0, sources, numPartitions=max(1, min(parallelism, sources)))
-                .mapInArrow(
-                    lambda batches: this.similar_partition(batches, side_broadcast, params),
-                    to_spark(TASK_FILE),
-                )
-                .collect()
-            ),
-        ]
-    )
-    commit_task_files(recommended, paths[lake.RECOMMENDATIONS])
-    commit_task_files(similar, paths[lake.SIMILAR_ITEMS])
-    side_broadcast.unpersist()
     print(
         json.dumps(
             {
@@ -563,20 +489,158 @@ def run(
             }
         )
     )
-    # the stage's run manifest runs/score/dt=D: users in, staged rows out, users and items recommended
+    record_manifest(
+        settings,
+        spark,
+        users.count(),
+        cold_counts,
+        recommended,
+        similar,
+        side,
+        paths,
+        model_version,
+        time.perf_counter() - started,
+    )
+    return paths
+
+
+def load_model_and_session(
+    settings: Settings, spark: Any, model_dir: str | None, model_version: str | None
+) -> tuple[Any, Any, str, str]:
+    """The model (the production one unless given) and a Spark session; returns (spark, model, dir, version)."""
+    from storage.spark import spark_session
+
+    if model_dir is None:
+        pointer = read_production_pointer(settings.lake_root)
+        model_dir, model_version = pointer["path"], model_version or pointer.get("version")
+    # TensorFlow's import and the model's load (~5 s) run while the Spark session starts
+    with ThreadPoolExecutor(1, thread_name_prefix="model-load") as loader:
+        loading = loader.submit(loaded_model, model_dir)
+        spark = spark or spark_session(settings, "score")
+        model = loading.result()
+    version = str(model_version or model.metadata.get("version") or model_dir.rstrip("/").rsplit("/", 1)[-1])
+    return spark, model, model_dir, version
+
+
+def model_input(histories: Any, users: Any) -> Any:
+    """One row per user with a history: what ``encode_users`` takes, spread over the session's cores."""
+    from pyspark.sql import functions as F
+
+    return (
+        histories.join(users.select("user_idx", "age_bucket_idx", "region_idx"), "user_idx", "left")
+        .select(
+            "user_idx",
+            "user_id",
+            "history",
+            "seen",
+            F.coalesce("age_bucket_idx", F.lit(0)).alias("age_bucket_idx"),
+            F.coalesce("region_idx", F.lit(0)).alias("region_idx"),
+        )
+        .repartition(histories.sparkSession.sparkContext.defaultParallelism)
+    )
+
+
+def cold_start_rows(
+    histories: Any, users: Any, items: Any, settings: Settings, model_version: str, generated_at: dt.datetime
+) -> Any:
+    """The cold-start users' recommendation rows in the published contract (from Spark SQL, Spark's writer)."""
+    from pyspark.sql import functions as F
+
+    from schemas.spark import to_spark
+    from storage.spark import check_schema
+
+    cold = cold_start(histories, users, items, settings).select(
+        *[F.col(name) for name in ("user_id", "rank", "item_id", "score")],
+        F.lit(model_version).alias("model_version"),
+        F.lit(COLD_START).alias("strategy"),
+        F.lit(generated_at).cast("timestamp").alias("generated_at"),
+    )
+    cold = cold.select(
+        *[F.col(f.name).cast(to_spark(RECOMMENDATION)[f.name].dataType) for f in RECOMMENDATION]
+    )
+    check_schema(cold, RECOMMENDATION, lake.RECOMMENDATIONS)
+    return cold
+
+
+def score_and_write(
+    spark: Any, users_in: Any, cold: Any, side: dict[str, Any], params: dict[str, Any], paths: dict[str, str]
+) -> tuple[Any, list[Any], list[Any]]:
+    """The model users' top N, the similar items and the cold-start rows, written and committed to staging;
+    returns (cold-start counts, the recommendation tasks' files, the similar-items tasks' files)."""
+    import importlib
+
+    from pyspark.sql import functions as F
+
+    from schemas.spark import to_spark
+    from storage.spark import in_parallel
+
+    # by reference to the importable module (not __main__ under spark-submit), so the worker caches persist
+    this = importlib.import_module("jobs.score")
+    side_broadcast = spark.sparkContext.broadcast(side)
+    sources = len(side["source_ids"])
+    parallelism = spark.sparkContext.defaultParallelism
+
+    def write_cold() -> Any:  # written, then counted (Spark skips a _ folder given as a path: not read back)
+        persisted = cold.persist()
+        persisted.write.parquet(f"{paths[lake.RECOMMENDATIONS]}/{SPARK_WRITTEN}")
+        counts = persisted.agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.countDistinct("user_id").alias("users"),
+            F.collect_set("item_id").alias("items"),
+        ).first()
+        persisted.unpersist()
+        return counts
+
+    # three independent jobs from driver threads: cold start is many small, driver-bound jobs, which start while
+    # the scoring tasks hold the cores
+    cold_counts, recommended, similar = in_parallel(
+        [
+            write_cold,
+            lambda: users_in.mapInArrow(
+                lambda batches: this.recommend_partition(batches, side_broadcast, params), to_spark(TASK_FILE)
+            ).collect(),
+            lambda: (
+                spark.range(0, sources, numPartitions=max(1, min(parallelism, sources)))
+                .mapInArrow(
+                    lambda batches: this.similar_partition(batches, side_broadcast, params),
+                    to_spark(TASK_FILE),
+                )
+                .collect()
+            ),
+        ]
+    )
+    commit_task_files(recommended, paths[lake.RECOMMENDATIONS])
+    commit_task_files(similar, paths[lake.SIMILAR_ITEMS])
+    side_broadcast.unpersist()
+    return cold_counts, recommended, similar
+
+
+def record_manifest(
+    settings: Settings,
+    spark: Any,
+    users_in: int,
+    cold_counts: Any,
+    recommended: list[Any],
+    similar: list[Any],
+    side: dict[str, Any],
+    paths: dict[str, str],
+    model_version: str,
+    seconds: float,
+) -> None:
+    """``runs/score/dt=D``: users in, staged rows out, users and items recommended. Counted from what the tasks
+    and Spark wrote, not by reading the staged tables back (10M rows per 100k users); model and cold-start users
+    are disjoint (with or without a history row)."""
     from storage import manifest as manifests
 
-    # counted from what the tasks and Spark wrote, not by reading the staged tables back (10M rows per 100k users);
-    # model and cold-start users are disjoint (with or without a history row)
     rows = sum(int(row["rows"]) for row in recommended) + int(cold_counts["rows"])
     similar_rows = sum(int(row["rows"]) for row in similar)
     model_items = {side["item_ids"][p] for row in recommended for p in row["items"]}
     manifests.record_stage(
-        root,
+        settings.lake_root,
         "score",
-        date,
+        settings.run_date,
         {
-            "rows_in": users.count(),
+            "rows_in": users_in,
             "rows_out": rows + similar_rows,
             "users": sum(int(row["keys"]) for row in recommended) + int(cold_counts["users"]),
             "items": len(model_items | set(cold_counts["items"])),
@@ -584,12 +648,11 @@ def run(
             "similar_items_rows": similar_rows,
             "candidate_items": int(len(side["item_ids"])),
         },
-        time.perf_counter() - started,
+        seconds,
         spark,
         model_version=model_version,
         staging=paths,
     )
-    return paths
 
 
 def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:

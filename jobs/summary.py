@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from schemas import lake
 from schemas.settings import Settings
@@ -28,34 +27,18 @@ STAGE_ORDER = ("generate", "clean", "features", "train", "evaluate", "gate", "sc
 HEADLINE_METRICS = ("recall", "ndcg", "precision", "map", "hit_rate", "mrr", "coverage")
 
 
-def _fs(root: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the root path inside it, without a trailing slash."""
-    filesystem, path = lake_io.filesystem(root)
-    return filesystem, path.rstrip("/")
-
-
-def _sub(root_path: str, root: str, full: str) -> str:
-    """Translate a lake path built from the settings' root into the filesystem's own path."""
-    return root_path + full[len(root.rstrip("/")) :]
-
-
-def _read_json(filesystem: pafs.FileSystem, path: str) -> Any | None:
+def _read_json(uri: str) -> Any | None:
+    """A JSON file's content, or None when it is absent or unreadable: the summary also runs after failures."""
     try:
-        with filesystem.open_input_stream(path) as stream:
-            return json.loads(stream.read().decode("utf-8"))
-    except (FileNotFoundError, OSError, ValueError):
+        return lake_io.read_json(uri)
+    except (OSError, ValueError):
         return None
-
-
-def _exists(filesystem: pafs.FileSystem, path: str) -> bool:
-    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def stage_manifests(settings: Settings) -> list[dict[str, Any]]:
     """Every ``runs/<stage>/dt=D/manifest.json`` found, in pipeline order, with a duration when it has times."""
-    filesystem, root_path = _fs(settings.lake_root)
-    runs_dir = _sub(root_path, settings.lake_root, lake.table(settings.lake_root, lake.RUNS))
-    if not _exists(filesystem, runs_dir):
+    filesystem, runs_dir = lake_io.filesystem(lake.table(settings.lake_root, lake.RUNS))
+    if not lake_io.exists(runs_dir, filesystem):
         return []
     stages = [
         info.base_name
@@ -65,8 +48,7 @@ def stage_manifests(settings: Settings) -> list[dict[str, Any]]:
     stages.sort(key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s))
     found = []
     for stage in stages:
-        path = _sub(root_path, settings.lake_root, lake.run_manifest(settings.lake_root, stage, settings.ds))
-        manifest = _read_json(filesystem, path)
+        manifest = _read_json(lake.run_manifest(settings.lake_root, stage, settings.ds))
         if isinstance(manifest, dict):
             found.append({"stage": stage, "manifest": manifest, "seconds": _duration(manifest)})
     return found
@@ -105,11 +87,10 @@ def rows_in_out(stage: str, counts: dict[str, Any]) -> tuple[Any, Any]:
 
 def metric_rows(settings: Settings) -> list[dict[str, Any]]:
     """Rows of ``metrics/dt=D`` (schemas.outputs.METRIC), or [] when evaluation did not run."""
-    filesystem, root_path = _fs(settings.lake_root)
-    path = _sub(root_path, settings.lake_root, lake.partition(settings.lake_root, lake.METRICS, settings.ds))
-    if not _exists(filesystem, path):
+    try:
+        return lake_io.read_partition(settings.lake_root, lake.METRICS, settings.ds).to_pylist()
+    except FileNotFoundError:
         return []
-    return pq.read_table(path, filesystem=filesystem).to_pylist()
 
 
 def metric_label(metric: str, k: int | None) -> str:
@@ -148,14 +129,13 @@ def metrics_table(rows: list[dict[str, Any]], segment: str = "all") -> dict[str,
 
 def output_counts(settings: Settings) -> dict[str, Any]:
     """Rows and users of the published tables for D (absent when publish did not run)."""
-    filesystem, root_path = _fs(settings.lake_root)
     out: dict[str, Any] = {}
     for name in (lake.RECOMMENDATIONS, lake.SIMILAR_ITEMS):
-        path = _sub(root_path, settings.lake_root, lake.partition(settings.lake_root, name, settings.ds))
-        if not _exists(filesystem, path):
-            continue
         key_column = "user_id" if name == lake.RECOMMENDATIONS else "item_id"
-        table = pq.read_table(path, filesystem=filesystem, columns=[key_column])
+        try:
+            table = lake_io.read_partition(settings.lake_root, name, settings.ds, columns=[key_column])
+        except FileNotFoundError:
+            continue
         out[name] = {
             "path": lake.partition(settings.lake_root, name, settings.ds),
             "rows": table.num_rows,
@@ -170,10 +150,7 @@ def collect(
     gate_decision: dict[str, Any] | None = None,
     run_started_at: dt.datetime | None = None,
 ) -> dict[str, Any]:
-    filesystem, root_path = _fs(settings.lake_root)
-    production = _read_json(
-        filesystem, _sub(root_path, settings.lake_root, lake.production_pointer(settings.lake_root))
-    )
+    production = _read_json(lake.production_pointer(settings.lake_root))
     stages = stage_manifests(settings)
     rows = metric_rows(settings)
     now = dt.datetime.now(dt.UTC)
@@ -306,9 +283,7 @@ def write(
 ) -> dict[str, str]:
     """Collect and write ``summary.{json,md,html}`` under ``reports/dt=D/``; returns their paths."""
     summary = collect(settings, run_id, gate_decision, run_started_at)
-    filesystem, root_path = _fs(settings.lake_root)
     report_dir = lake.report_dir(settings.lake_root, settings.ds)
-    filesystem.create_dir(_sub(root_path, settings.lake_root, report_dir), recursive=True)
     bodies = {
         "json": json.dumps(summary, indent=2, default=str),
         "md": to_markdown(summary),
@@ -317,8 +292,7 @@ def write(
     paths = {}
     for ext, body in bodies.items():
         path = f"{report_dir}/summary.{ext}"
-        with filesystem.open_output_stream(_sub(root_path, settings.lake_root, path)) as stream:
-            stream.write(body.encode("utf-8"))
+        lake_io.write_text_atomic(path, body)
         paths[ext] = path
     print(to_markdown(summary))
     print(f"summary written to {paths['md']} (and .json, .html)")

@@ -10,6 +10,8 @@ Null values are ignored by column-map expectations, so every id column also carr
 
 from __future__ import annotations
 
+from typing import Any
+
 import great_expectations as gx
 import great_expectations.expectations as gxe
 
@@ -113,13 +115,21 @@ def _vocabulary_suite(name: str, id_column: str, idx_column: str) -> gx.Expectat
 VOCAB_ITEMS = _vocabulary_suite("features_vocab_items", "item_id", "item_idx")
 VOCAB_USERS = _vocabulary_suite("features_vocab_users", "user_id", "user_idx")
 
+
+def _one_row_per_index(idx_column: str, id_column: str, max_idx_param: str) -> list[Any]:
+    """At least one row, one row per index, every row named, every index within the vocabulary."""
+    return [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnValuesToBeUnique(column=idx_column),
+        gxe.ExpectColumnValuesToNotBeNull(column=id_column),
+        gxe.ExpectColumnValuesToBeBetween(column=idx_column, min_value=1, max_value=_param(max_idx_param)),
+    ]
+
+
 ITEM_FEATURES = gx.ExpectationSuite(
     name="features_items",
     expectations=[
-        gxe.ExpectTableRowCountToBeBetween(min_value=1),
-        gxe.ExpectColumnValuesToBeUnique(column="item_idx"),
-        gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
-        gxe.ExpectColumnValuesToBeBetween(column="item_idx", min_value=1, max_value=_param("max_item_idx")),
+        *_one_row_per_index("item_idx", "item_id", "max_item_idx"),
         gxe.ExpectColumnValuesToBeBetween(
             column="price_bucket", min_value=0, max_value=_param("price_buckets")
         ),
@@ -151,10 +161,7 @@ TRAIN_EXAMPLES = gx.ExpectationSuite(
 USER_HISTORIES = gx.ExpectationSuite(
     name="features_user_histories",
     expectations=[
-        gxe.ExpectTableRowCountToBeBetween(min_value=1),
-        gxe.ExpectColumnValuesToBeUnique(column="user_idx"),
-        gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
-        gxe.ExpectColumnValuesToBeBetween(column="user_idx", min_value=1, max_value=_param("max_user_idx")),
+        *_one_row_per_index("user_idx", "user_id", "max_user_idx"),
         gxe.ExpectColumnValuesToBeBetween(column=HISTORY_MIN, min_value=0),
         gxe.ExpectColumnValuesToBeBetween(column=HISTORY_MAX, min_value=0, max_value=_param("max_item_idx")),
         gxe.ExpectColumnValuesToBeBetween(column=SEEN_MIN, min_value=1),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -87,24 +88,46 @@ def write_partition(table: pa.Table, root: str, name: str, date: Any, schema: pa
     return uri
 
 
-def write_text_atomic(uri: str, text: str) -> None:
-    """Write a small text file via a temporary sibling and a rename (os.replace semantics on local disks)."""
-    write_bytes_atomic(uri, text.encode("utf-8"))
-
-
-def write_bytes_atomic(uri: str, data: bytes) -> None:
+def replace_folder(uri: str, files: Mapping[str, bytes]) -> None:
+    """Replace a folder by one holding exactly ``files``: they are written into a hidden sibling that is then
+    renamed into place, so a reader sees the old files or the new ones (on a local disk the gap between the two
+    renames is microseconds; no reader ever sees a partly written file)."""
     fs, path = filesystem(uri)
+    parent, name = path.rsplit("/", 1)
+    staged, old = f"{parent}/.{name}.tmp-{os.getpid()}", f"{parent}/.{name}.old-{os.getpid()}"
+    for leftover in (staged, old):
+        if exists(leftover, fs):
+            fs.delete_dir(leftover)
+    fs.create_dir(staged, recursive=True)
+    for file_name, data in files.items():
+        with fs.open_output_stream(f"{staged}/{file_name}", compression=None) as out:
+            out.write(data)
+    if exists(path, fs):
+        fs.move(path, old)
+    fs.move(staged, path)
+    if exists(old, fs):
+        fs.delete_dir(old)
+
+
+def write_text_atomic(uri: str, text: str, fs: pafs.FileSystem | None = None) -> None:
+    """Write a small text file via a temporary sibling and a rename (os.replace semantics on local disks)."""
+    write_bytes_atomic(uri, text.encode("utf-8"), fs)
+
+
+def write_bytes_atomic(uri: str, data: bytes, fs: pafs.FileSystem | None = None) -> None:
+    """Readers see the old file or the new one, never half; with ``fs``, ``uri`` is a path inside it."""
+    fs, path = filesystem(uri) if fs is None else (fs, uri)
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     temp = f"{parent}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
-    with fs.open_output_stream(temp) as out:
+    with fs.open_output_stream(temp, compression=None) as out:
         out.write(data)
     fs.move(temp, path)
 
 
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
-    with fs.open_input_stream(path) as stream:
+    with fs.open_input_stream(path, compression=None) as stream:
         return bytes(stream.read())
 
 
@@ -113,7 +136,7 @@ def read_text(uri: str, fs: pafs.FileSystem | None = None) -> str | None:
     fs, path = filesystem(uri) if fs is None else (fs, uri)
     if not exists(path, fs):
         return None
-    with fs.open_input_stream(path) as stream:
+    with fs.open_input_stream(path, compression=None) as stream:
         return stream.read().decode("utf-8")
 
 

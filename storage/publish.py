@@ -107,17 +107,13 @@ def read_pointer(fs: pafs.FileSystem, pointer: str) -> str | None:
     return (lake_io.read_text(pointer, fs) or "").strip() or None
 
 
-def write_pointer(fs: pafs.FileSystem, local: bool, pointer: str, partition: str) -> None:
+def write_pointer(fs: pafs.FileSystem, pointer: str, partition: str) -> None:
+    """Point ``_LATEST`` at ``partition`` unless it already names a later date (a backfill does not take it
+    back); readers see the old line or the new one, never a torn one."""
     current = read_pointer(fs, pointer)
     if current is not None and current > partition:  # "dt=YYYY-MM-DD" compares by date
         return
-    temp = f"{pointer}.tmp-{os.getpid()}"
-    with fs.open_output_stream(temp) as fh:
-        fh.write(f"{partition}\n".encode())
-    if local:
-        os.replace(temp, pointer)  # atomic: readers see the old or the new line, never a torn one
-    else:
-        fs.move(temp, pointer)
+    lake_io.write_text_atomic(pointer, f"{partition}\n", fs)
 
 
 def read_manifest(fs: pafs.FileSystem, folder: str) -> dict[str, Any] | None:

@@ -97,8 +97,15 @@ def check_schema(df: DataFrame, schema: pa.Schema, name: str = "table") -> None:
 
 def hadoop_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
     """(FileSystem, Path) of ``path`` through the session's Hadoop configuration (any lake URI)."""
-    hpath = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path)
+    hpath = _jvm(spark).org.apache.hadoop.fs.Path(path)
     return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
+
+
+def _jvm(spark: SparkSession) -> Any:
+    """The session's py4j JVM view (None only before a context exists, which a session rules out)."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    return jvm
 
 
 def path_exists(spark: SparkSession, path: str) -> bool:
@@ -116,8 +123,9 @@ def delete_path(spark: SparkSession, path: str) -> None:
 def write_bytes(spark: SparkSession, path: str, data: bytes) -> None:
     """Write a small file via a temporary sibling and a rename: readers see the old file or the new one."""
     fs, hpath = hadoop_path(spark, path)
-    jvm = spark.sparkContext._jvm
-    tmp = jvm.org.apache.hadoop.fs.Path(hpath.getParent(), f".{hpath.getName()}.{uuid.uuid4().hex}.tmp")
+    tmp = _jvm(spark).org.apache.hadoop.fs.Path(
+        hpath.getParent(), f".{hpath.getName()}.{uuid.uuid4().hex}.tmp"
+    )
     out = fs.create(tmp, True)
     try:
         out.write(bytearray(data))

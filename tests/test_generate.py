@@ -335,22 +335,13 @@ def test_inject_corruptions_produces_every_kind_labelled_correctly(tmp_path: Pat
     good = (
         (Path(lake.raw_events(settings.lake_root, RUN_DATE)) / "part-00000.jsonl").read_bytes().splitlines()
     )
-    result = gen.inject_corruptions(
-        good,
-        np.random.default_rng(1),
-        0.1,
-        max_field_chars=settings.max_field_chars,
-        bot_events_per_minute=settings.bot_events_per_minute,
-        max_price=settings.max_price,
-    )
-    again = gen.inject_corruptions(
-        good,
-        np.random.default_rng(1),
-        0.1,
-        max_field_chars=settings.max_field_chars,
-        bot_events_per_minute=settings.bot_events_per_minute,
-        max_price=settings.max_price,
-    )
+    limits = {
+        "max_field_chars": settings.max_field_chars,
+        "bot_events_per_minute": settings.bot_events_per_minute,
+        "max_price": settings.max_price,
+    }
+    result = gen.inject_corruptions(good, np.random.default_rng(1), 0.1, **limits)
+    again = gen.inject_corruptions(good, np.random.default_rng(1), 0.1, **limits)
     assert result == again  # deterministic for a seed
     # every quarantine reason of the cleaning job has a corruption kind, and every kind is produced
     assert set(QUARANTINE_REASONS) <= set(gen.CORRUPTION_KINDS)

@@ -242,6 +242,28 @@ def test_clean_volume_needs_history(tmp_lake: str) -> None:
     assert report.tables[0].parameters["max_rows"] is None
 
 
+def write_item_features(root: str, n: int, first_price_bucket: int = 1) -> None:
+    """``n`` items of one category for D, the last one unavailable."""
+    write(
+        root,
+        lake.ITEM_FEATURES,
+        D,
+        {
+            "item_idx": list(range(1, n + 1)),
+            "item_id": [f"i{k}" for k in range(1, n + 1)],
+            "category": ["c"] * n,
+            "category_idx": [1] * n,
+            "price_bucket": [first_price_bucket] + [1] * (n - 1),
+            "title_tokens": [[1, 2]] * n,
+            "age_days": [1.0] * n,
+            "available": [True] * (n - 1) + [False],
+            "popularity": [1.0] * n,
+            "title": ["t"] * n,
+        },
+        ITEM_FEATURE,
+    )
+
+
 # ---- features ----------------------------------------------------------------------------------------------------
 def write_features(
     root: str,
@@ -274,24 +296,7 @@ def write_features(
             VOCAB_USER,
         )
     n = items_now
-    write(
-        root,
-        lake.ITEM_FEATURES,
-        D,
-        {
-            "item_idx": list(range(1, n + 1)),
-            "item_id": [f"i{k}" for k in range(1, n + 1)],
-            "category": ["c"] * n,
-            "category_idx": [1] * n,
-            "price_bucket": [price_bucket] + [1] * (n - 1),
-            "title_tokens": [[1, 2]] * n,
-            "age_days": [1.0] * n,
-            "available": [True] * (n - 1) + [False],
-            "popularity": [1.0] * n,
-            "title": ["t"] * n,
-        },
-        ITEM_FEATURE,
-    )
+    write_item_features(root, n, first_price_bucket=price_bucket)
     examples = TRAIN_EXAMPLE
     if naive_times:  # what Spark may write: instants without the UTC flag
         examples = TRAIN_EXAMPLE.set(
@@ -431,24 +436,7 @@ RECS = [
 
 
 def write_recommendation_inputs(root: str, items: int = 6) -> None:
-    write(
-        root,
-        lake.ITEM_FEATURES,
-        D,
-        {
-            "item_idx": list(range(1, items + 1)),
-            "item_id": [f"i{k}" for k in range(1, items + 1)],
-            "category": ["c"] * items,
-            "category_idx": [1] * items,
-            "price_bucket": [1] * items,
-            "title_tokens": [[1]] * items,
-            "age_days": [1.0] * items,
-            "available": [True] * (items - 1) + [False],
-            "popularity": [1.0] * items,
-            "title": ["t"] * items,
-        },
-        ITEM_FEATURE,
-    )
+    write_item_features(root, items)
     write(
         root,
         lake.USER_HISTORIES,

@@ -72,6 +72,10 @@ def airflow_env(repo: Path = REPO_ROOT) -> dict[str, str]:
     env.setdefault("PYTHONUNBUFFERED", "1")
     for name, value in allocator_env().items():  # TensorFlow tasks reuse freed memory (scoring/allocator.py)
         env.setdefault(name, value)
+    # Airflow imports its SQLite connect args from this module, which runs from the checkout (not installed)
+    python_path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(repo) not in python_path:
+        env["PYTHONPATH"] = os.pathsep.join([str(repo), *python_path])
     if venv_bin not in env.get("PATH", "").split(os.pathsep):  # spark-submit and airflow of this venv
         env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
     env["RECFLOW_PSEUDONYM_KEY"] = env.get("RECFLOW_PSEUDONYM_KEY") or ensure_pseudonym_key(repo)
