@@ -1,6 +1,6 @@
 """Benchmark: Spark cleaning (+ features) against a plain Spark read -> write of the raw data and against DuckDB.
 
-    make bench                                   # pytest -m bench: this file at RECFLOW_BENCH_EVENTS sizes
+    make bench                                   # this script at its default sizes (BENCH_ARGS to change them)
     python -m benchmarks.bench_clean --events 1000000 4000000 [--work /tmp/recflow-bench-clean]
 
 For each size the raw lake is generated once (``demo.generate``, 7 days, 1% corrupt rows), then each step runs in
@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -291,14 +292,10 @@ def raw_lines(raw: Path) -> int:
     return sum(1 for p in (raw / "raw/events").rglob("*.jsonl") for _ in p.open("rb"))
 
 
-def features_available() -> bool:
-    return (REPO / "jobs" / "features.py").exists()
-
-
-def bench_size(work: Path, events: int, with_features: bool = True) -> list[dict[str, object]]:
+def bench_size(work: Path, events: int, with_features: bool = True) -> list[dict[str, Any]]:
     raw = generate(work, events)
     lines = raw_lines(raw)
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
     common = ["--date", RUN_DATE.isoformat(), "--window-days", str(DAYS - 1)]
 
     def step(name: str, cmd: list[str], lake: Path, env: dict[str, str] | None = None) -> None:
@@ -321,7 +318,7 @@ def bench_size(work: Path, events: int, with_features: bool = True) -> list[dict
     shutil.rmtree(lake, ignore_errors=True)
     shutil.copytree(raw / "raw", lake / "raw")
     step("clean", [PY, "-m", "jobs.clean", *common, "--lake-root", str(lake)], lake)
-    if with_features and features_available():
+    if with_features:
         try:
             step("features", [PY, "-m", "jobs.features", *common, "--lake-root", str(lake)], lake)
         except RuntimeError as err:
@@ -340,48 +337,48 @@ def bench_size(work: Path, events: int, with_features: bool = True) -> list[dict
     return rows
 
 
-def table(rows: list[dict[str, object]]) -> str:
+def table(rows: list[dict[str, Any]]) -> str:
     out = [
         "| events | step | wall s | events/s | peak RSS MB | CPU s | JIT CPU s | wall / floor | wall / duckdb | "
         "CPU / floor | CPU / duckdb | load |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    by_size: dict[object, dict[str, dict[str, object]]] = {}
+    by_size: dict[Any, dict[str, dict[str, Any]]] = {}
     for row in rows:
         by_size.setdefault(row["events"], {})[str(row["step"])] = row
     for events, steps in by_size.items():
-        floor = float(steps["floor"]["wall_s"])  # type: ignore[arg-type]
-        duck = float(steps["duckdb"]["wall_s"])  # type: ignore[arg-type]
-        floor_cpu = float(steps["floor"]["cpu_s"])  # type: ignore[arg-type]
-        duck_cpu = float(steps["duckdb"]["cpu_s"])  # type: ignore[arg-type]
+        floor = float(steps["floor"]["wall_s"])
+        duck = float(steps["duckdb"]["wall_s"])
+        floor_cpu = float(steps["floor"]["cpu_s"])
+        duck_cpu = float(steps["duckdb"]["cpu_s"])
         if "clean" in steps and "features" in steps:
             steps["clean+features"] = {
                 k: (
-                    float(steps["clean"][k]) + float(steps["features"][k])  # type: ignore[arg-type]
+                    float(steps["clean"][k]) + float(steps["features"][k])
                     if k != "peak_rss_mb"
                     else max(float(steps["clean"][k]), float(steps["features"][k]))
-                )  # type: ignore[arg-type]
+                )
                 for k in ("wall_s", "peak_rss_mb", "cpu_s", "jit_cpu_s")
             }
             steps["clean+features"]["load"] = max(
-                float(steps["clean"]["load"]),  # type: ignore[arg-type]
+                float(steps["clean"]["load"]),
                 float(steps["features"]["load"]),
-            )  # type: ignore[arg-type]
+            )
         for name, r in steps.items():
-            wall = float(r["wall_s"])  # type: ignore[arg-type]
+            wall = float(r["wall_s"])
             out.append(
-                f"| {events:,} | {name} | {wall:.1f} | {int(events) / wall:,.0f} | "  # type: ignore[call-overload]
-                f"{float(r['peak_rss_mb']):.0f} | {float(r['cpu_s']):.1f} | "  # type: ignore[arg-type]
-                f"{float(r['jit_cpu_s']):.1f} | {wall / floor:.2f} | "  # type: ignore[arg-type]
-                f"{wall / duck:.2f} | {float(r['cpu_s']) / floor_cpu:.2f} | "  # type: ignore[arg-type]
+                f"| {events:,} | {name} | {wall:.1f} | {int(events) / wall:,.0f} | "
+                f"{float(r['peak_rss_mb']):.0f} | {float(r['cpu_s']):.1f} | "
+                f"{float(r['jit_cpu_s']):.1f} | {wall / floor:.2f} | "
+                f"{wall / duck:.2f} | {float(r['cpu_s']) / floor_cpu:.2f} | "
                 f"{float(r['cpu_s']) / duck_cpu:.2f} | {float(r['load']):.1f} |"
-            )  # type: ignore[arg-type]
+            )
     return "\n".join(out)
 
 
 def run(sizes: list[int], work: Path) -> str:
     work.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
     for events in sizes:
         rows += bench_size(work, events)
     text = table(rows)

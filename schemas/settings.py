@@ -55,13 +55,15 @@ class Settings:
     title_tokens: int = 8
     # model
     model: str = "two_tower"
-    encoder: str = "cnn"  # measured best R@10 on ecommerce+news next-day splits at moderate cost (README, encoder choice)
+    encoder: str = (
+        "cnn"  # measured best R@10 on ecommerce+news next-day splits at moderate cost (CHANGELOG, 0.1.0)
+    )
     embedding_dim: int = 64
-    epochs: int = 1  # at the default size the best validation epoch was the first (README, encoder choice)
+    epochs: int = 1  # at the default size the best validation epoch was the first (CHANGELOG, 0.1.0)
     batch_size: int = 1024
     learning_rate: float = 0.003
     # "sampled": in-batch negatives with log-Q correction; "full": every catalogue item as a negative (up to 50k
-    # items). At the default size sampled trains 1.8x faster for 1.6% less validation Recall@10 (README).
+    # items). At the default size sampled trains 1.8x faster for 1.6% less validation Recall@10 (CHANGELOG, 0.1.0).
     softmax: str = "sampled"
     skip_training: bool = False
     # evaluation and gate
@@ -150,11 +152,12 @@ class Settings:
         """Adds ``--<field-name>`` for every field; unset flags keep the environment/default value."""
         for field in dataclasses.fields(cls):
             flag = "--" + field.name.replace("_", "-")
-            extra = {"dest": field.name, "default": None}
             if field.name == "run_date":
-                parser.add_argument(flag, "--date", help="the run's date, YYYY-MM-DD", **extra)
+                parser.add_argument(
+                    flag, "--date", help="the run's date, YYYY-MM-DD", dest=field.name, default=None
+                )
             else:
-                parser.add_argument(flag, help=f"default {field.default!r}", **extra)
+                parser.add_argument(flag, help=f"default {field.default!r}", dest=field.name, default=None)
 
     @classmethod
     def from_cli(cls, argv: Sequence[str] | None = None, description: str = "") -> Settings:
