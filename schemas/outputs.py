@@ -1,4 +1,4 @@
-"""Published contracts and run bookkeeping tables. A breaking change is a new version, documented in the README."""
+"""Published contracts and run bookkeeping tables. A breaking change is a new version, documented in docs/tables.md and CHANGELOG.md."""
 
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ def spark() -> Iterator[object]:
         .config("spark.driver.host", "127.0.0.1")
         # the quick (C1) compiler alone: tests are many tiny queries, each compiling its own code, and finish sooner
         # without waiting for C2 (tests/test_clean.py + test_features.py: 91 s against 129 s). Not for the jobs:
-        # features at 16M events took 201 s with it against 119 s without (README, "Cleaning and features")
+        # features at 16M events took 201 s with it against 119 s without (CHANGELOG, 0.1.0)
         .config("spark.driver.extraJavaOptions", f"{spark_jvm_options()} -XX:TieredStopAtLevel=1")
         .getOrCreate()
     )

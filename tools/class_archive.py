@@ -3,7 +3,7 @@
 Every stage is its own spark-submit, and each JVM spent ~15 s loading and verifying Spark's classes before its
 first result (9 s to a session, 6 s more for the first job), whatever the data size. An AppCDS archive (JDK 13+:
 ``-XX:ArchiveClassesAtExit`` once, ``-XX:SharedArchiveFile`` after) maps them in ready-made: 4–13 s less per JVM
-(measured in README, "Spark start-up").
+(docs/benchmarks.md, "Spark start-up").
 
 ``make install`` builds it once per venv (``python -m tools.class_archive``). It belongs to one JDK and one Spark
 classpath: ``spark_jvm_options()`` offers it only while the stamp beside it matches both, and the JVM itself
