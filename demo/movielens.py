@@ -97,31 +97,19 @@ def _line(row: dict[str, Any]) -> str:
     return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
 
 
-def convert(settings: Settings) -> dict[str, Any]:
-    """Writes MovieLens as raw events/items/users partitions under the lake root; returns what it wrote.
-
-    Returns ``{"skipped": reason}`` without writing anything when the files are not at ``settings.movielens_dir``.
-    """
-    started = time.perf_counter()
-    folder = find_movielens(settings.movielens_dir)
-    if folder is None:
-        reason = (
-            f"MovieLens files ({', '.join(REQUIRED_FILES)}) not found in {settings.movielens_dir} "
-            f"or its ml-100k/ folder; set --movielens-dir; nothing written"
-        )
-        log.warning(reason)
-        return {"skipped": reason}
-    root = settings.lake_root
-    ratings = read_ratings(folder / "u.data")
-    items = read_items(folder)
-    users = read_users(folder)
+def as_events(ratings: pd.DataFrame) -> pd.DataFrame:
+    """Ratings with their event time, UTC day and event type (a liked movie counts as a purchase), in time order."""
     times = pd.to_datetime(ratings["timestamp"], unit="s", utc=True)
-    ratings = ratings.assign(
+    return ratings.assign(
         event_time=times.dt.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
         day=times.dt.strftime("%Y-%m-%d"),
         event_type=["purchase" if r >= PURCHASE_MIN_RATING else "view" for r in ratings["rating"]],
     ).sort_values(["timestamp", "user", "item"], kind="stable")
-    item_lines = "".join(
+
+
+def item_jsonl(items: pd.DataFrame) -> bytes:
+    """The catalogue as raw item lines."""
+    return "".join(
         _line(
             {
                 "item_id": str(r.item),
@@ -135,7 +123,11 @@ def convert(settings: Settings) -> dict[str, Any]:
         + "\n"
         for r in items.itertuples()
     ).encode()
-    user_lines = "".join(
+
+
+def user_jsonl(users: pd.DataFrame) -> bytes:
+    """The users as raw profile lines (MovieLens has no PII fields: they are null)."""
+    return "".join(
         _line(
             {
                 "user_id": str(r.user),
@@ -152,23 +144,49 @@ def convert(settings: Settings) -> dict[str, Any]:
         + "\n"
         for r in users.itertuples()
     ).encode()
+
+
+def event_lines(group: pd.DataFrame, day: str) -> list[str]:
+    """One day's ratings as raw event lines."""
+    return [
+        _line(
+            {
+                "event_id": f"ml-{u}-{i}",
+                "event_time": t,
+                "user_id": str(u),
+                "session_id": f"ml-{u}-{day}",
+                "event_type": e,
+                "item_id": str(i),
+            }
+        )
+        for u, i, t, e in zip(
+            group["user"], group["item"], group["event_time"], group["event_type"], strict=True
+        )
+    ]
+
+
+def convert(settings: Settings) -> dict[str, Any]:
+    """Writes MovieLens as raw events/items/users partitions under the lake root; returns what it wrote.
+
+    Returns ``{"skipped": reason}`` without writing anything when the files are not at ``settings.movielens_dir``.
+    """
+    started = time.perf_counter()
+    folder = find_movielens(settings.movielens_dir)
+    if folder is None:
+        reason = (
+            f"MovieLens files ({', '.join(REQUIRED_FILES)}) not found in {settings.movielens_dir} "
+            f"or its ml-100k/ folder; set --movielens-dir; nothing written"
+        )
+        log.warning(reason)
+        return {"skipped": reason}
+    root = settings.lake_root
+    ratings = as_events(read_ratings(folder / "u.data"))
+    items = read_items(folder)
+    users = read_users(folder)
+    item_lines, user_lines = item_jsonl(items), user_jsonl(users)
     days = sorted(ratings["day"].unique())
     for day, group in ratings.groupby("day", sort=True):
-        lines = [
-            _line(
-                {
-                    "event_id": f"ml-{u}-{i}",
-                    "event_time": t,
-                    "user_id": str(u),
-                    "session_id": f"ml-{u}-{day}",
-                    "event_type": e,
-                    "item_id": str(i),
-                }
-            )
-            for u, i, t, e in zip(
-                group["user"], group["item"], group["event_time"], group["event_type"], strict=True
-            )
-        ]
+        lines = event_lines(group, str(day))
         events_file = {"part-00000.jsonl": ("\n".join(lines) + "\n").encode()}
         lake_io.replace_folder(lake.raw_events(root, day), events_file)
         lake_io.replace_folder(lake.raw_items(root, day), {"items.jsonl": item_lines})
