@@ -1,9 +1,12 @@
 """The trigger form of ``recflow_nightly``: one typed, documented, validated Param per knob.
 
 Thin configuration only. Each key that names a ``Settings`` field is applied through ``Settings.from_params``;
-the others (``generate_demo_data``) steer the DAG itself. JSON-schema validation runs when a run is created
-(UI form, REST API, ``airflow dags test -c``, ``dag.test(run_conf=...)``), so a bad value is refused before any task
-starts; cross-field checks run in the first task, ``resolve_settings``, again before any work.
+the others (``schemas.settings.STEERING_PARAMS``: ``generate_demo_data``) steer the DAG itself. JSON-schema
+validation runs when a run is created (UI form, REST API, ``airflow dags test -c``,
+``dag.test(run_conf=...)``), so a bad value is refused before any task starts. Airflow 3 checks only the
+params a DAG declares (an unknown key of the run's conf becomes an extra, unchecked param; there is no option
+to refuse it), so unknown keys and the cross-field checks are refused in the first task, ``resolve_settings``
+(no retries), again before any work.
 """
 
 from __future__ import annotations
@@ -100,6 +103,15 @@ def nightly_params() -> dict[str, Param]:
             100_000_000,
             "Demo events per day",
             "Synthetic raw events per day (generate_demo_data only).",
+        ),
+        "days": _bounded(
+            "days",
+            "integer",
+            1,
+            365,
+            "Demo days",
+            "Days of synthetic logs ending at D, at least the training window plus D "
+            "(generate_demo_data only).",
         ),
         # ---- features --------------------------------------------------------------------------------
         "window_days": _bounded(

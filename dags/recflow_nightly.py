@@ -36,7 +36,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import TriggerRule, dag, get_current_context, task
 
 from jobs.pseudonymise import key_for_spark_job
-from schemas.settings import Settings
+from schemas.settings import Settings, unknown_names
 from storage.spark_jvm import spark_jvm_options
 
 SPARK_POOL = os.environ.get("RECFLOW_SPARK_POOL", "spark")
@@ -120,9 +120,15 @@ def recflow_nightly() -> None:
     @task(multiple_outputs=True, retries=0, execution_timeout=dt.timedelta(minutes=2))
     def resolve_settings() -> dict[str, Any]:
         """Params + the run's date -> one validated Settings, and the spark-submit flags that reproduce it."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         ctx = get_current_context()
-        params = dict(ctx["params"])
         dag_run = ctx["dag_run"]
+        # Airflow validates only the params the DAG declares: an unknown key (a typo) would run on the default
+        problem = unknown_names(getattr(dag_run, "conf", None) or {}, ctx["dag"].params)
+        if problem:
+            raise AirflowFailException(problem)
+        params = dict(ctx["params"])
         run_date = resolve_run_date(params, ctx.get("data_interval_end"), getattr(dag_run, "run_after", None))
         settings = Settings.from_params({**params, "run_date": run_date})  # raises on inconsistent values
         print(

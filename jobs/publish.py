@@ -4,12 +4,14 @@
 
 1. verify every ``staging/<table>/dt=D/run=<id>/`` first: the writer's ``_SUCCESS`` marker, Parquet matching the
    ``schemas.outputs`` contract (names, types, no nulls), at least one row. Nothing moves if any check fails.
-2. then, table by table, the atomic move into ``<table>/dt=D``, ``_PUBLISHED.json`` beside the data and the
-   ``_LATEST`` pointer, which only moves forwards in time (``storage.publish`` says how each step stays atomic).
+2. then, table by table, the atomic move into ``<table>/dt=D`` (the manifest travels with the data as
+   ``_PUBLISHING.json``), its rename to ``_PUBLISHED.json`` and the ``_LATEST`` pointer, which only moves
+   forwards in time (``storage.publish`` says how each step stays atomic).
 
-Rerunning a publish that was killed part-way finishes it (a staging folder with ``_PUBLISHED.json`` is the
-previous copy swapped out by a killed exchange, and is deleted, never published). Two publishes of the same table
-must not run at once (the DAG runs one publish per date at a time).
+Rerunning a publish that was killed part-way finishes it, also on its own (an Airflow retry, nothing
+restaged): a ``dt=D`` holding ``_PUBLISHING.json`` of this run is completed, and a staging folder with
+``_PUBLISHED.json`` is the previous copy swapped out by a killed exchange, and is deleted, never published.
+Two publishes of the same table must not run at once (the DAG runs one publish per date at a time).
 """
 
 from __future__ import annotations
@@ -66,11 +68,15 @@ def verify(staging: str, schema: pa.Schema) -> dict[str, Any]:
 
 
 # ---- publish and read --------------------------------------------------------------------------------------------
-def _plan(root: str, name: str, date: Any, run_id: str) -> dict[str, Any] | None:
-    """The verified summary of a fresh staging copy, or None when this run is already published.
+def _plan(
+    root: str, name: str, date: Any, run_id: str, completed: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The verified summary of a fresh staging copy; the summary of this run's publication that
+    ``storage.publish.recover`` just completed (``completed``, marked ``resumed``); or None when this run is
+    already published.
 
-    A staging folder holding ``_PUBLISHED.json`` is not fresh: it is the previous publication, swapped out by an
-    exchange whose publish was killed before deleting it; it is removed here, never published again.
+    A staging folder holding ``_PUBLISHED.json`` is not fresh: it is the previous publication, swapped out by
+    an exchange whose publish was killed before deleting it; it is removed here, never published again.
     """
     schema, version = CONTRACTS[name]
     staging = lake.staging(root, name, date, run_id)
@@ -80,9 +86,12 @@ def _plan(root: str, name: str, date: Any, run_id: str) -> dict[str, Any] | None
         return {**verify(staging, schema), "schema_version": version}
     if lake_io.exists(staging_path, fs):
         fs.delete_dir(staging_path)
-    manifest = published.read_manifest(fs, final) if lake_io.exists(final, fs) else {"run_id": None}
-    if lake_io.exists(final, fs) and (manifest is None or manifest.get("run_id") == run_id):
-        return None  # a killed publish of this run had already moved it into place
+    manifest = published.read_manifest(fs, final) if lake_io.exists(final, fs) else None
+    if manifest is not None and manifest.get("run_id") == run_id:
+        if completed is not None and completed.get("run_id") == run_id:
+            summary = {key: completed[key] for key in ("rows", "model_versions", "schema_version")}
+            return {**summary, "resumed": True}
+        return None  # a killed publish of this run had already completed it
     raise StagingError(f"{staging}: no staging copy (did the score job run for this date and run id?)")
 
 
@@ -101,10 +110,12 @@ def publish(
     root, date = settings.lake_root, settings.run_date
     run_id = run_id or default_run_id(date)
     partition = f"dt={date.isoformat()}"
+    completed: dict[str, dict[str, Any] | None] = {}
     for name in tables:
         fs, table_path = lake_io.filesystem(lake.table(root, name))
-        published.recover(fs, table_path, partition)
-    plans = {name: _plan(root, name, date, run_id) for name in tables}  # all verified before anything moves
+        completed[name] = published.recover(fs, table_path, partition)
+    # all verified before anything moves
+    plans = {name: _plan(root, name, date, run_id, completed[name]) for name in tables}
     published.crash_point("after_verify")
     summaries: dict[str, Any] = {}
     for name in tables:
@@ -113,14 +124,15 @@ def publish(
         _, table_path = lake_io.filesystem(lake.table(root, name))
         final = f"{table_path}/{partition}"
         summary = plans[name]
-        if summary is not None:
+        if summary is not None and not summary.get("resumed"):
+            manifest = {"table": name, "dt": date.isoformat(), "run_id": run_id, **summary}
+            # moves in with the data (readers skip _ files), so a rerun knows whose partition it finds
+            lake_io.write_text_atomic(
+                f"{staging}/{published.PENDING}", json.dumps(manifest, indent=2, sort_keys=True), fs
+            )
             published.move_into_place(fs, local, staging, table_path, partition)
             published.crash_point("after_move")
-            manifest = {"table": name, "dt": date.isoformat(), "run_id": run_id, **summary}
-            # beside the data; readers skip _ files
-            lake_io.write_text_atomic(
-                f"{final}/{published.MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True), fs
-            )
+            published.complete(fs, final)
         published.crash_point("before_pointer")
         published.write_pointer(fs, f"{table_path}/_LATEST", partition)
         summaries[name] = {
@@ -133,8 +145,9 @@ def publish(
 
 
 def record_manifest(settings: Settings, run_id: str, plans: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """``runs/publish/dt=D``: rows in (verified staging rows; 0 when already published), rows out (the published
-    partitions), users and items of the published recommendations."""
+    """``runs/publish/dt=D``: rows in (verified staging rows, or the rows of a killed publication this run
+    completed; 0 when already published), rows out (the published partitions), users and items of the
+    published recommendations; ``already_published`` and ``resumed`` name the tables of either kind."""
     from storage import manifest as manifests
 
     root, date = settings.lake_root, settings.run_date
@@ -159,6 +172,7 @@ def record_manifest(settings: Settings, run_id: str, plans: dict[str, Any], seco
         seconds,
         publish_run_id=run_id,
         already_published=[name for name, plan in plans.items() if plan is None],
+        resumed=[name for name, plan in plans.items() if plan is not None and plan.get("resumed")],
     )
 
 

@@ -1,9 +1,12 @@
 """The atomic publish of a lake table's partition, and the readers consumers use.
 
-A checked staging folder becomes ``<table>/dt=D`` in one step (:func:`move_into_place`), then ``_PUBLISHED.json``
-is written beside the data and ``<table>/_LATEST`` moves forward (:func:`write_pointer`). Consumers read the
-newest complete partition with :func:`read_latest`. The publish stage (``jobs/publish.py``) decides what to publish;
-this module only moves and reads.
+A checked staging folder gets its manifest as ``_PUBLISHING.json`` and becomes ``<table>/dt=D`` in one
+step (:func:`move_into_place`); then the manifest is renamed to ``_PUBLISHED.json`` (:func:`complete`) and
+``<table>/_LATEST`` moves forward (:func:`write_pointer`). A partition holding ``_PUBLISHING.json`` alone is a
+publication killed after its move: :func:`recover` completes it before anything else touches the partition,
+so a copy swapped out of ``dt=D`` always carries ``_PUBLISHED.json`` and is never taken for a fresh staging
+copy. Consumers read the newest complete partition with :func:`read_latest`. The publish stage
+(``jobs/publish.py``) decides what to publish; this module only moves and reads.
 
 - ``dt=D`` absent (the nightly case): ``rename(staging, dt=D)``, atomic on POSIX and HDFS.
 - ``dt=D`` present (a rerun): on Linux ``renameat2(RENAME_EXCHANGE)`` swaps the two folders atomically, then the
@@ -34,12 +37,24 @@ from storage import lake_io
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "_PUBLISHED.json"
+# the manifest while it travels with the data, until the publication is complete
+PENDING = "_PUBLISHING.json"
 PREVIOUS = "_previous"
 # test hook: kill this process at a named step, as a crash or an OOM-kill would (see tests/test_publish.py)
 CRASH_ENV = "RECFLOW_PUBLISH_CRASH_AT"
+CRASH_POINTS = (
+    "after_verify",
+    "before_rename",
+    "after_exchange",
+    "between_renames",
+    "after_move",
+    "before_pointer",
+)
 
 
 def crash_point(name: str) -> None:
+    if name not in CRASH_POINTS:  # the tests kill at each listed point: an unlisted one would go untested
+        raise ValueError(f"unknown crash point {name!r}")
     if os.environ.get(CRASH_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -69,15 +84,31 @@ def aside_path(table_path: str, partition: str) -> str:
     return f"{table_path}/{PREVIOUS}/{partition}"
 
 
-def recover(fs: pafs.FileSystem, table_path: str, partition: str) -> None:
-    """Repairs a publish killed between its two renames: the aside copy goes back if dt=D is missing."""
+def recover(fs: pafs.FileSystem, table_path: str, partition: str) -> dict[str, Any] | None:
+    """Repairs a publish killed part-way: the aside copy goes back if dt=D is missing (killed between the two
+    renames), and a dt=D that moved in without its ``_PUBLISHED.json`` is completed. Returns the manifest of
+    the publication it completed, if any."""
     aside, final = aside_path(table_path, partition), f"{table_path}/{partition}"
-    if not lake_io.exists(aside, fs):
-        return
-    if lake_io.exists(final, fs):
-        fs.delete_dir(aside)  # the new copy made it in: the aside one is garbage
+    if lake_io.exists(aside, fs):
+        if lake_io.exists(final, fs):
+            fs.delete_dir(aside)  # the new copy made it in: the aside one is garbage
+        else:
+            fs.move(aside, final)
+    return complete(fs, final) if lake_io.exists(final, fs) else None
+
+
+def complete(fs: pafs.FileSystem, folder: str) -> dict[str, Any] | None:
+    """Turns the ``_PUBLISHING.json`` that moved in with the data into ``_PUBLISHED.json`` (one rename);
+    returns that manifest, or None when there was nothing to complete."""
+    pending, manifest = f"{folder}/{PENDING}", f"{folder}/{MANIFEST}"
+    content: dict[str, Any] | None = lake_io.read_json(pending, fs)
+    if content is None:
+        return None
+    if lake_io.exists(manifest, fs):  # a non-atomic move (object stores) was killed half-way: it is done
+        fs.delete_file(pending)
     else:
-        fs.move(aside, final)
+        fs.move(pending, manifest)
+    return content
 
 
 def move_into_place(fs: pafs.FileSystem, local: bool, staging: str, table_path: str, partition: str) -> None:

@@ -3,7 +3,7 @@
 A master and one worker are started from pip's pyspark (``spark-class``) on 127.0.0.1 with free ports; the jobs are
 submitted through the same Airflow hook the DAG's SparkSubmitOperator uses, with the ``spark_default`` connection
 pointed at ``spark://127.0.0.1:<port>`` and the code shipped as a ``--py-files`` zip (as on a real cluster). Both
-daemons are stopped by PID at the end.
+daemons are stopped by PID at the end. The fault test adds a second worker and SIGKILLs it mid-job.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -78,13 +79,35 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
-def _alive_workers(web_port: int) -> int:
+def _json(url: str) -> Any:
+    """A Spark web UI's JSON (master, worker, or a driver's REST API); None while it does not answer."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/json/", timeout=3) as response:
-            state = json.load(response)
-    except OSError:
-        return 0
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return json.load(response)
+    except (OSError, ValueError):
+        return None
+
+
+def _alive_workers(web_port: int) -> int:
+    state = _json(f"http://127.0.0.1:{web_port}/json/") or {}
     return sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
+
+
+def _worker_args(master: str, web_port: int, work_dir: Path) -> list[str]:
+    return [
+        "org.apache.spark.deploy.worker.Worker",
+        master,
+        "--host",
+        "127.0.0.1",
+        "--cores",
+        "1",
+        "--memory",
+        "2g",
+        "--webui-port",
+        str(web_port),
+        "--work-dir",
+        str(work_dir),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -118,22 +141,7 @@ def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         env,
     )
     worker = _start(
-        [
-            "org.apache.spark.deploy.worker.Worker",
-            f"spark://127.0.0.1:{port}",
-            "--host",
-            "127.0.0.1",
-            "--cores",
-            "1",
-            "--memory",
-            "2g",
-            "--webui-port",
-            str(worker_web_port),
-            "--work-dir",
-            str(work / "worker"),
-        ],
-        work / "worker.log",
-        env,
+        _worker_args(f"spark://127.0.0.1:{port}", worker_web_port, work / "worker"), work / "worker.log", env
     )
     try:
         deadline = time.monotonic() + 120
@@ -154,8 +162,16 @@ def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         _stop(master)
 
 
-def _submit(stage: str, settings: Any, cluster: dict[str, Any], py_files: str) -> float:
-    """spark-submit ``jobs/<stage>.py`` through the provider's hook, exactly as the DAG's operator does."""
+def _hook(
+    stage: str,
+    settings: Any,
+    cluster: dict[str, Any],
+    py_files: str,
+    cores: int = 1,
+    conf: dict[str, str] | None = None,
+    name: str = "cluster-test",
+) -> Any:
+    """The provider's hook for ``jobs/<stage>.py``, configured as the DAG's operator configures it."""
     from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
     from storage.spark_jvm import spark_jvm_options
@@ -165,18 +181,25 @@ def _submit(stage: str, settings: Any, cluster: dict[str, Any], py_files: str) -
         conn_id="spark_default",
         application_args=settings.to_cli(),
         py_files=py_files,
-        name=f"recflow-{stage}-cluster-test",
+        name=f"recflow-{stage}-{name}",
         spark_binary=str(BIN / "spark-submit"),
-        total_executor_cores=1,
+        total_executor_cores=cores,
         executor_memory="1g",
         driver_memory="1g",
         conf={
             "spark.log.level": "WARN",
             "spark.driver.extraJavaOptions": jvm_options,
             "spark.executor.extraJavaOptions": jvm_options,
+            **(conf or {}),
         },
     )
     assert hook._connection["master"] == cluster["master"], "the connection must select the cluster"
+    return hook
+
+
+def _submit(stage: str, settings: Any, cluster: dict[str, Any], py_files: str) -> float:
+    """spark-submit ``jobs/<stage>.py`` through the provider's hook, exactly as the DAG's operator does."""
+    hook = _hook(stage, settings, cluster, py_files)
     started = time.monotonic()
     hook.submit(str(REPO / "jobs" / f"{stage}.py"))
     return time.monotonic() - started
@@ -245,3 +268,133 @@ def test_spark_stages_run_on_standalone_cluster(
             f"{stage} did not run on the cluster: {names}"
         )
     print(f"cluster stage seconds: {seconds}")
+
+
+def _group_gone(pgid: int, timeout: float = 15.0) -> bool:
+    """Whether no process of group ``pgid`` is left (waits up to ``timeout`` for orphans to be reaped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+
+
+def _raw_lines(root: str, ds: str) -> int:
+    from schemas import lake
+
+    return sum(len(p.read_bytes().splitlines()) for p in Path(lake.raw_events(root, ds)).glob("part-*.jsonl"))
+
+
+def test_a_worker_killed_mid_job_does_not_fail_the_job(
+    spark_cluster: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second worker joins, clean runs with an executor on each, and the second worker (with the executor it
+    launched: its whole process group, as when a machine goes) is SIGKILLed while that executor runs a task,
+    after it finished one. Spark redoes the lost work on the surviving executor; the job exits 0 and
+    reconciles."""
+    from recflow_nightly import py_files_for, spark_master
+
+    from demo import generate
+    from schemas import lake
+    from schemas.settings import Settings
+    from storage import lake_io
+
+    for key in ("SPARK_HOME", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"):
+        monkeypatch.setenv(key, spark_cluster["env"][key])
+    host, port = spark_cluster["master"].rsplit(":", 1)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SPARK_DEFAULT", json.dumps({"conn_type": "spark", "host": host, "port": int(port)})
+    )
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow_home"))
+    settings = Settings.load({**TINY, "lake_root": str(tmp_path / "lake")}, env={})
+    generate.main(settings.to_cli())
+    py_files = py_files_for(spark_master(), tmp_path / "py_files")
+    assert py_files
+
+    web = spark_cluster["web_port"]
+    second_web_port = _free_port()
+    second = _start(
+        _worker_args(spark_cluster["master"], second_web_port, tmp_path / "worker2"),
+        tmp_path / "worker2.log",
+        spark_cluster["env"],
+    )
+    driver: subprocess.Popen[bytes] | None = None
+    driver_log = tmp_path / "driver.log"
+    killed: dict[str, Any] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while _alive_workers(web) < 2:
+            assert second.poll() is None, (tmp_path / "worker2.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the second worker did not register with the master"
+            time.sleep(1)
+
+        hook = _hook("clean", settings, spark_cluster, py_files, cores=2, name="fault-test")
+        command = hook._build_spark_submit_command(str(REPO / "jobs" / "clean.py"))
+        started = time.monotonic()
+        with open(driver_log, "wb") as out:
+            driver = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        # the second worker's executor logs each task it starts and finishes (executors log at INFO whatever
+        # the driver's level). Once it has finished one (its shuffle output lives there) and is running
+        # another, kill that worker: both must be redone elsewhere
+        deadline = time.monotonic() + 240
+        while not killed:
+            if driver.poll() is not None:
+                pytest.fail(
+                    f"clean ended before the worker could be killed:\n{driver_log.read_text()[-3000:]}"
+                )
+            assert time.monotonic() < deadline, "the second worker's executor never ran a task"
+            for stderr in (tmp_path / "worker2").glob("app-*/*/stderr"):
+                text = stderr.read_text(errors="replace")
+                started_tids = set(re.findall(r"Running task .* \(TID (\d+)\)", text))
+                finished_tids = set(re.findall(r"Finished task .* \(TID (\d+)\)", text))
+                if finished_tids and started_tids - finished_tids:
+                    os.killpg(second.pid, signal.SIGKILL)  # the worker and the executor it launched
+                    killed = {
+                        "after": time.monotonic() - started,
+                        "finished": len(finished_tids),
+                        "running": sorted(started_tids - finished_tids, key=int),
+                    }
+                    break
+            time.sleep(0.1)
+        assert driver.poll() is None, "the job must still be running when its worker dies"
+        returncode = driver.wait(timeout=300)
+        seconds = time.monotonic() - started
+    finally:
+        if driver is not None and driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=30)
+        _stop(second)
+    log = driver_log.read_text(errors="replace")
+    assert returncode == 0, f"clean failed after losing a worker:\n{log[-4000:]}"
+    assert _group_gone(second.pid), "the killed worker's executor outlived it"
+    assert "Lost executor" in log, "the driver never noticed the lost executor"
+    print(
+        f"killed the second worker {killed['after']:.1f} s into clean, its executor had finished "
+        f"{killed['finished']} tasks and was running TIDs {killed['running']}; "
+        f"clean finished in {seconds:.0f} s"
+    )
+
+    # every cleaned day reconciles: raw lines = clean + quarantined + duplicates dropped, read from the lake
+    days = [d.isoformat() for d in (*settings.window_dates(), settings.run_date)]
+    for ds in days:
+        manifest = json.loads(Path(lake.run_manifest(settings.lake_root, "clean", ds)).read_text())
+        counts = manifest["counts"]
+        assert counts["raw_events"] == _raw_lines(settings.lake_root, ds) > 0, ds
+        assert counts["clean_events"] == lake_io.count_rows(
+            lake.partition(settings.lake_root, lake.CLEAN_EVENTS, ds)
+        )
+        assert counts["raw_events"] == (
+            counts["clean_events"] + counts["quarantined_events"] + counts["duplicates_dropped"]
+        ), counts
+        assert manifest["reconciliation"]["ok"] is True

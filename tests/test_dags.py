@@ -164,7 +164,7 @@ def test_params_reject_bad_values(nightly: Any, bad: dict[str, Any]) -> None:
 
 
 def test_params_accept_good_values_and_map_onto_settings(nightly: Any) -> None:
-    from schemas.settings import Settings
+    from schemas.settings import STEERING_PARAMS, Settings
 
     params = copy.deepcopy(nightly.params)
     params.update({"top_n": 7, "scenario": "news", "run_date": "2026-01-10", "encoder": "lstm"})
@@ -177,8 +177,9 @@ def test_params_accept_good_values_and_map_onto_settings(nightly: Any) -> None:
         "lstm",
     )
     names = {f for f in Settings.__dataclass_fields__}
-    steering_only = {"generate_demo_data"}
-    assert set(resolved) - names == steering_only, "every other param must be a Settings field"
+    assert set(resolved) - names == {"generate_demo_data"} == set(STEERING_PARAMS), (
+        "every other param must be a Settings field"
+    )
 
 
 def test_params_cover_the_trainers_encoders() -> None:
@@ -211,6 +212,54 @@ def test_bad_run_conf_fails_before_any_task(
     with pytest.raises(ParamValidationError):
         nightly.test(logical_date=dt.datetime(2026, 1, 5, tzinfo=dt.UTC), run_conf={"top_n": -3})
     assert not (tmp_path / "lake").exists(), "a rejected run must not have written anything"
+
+
+def test_settings_from_params_refuses_unknown_keys_naming_the_valid_ones() -> None:
+    from schemas.settings import Settings
+
+    with pytest.raises(ValueError, match="top_nn") as refused:
+        Settings.from_params({"top_nn": 5, "users": 10})
+    assert "did you mean 'top_n'" in str(refused.value) and "window_days" in str(refused.value)
+    # the DAG's steering-only params are no settings, and are not refused
+    settings = Settings.from_params({"top_n": 5, "generate_demo_data": True, "run_date": "2026-01-10"})
+    assert (settings.top_n, settings.ds) == (5, "2026-01-10")
+
+
+@pytest.mark.parametrize("how", ["dag.test", "cli"])
+def test_an_unknown_param_fails_the_run_at_once_naming_the_valid_ones(
+    nightly: Any,
+    airflow_db: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    how: str,
+) -> None:
+    """Airflow validates only the params a DAG declares, so a typo would run the night on the default."""
+    lake_root = tmp_path / "lake"
+    monkeypatch.setenv("RECFLOW_LAKE_ROOT", str(lake_root))
+    conf = {"top_nn": 5, "epochs": 1}
+    if how == "dag.test":
+        dag_run = nightly.test(logical_date=dt.datetime(2026, 1, 5, tzinfo=dt.UTC), run_conf=conf)
+        states = _states(dag_run)
+        assert states["resolve_settings"] == "failed", states
+        assert states["validate_raw"] == "upstream_failed" and states["clean"] == "upstream_failed"
+        assert str(dag_run.state) == "failed"
+        ti = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "resolve_settings")
+        assert ti.try_number == 1, "refused at once, not retried"
+        output = "".join(capfd.readouterr())
+    else:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "airflow"), "dags", "test", "-c", json.dumps(conf)]
+            + ["recflow_nightly", "2026-01-06"],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ),
+            timeout=300,
+        )
+        output = done.stdout + done.stderr
+    assert "unknown param 'top_nn' (did you mean 'top_n'?)" in output, output[-3000:]
+    assert "valid params:" in output and "generate_demo_data" in output and "window_days" in output
+    assert not (lake_root / "clean").exists(), "no stage may have run"
 
 
 # ---- end to end ------------------------------------------------------------------------------------------
@@ -327,3 +376,74 @@ def test_a_moved_lake_root_releases_the_old_asset_uris_for_a_run_without_schedul
     with sqlite3.connect(home / "airflow.db") as db:
         active = sorted(db.execute("SELECT name, uri FROM asset_active").fetchall())
     assert active == [("someone_elses", "file:///old/lake/theirs")]
+
+
+# ---- the local UI harness --------------------------------------------------------------------------------
+def _busy_port() -> Any:
+    import socket
+
+    busy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    return busy
+
+
+def test_make_ui_on_a_busy_port_fails_at_once_naming_the_port(tmp_path: Path) -> None:
+    import time
+
+    from tools.local_airflow import airflow_env, stop_processes
+
+    env = {**airflow_env(), "AIRFLOW_HOME": str(tmp_path / "airflow_home")}
+    with _busy_port() as busy:
+        port = busy.getsockname()[1]
+        env["RECFLOW_UI_PORT"] = str(port)
+        started = time.monotonic()
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "tools.local_airflow", "ui"],
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            stop_processes(env)  # whatever a start that got further left behind, by its recorded PIDs
+        seconds = time.monotonic() - started
+    assert done.returncode != 0
+    assert seconds < 15, f"took {seconds:.0f} s to give up"
+    assert f"port {port} on 127.0.0.1 is already in use" in done.stderr and "RECFLOW_UI_PORT" in done.stderr
+
+
+def test_an_api_server_that_dies_on_start_ends_the_wait_at_once(airflow_db: str, tmp_path: Path) -> None:
+    """The port was free when checked and taken before the api-server bound it: its exit, not a 3-minute
+    timeout, ends the wait, with the port and the log's last lines."""
+    import time
+
+    from tools.local_airflow import airflow_bin, airflow_env, ui_processes, wait_for_ui
+
+    env = airflow_env()
+    with _busy_port() as busy:
+        port = busy.getsockname()[1]
+        command = dict(ui_processes(port))["api-server"]
+        with open(tmp_path / "api-server.log", "wb") as log:
+            server = subprocess.Popen(
+                [airflow_bin(), *command],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started = time.monotonic()
+        try:
+            with pytest.raises(SystemExit) as failed:
+                wait_for_ui(port, timeout=150, watch={"api-server": server}, log_dir=tmp_path)
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, 9)
+            server.wait(timeout=30)
+        seconds = time.monotonic() - started
+    message = str(failed.value)
+    assert f"port {port} on 127.0.0.1 is in use" in message and "RECFLOW_UI_PORT" in message
+    assert "address already in use" in message  # the log's last lines
+    assert seconds < 100, f"took {seconds:.0f} s to notice"

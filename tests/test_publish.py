@@ -222,3 +222,80 @@ def test_a_killed_publish_leaves_the_previous_publication_complete(
     assert pointer(tmp_lake) == f"dt={new_date.isoformat()}"
     assert not any(Path(lake.table(tmp_lake, lake.RECOMMENDATIONS), published.PREVIOUS).glob("*"))
     assert not Path(lake.staging(tmp_lake, lake.RECOMMENDATIONS, new_date, "r2")).exists()
+
+
+# every crash point, each where the publish reaches it: (step, exchange, same_date)
+KILLS = [
+    ("after_verify", True, False),
+    ("after_verify", True, True),
+    ("before_rename", True, False),
+    ("after_exchange", True, True),
+    ("between_renames", False, True),
+    ("after_move", True, False),
+    ("after_move", True, True),
+    ("after_move", False, True),
+    ("before_pointer", True, False),
+    ("before_pointer", True, True),
+]
+
+
+def test_the_kills_cover_every_crash_point() -> None:
+    assert {step for step, _, _ in KILLS} == set(published.CRASH_POINTS)
+
+
+@pytest.mark.parametrize(("step", "exchange", "same_date"), KILLS)
+def test_a_plain_rerun_after_a_killed_publish_completes_the_publication(
+    tmp_lake: str, step: str, exchange: bool, same_date: bool
+) -> None:
+    """A retry of the publish task alone (same run id, nothing restaged) ends what the killed one began."""
+    stage(tmp_lake, DAY1, "r1", recommendations("v1", users=4))
+    publish.publish(settings_for(tmp_lake, DAY1), run_id="r1")
+    new_date = DAY1 if same_date else DAY2
+    new = recommendations("v2", users=2)
+    stage(tmp_lake, new_date, "r2", new, similar("v2"))
+
+    assert run_publish_killed_at(tmp_lake, new_date, "r2", step, exchange) == -signal.SIGKILL
+    assert run_publish_killed_at(tmp_lake, new_date, "r2", "none", exchange) == 0  # the plain rerun
+
+    for name, rows in ((lake.RECOMMENDATIONS, new.num_rows), (lake.SIMILAR_ITEMS, similar("v2").num_rows)):
+        final = Path(lake.partition(tmp_lake, name, new_date))
+        manifest = json.loads((final / published.MANIFEST).read_text())
+        assert (manifest["run_id"], manifest["rows"], manifest["model_versions"]) == ("r2", rows, ["v2"]), (
+            name
+        )
+        assert sorted(p.name for p in final.glob("_*")) == [published.MANIFEST, published.SUCCESS], name
+        assert pointer(tmp_lake, name) == f"dt={new_date.isoformat()}"
+        assert published.read_latest(tmp_lake, name).num_rows == rows
+        assert not any(Path(lake.table(tmp_lake, name), published.PREVIOUS).glob("*"))
+        assert not any(Path(lake.staging(tmp_lake, name, new_date, "r2")).parent.glob("*")), name
+    assert sorted_rows(published.read_latest(tmp_lake)) == sorted_rows(new)
+    run = json.loads(Path(lake.run_manifest(tmp_lake, "publish", new_date)).read_text())
+    assert run["publish_run_id"] == "r2"
+    assert run["counts"]["rows_out"] == new.num_rows + similar("v2").num_rows
+    assert run["counts"]["recommendations_rows"] == new.num_rows and run["counts"]["users"] == 2
+    # only a table whose _PUBLISHED.json the killed publish had written counts as already published
+    done_before = [lake.RECOMMENDATIONS] if step == "before_pointer" else []
+    assert run["already_published"] == done_before
+    assert run["counts"]["rows_in"] == sum(
+        rows
+        for name, rows in ((lake.RECOMMENDATIONS, new.num_rows), (lake.SIMILAR_ITEMS, similar("v2").num_rows))
+        if name not in done_before
+    )
+
+
+def test_a_partition_left_unfinished_is_completed_before_a_republish_swaps_it_out(tmp_lake: str) -> None:
+    """Killed after its move, then restaged and killed after the exchange: the swapped-out copy must be known
+    as the old one, not published back."""
+    stage(tmp_lake, DAY1, "r1", recommendations("v1", users=4))
+    publish.publish(settings_for(tmp_lake, DAY1), run_id="r1")
+    stage(tmp_lake, DAY1, "r2", recommendations("v2", users=3))
+    assert run_publish_killed_at(tmp_lake, DAY1, "r2", "after_move") == -signal.SIGKILL
+    newest = recommendations("v3", users=2)
+    stage(tmp_lake, DAY1, "r2", newest)  # the score job reran
+    assert run_publish_killed_at(tmp_lake, DAY1, "r2", "after_exchange") == -signal.SIGKILL
+    publish.publish(settings_for(tmp_lake, DAY1), run_id="r2")
+    assert sorted_rows(published.read_latest(tmp_lake)) == sorted_rows(newest)
+    manifest = json.loads(
+        (Path(lake.partition(tmp_lake, lake.RECOMMENDATIONS, DAY1)) / published.MANIFEST).read_text()
+    )
+    assert manifest["model_versions"] == ["v3"]

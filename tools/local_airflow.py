@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,15 +30,28 @@ from schemas.settings import REPO_ROOT
 from scoring.allocator import allocator_env
 
 LOCAL_SPARK_CONN = json.dumps({"conn_type": "spark", "host": "local[*]"})
-UI_HOST, UI_PORT = "127.0.0.1", int(os.environ.get("RECFLOW_UI_PORT", "8080"))
+PORT_ENV = "RECFLOW_UI_PORT"
+UI_HOST, UI_PORT = "127.0.0.1", int(os.environ.get(PORT_ENV) or "8080")
 UI_USER = "admin"
 SPARK_POOL, SPARK_POOL_SLOTS = "spark", 1  # one Spark job at a time fits a 2-core machine
-# (name, command); the triggerer is left out: no recflow task defers
-UI_PROCESSES = (
-    ("api-server", ["api-server", "-H", UI_HOST, "-p", str(UI_PORT)]),
-    ("scheduler", ["scheduler", "--skip-serve-logs"]),
-    ("dag-processor", ["dag-processor"]),
-)
+
+
+def ui_processes(port: int) -> tuple[tuple[str, list[str]], ...]:
+    """(name, command) of each process `ui` starts; the triggerer is left out: no recflow task defers."""
+    return (
+        ("api-server", ["api-server", "-H", UI_HOST, "-p", str(port)]),
+        ("scheduler", ["scheduler", "--skip-serve-logs"]),
+        ("dag-processor", ["dag-processor"]),
+    )
+
+
+UI_PROCESSES = ui_processes(UI_PORT)
+LOG_TAIL_LINES = 15
+
+
+def ui_port(env: dict[str, str]) -> int:
+    """The api-server's port: ``RECFLOW_UI_PORT`` of ``env``, else 8080."""
+    return int(env.get(PORT_ENV) or "8080")
 
 
 # SQLite metadata DB: every local Airflow process waits up to 60 s for a write lock instead of sqlite3's 5 s (on a
@@ -59,7 +73,7 @@ def airflow_env(repo: Path = REPO_ROOT) -> dict[str, str]:
     env.setdefault("AIRFLOW__CORE__PARALLELISM", "4")
     env.setdefault("AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG", "2")
     env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", f"{UI_USER}:admin")
-    env.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://{UI_HOST}:{UI_PORT}/execution/")
+    env.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://{UI_HOST}:{ui_port(env)}/execution/")
     env.setdefault("AIRFLOW_CONN_SPARK_DEFAULT", LOCAL_SPARK_CONN)
     if env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "sqlite").startswith("sqlite"):
         env.setdefault(
@@ -180,17 +194,57 @@ def ui_password(env: dict[str, str]) -> str | None:
         return None
 
 
-def wait_for_ui(timeout: float = 180.0) -> bool:
+def port_is_free(port: int, host: str = UI_HOST) -> bool:
+    """Whether ``host:port`` can be bound now (as the api-server will bind it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a TIME_WAIT port is free
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_for_ui(
+    port: int = UI_PORT,
+    timeout: float = 180.0,
+    watch: dict[str, subprocess.Popen[bytes]] | None = None,
+    log_dir: Path | None = None,
+) -> bool:
+    """True once the api-server answers on ``port``, False after ``timeout``. A process of ``watch``
+    (``{name: Popen}``) that exits meanwhile ends the wait at once with a SystemExit naming it, the port and
+    its log's last lines (e.g. the api-server's "address already in use")."""
     deadline = time.monotonic() + timeout
-    url = f"http://{UI_HOST}:{UI_PORT}/api/v2/monitor/health"
+    url = f"http://{UI_HOST}:{port}/api/v2/monitor/health"
     while time.monotonic() < deadline:
+        for name, proc in (watch or {}).items():
+            if proc.poll() is not None:
+                log = (log_dir or Path(".")) / f"{name}.log"
+                in_use = "address already in use" in log_tail(log, 200)
+                hint = (
+                    f"port {port} on {UI_HOST} is in use: stop what holds it, "
+                    f"or set {PORT_ENV} to a free port"
+                    if in_use
+                    else f"see {log}"
+                )
+                raise SystemExit(
+                    f"the Airflow {name} exited (code {proc.returncode}) while starting on {UI_HOST}:{port}: "
+                    f"{hint}\nlast lines of {log}:\n{log_tail(log)}"
+                )
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 if response.status == 200:
                     return True
         except (urllib.error.URLError, OSError):
             pass
-        time.sleep(2)
+        time.sleep(1)
     return False
 
 
@@ -200,6 +254,7 @@ def start_processes(env: dict[str, str], parallelism: int = 2) -> dict[str, int]
     (the scheduler's task processes need the API server: Airflow 3 tasks talk to the Execution API)."""
     env = dict(env)
     env["AIRFLOW__CORE__PARALLELISM"] = str(parallelism)  # a 2-core machine: two task processes at most
+    port = ui_port(env)
     pids = _pid_dir(env)
     pids.mkdir(parents=True, exist_ok=True)
     running = {
@@ -209,13 +264,19 @@ def start_processes(env: dict[str, str], parallelism: int = 2) -> dict[str, int]
     }
     if running:
         raise SystemExit(f"already running: {running}; `make ui-stop` first")
+    if not port_is_free(port):  # before the DB migration: the api-server would only die on it minutes later
+        raise SystemExit(
+            f"port {port} on {UI_HOST} is already in use (another Airflow UI or another program): stop it, "
+            f"or choose another port with {PORT_ENV}=<port>"
+        )
     ensure_airflow_db(env)
     ensure_spark_pool(env)
     log_dir = Path(env["AIRFLOW_HOME"]) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     started: dict[str, int] = {}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for name, args in UI_PROCESSES:
+        for name, args in ui_processes(port):
             with open(log_dir / f"{name}.log", "ab") as log:
                 proc = subprocess.Popen(
                     [airflow_bin(), *args],
@@ -227,10 +288,12 @@ def start_processes(env: dict[str, str], parallelism: int = 2) -> dict[str, int]
                 )
             (pids / f"{name}.pid").write_text(f"{proc.pid}\n")
             started[name] = proc.pid
+            procs[name] = proc
         print(f"started {started}; logs in {log_dir}", flush=True)
-        if not wait_for_ui():
+        if not wait_for_ui(port, watch=procs, log_dir=log_dir):
             raise SystemExit(
-                f"the API server did not answer on {UI_HOST}:{UI_PORT}: see {log_dir}/api-server.log"
+                f"the API server did not answer on {UI_HOST}:{port} ({PORT_ENV}): "
+                f"see {log_dir}/api-server.log"
             )
     except BaseException:  # a failed start or Ctrl-C while waiting: nothing of ours is left running
         stop_processes(env, started)
@@ -242,7 +305,7 @@ def start_ui(env: dict[str, str] | None = None, parallelism: int = 2) -> dict[st
     """Start the UI processes (:func:`start_processes`) and print the URL and the login."""
     env = dict(env or airflow_env())
     started = start_processes(env, parallelism)
-    print(f"\nAirflow UI: http://{UI_HOST}:{UI_PORT}/")
+    print(f"\nAirflow UI: http://{UI_HOST}:{ui_port(env)}/")
     print(f"login:      {UI_USER} / {ui_password(env) or '(see ' + str(passwords_file(env)) + ')'}")
     print("stop with:  make ui-stop")
     return started
@@ -402,10 +465,8 @@ def backfill(
             flush=True,
         )
         subprocess.run(create, env=env, check=True)
-        print(
-            f"watch it at http://{UI_HOST}:{UI_PORT}/dags/{DAG_ID} (login {UI_USER} / {ui_password(env)})",
-            flush=True,
-        )
+        url = f"http://{UI_HOST}:{ui_port(env)}/dags/{DAG_ID}"
+        print(f"watch it at {url} (login {UI_USER} / {ui_password(env)})", flush=True)
         deadline = time.monotonic() + timeout
         seen: dict[str, str] = {}
         while True:
