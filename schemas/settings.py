@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import difflib
 import os
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,23 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("ecommerce", "news")
 SOFTMAX_KINDS = ("sampled", "full")
 ENV_PREFIX = "RECFLOW_"
+# DAG params that steer the DAG itself and are no setting: Settings.from_params accepts and ignores them
+STEERING_PARAMS = ("generate_demo_data",)
+
+
+def unknown_names(given: Iterable[str], valid: Iterable[str], kind: str = "param") -> str | None:
+    """The message refusing the names of ``given`` that are not in ``valid`` (with the closest valid name for
+    each, and every valid one), or None when all are valid."""
+    known = sorted(set(valid))
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return None
+    named = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        named.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    plural = "s" if len(unknown) > 1 else ""
+    return f"unknown {kind}{plural} {', '.join(named)}; valid {kind}s: {', '.join(known)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,9 +160,13 @@ class Settings:
         return cls(**values)
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> Settings:
-        """From Airflow params: keys that are settings fields are applied, others (UI-only params) ignored."""
+    def from_params(cls, params: Mapping[str, Any], steering: Iterable[str] = STEERING_PARAMS) -> Settings:
+        """From Airflow params: every key must be a settings field (applied) or a steering param (ignored); an
+        unknown key, e.g. a typo, is refused rather than leaving its setting at the default."""
         names = {f.name for f in dataclasses.fields(cls)}
+        problem = unknown_names(params, names | set(steering))
+        if problem:
+            raise ValueError(problem)
         return cls.load({k: v for k, v in params.items() if k in names})
 
     @classmethod
