@@ -217,6 +217,12 @@ def to_markdown(summary: dict[str, Any]) -> str:
     lines += ["", "## Promotion", ""]
     gate = summary.get("gate")
     lines.append(f"- gate decision: `{json.dumps(gate, default=str)}`" if gate else "- gate did not run")
+    test = (gate or {}).get("significance")
+    if test:
+        lines.append(
+            f"- lead over production ({test['metric']}): {test['lead']:+.4f}, {test['confidence']:.0%} CI "
+            f"[{test['ci_low']:+.4f}, {test['ci_high']:+.4f}] over {test['users']} users"
+        )
     production = summary.get("production")
     lines.append(
         f"- production model: `{json.dumps(production, default=str)}`"

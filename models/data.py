@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -331,11 +331,19 @@ def _set_examples(
 
 
 def make_dataset(
-    data: TrainingData, objective: str, shape: ExampleShape, batch_size: int, holdout: float, seed: int
+    data: TrainingData,
+    objective: str,
+    shape: ExampleShape,
+    batch_size: int,
+    holdout: float,
+    seed: int,
+    epoch_of: Callable[[], int] | None = None,
 ) -> tuple[tf.data.Dataset, int]:
     """A ``tf.data.Dataset`` of dict batches; each pass (epoch) reshuffles and, for ``set``, redraws the holdout.
 
-    Returns (dataset, batches per epoch).
+    ``epoch_of``: the epoch the pass starting now belongs to (training's epoch counter). The pass is then a
+    function of (seed, epoch) alone, so a training resumed in epoch e sees epoch e's batches in the order the
+    interrupted one did; without it passes are numbered as they start. Returns (dataset, batches per epoch).
     """
     import tensorflow as tf
 
@@ -348,7 +356,8 @@ def make_dataset(
     epoch_counter = [0]
 
     def generate() -> Iterator[dict[str, np.ndarray]]:
-        rng = np.random.default_rng([seed, epoch_counter[0]])
+        # epoch e is pass e + 1: pass 0 is the batch that builds the model before training (models.train)
+        rng = np.random.default_rng([seed, epoch_counter[0] if epoch_of is None else epoch_of() + 1])
         epoch_counter[0] += 1
         arrays = fixed if fixed is not None else _set_examples(data, shape, holdout, rng)
         order = rng.permutation(rows)

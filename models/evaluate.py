@@ -4,7 +4,9 @@ For run date D: users active on D (``features/validation/dt=D``) get top K from 
 items of ``features/items/dt=D`` (what scoring may recommend), excluding the items they had in the window; their
 items on D are the relevant set. Metrics (``models.metrics``) overall, for cold users (fewer than
 ``COLD_HISTORY_BELOW`` items in the window) and for warm users, go to ``metrics/dt=D`` (schema
-``schemas.outputs.METRIC``) and to an HTML report with PNG plots under ``reports/dt=D/``.
+``schemas.outputs.METRIC``) and to an HTML report with PNG plots under ``reports/dt=D/``. The per-user values
+behind the overall means go to ``metrics_per_user/dt=D`` (``schemas.outputs.USER_METRIC``): the gate tests a
+candidate's lead over production on them, and the report shows each candidate's lead with its interval.
 
 ``topk_for`` is the one way to get top K from any model through the scoring contract: blocked matrix product of
 user and item embeddings (:class:`scoring.dot_scores.CatalogueProduct`), exclusion, then ``tf.math.top_k`` per
@@ -16,17 +18,17 @@ from __future__ import annotations
 import html
 import io
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from models import metrics, registry
+from models import gate, metrics, registry
 from models.data import load_profiles
 from schemas import features as feature_schemas
 from schemas import lake
-from schemas.outputs import METRIC
+from schemas.outputs import METRIC, USER_METRIC
 from schemas.settings import Settings
 from storage import lake_io
 
@@ -199,6 +201,7 @@ def evaluate(settings: Settings, model_dirs: Sequence[str]) -> dict[str, Any]:
         entries.append((production["path"], "production"))
     results = []
     topks: dict[str, np.ndarray] = {}
+    per_user: list[tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]] = []
     for folder, forced_role in entries:
         try:
             model = LoadedModel(folder)
@@ -211,18 +214,19 @@ def evaluate(settings: Settings, model_dirs: Sequence[str]) -> dict[str, Any]:
         is_production = production is not None and folder == production.get("path")
         label = f"{meta['name']}/{meta['version']}"
         topks[meta["name"] + (" (prod)" if is_production else "")] = top
-        results.append(
-            {
-                "name": meta["name"],
-                "version": meta["version"],
-                "path": folder,
-                "kind": meta.get("kind", "unknown"),
-                "role": forced_role or _role(meta),
-                "is_production": is_production,
-                "metrics": segments,
-                "train_seconds": meta.get("train_seconds"),
-            }
-        )
+        entry = {
+            "name": meta["name"],
+            "version": meta["version"],
+            "path": folder,
+            "kind": meta.get("kind", "unknown"),
+            "role": forced_role or _role(meta),
+            "is_production": is_production,
+            "metrics": segments,
+            "train_seconds": meta.get("train_seconds"),
+        }
+        results.append(entry)
+        rows, values = metrics.per_user_ranking(top, data["relevant"])
+        per_user.append((entry, np.asarray(data["users"]["user_idx"], np.int64)[rows], values))
         if not forced_role:
             registry.record_metrics(folder, {"run_date": settings.ds, "k": k, **segments})
         log.info("%s: %s", label, {m: round(v, 4) for m, v in segments["all"].items()})
@@ -243,9 +247,11 @@ def evaluate(settings: Settings, model_dirs: Sequence[str]) -> dict[str, Any]:
         "validation_users": len(data["relevant"]),
         "cold_users": int(np.sum(data["cold"])),
     }
+    compare_with_production(settings, per_user)
     result["metrics_path"] = lake_io.write_partition(
         metric_rows(results), settings.lake_root, lake.METRICS, settings.ds, METRIC
     )
+    result["per_user_path"] = write_per_user(settings, per_user_rows(per_user))
     result["report"] = write_report(settings, result, topks, data["item_counts"])
     return result
 
@@ -267,6 +273,48 @@ def metric_rows(results: Sequence[Mapping[str, Any]]) -> pa.Table:
                 rows["value"].append(float(value))
                 rows["users"].append(users)
     return pa.table(rows, schema=METRIC)
+
+
+def per_user_rows(
+    entries: Iterable[tuple[Mapping[str, Any], np.ndarray, Mapping[str, np.ndarray]]],
+) -> pa.Table:
+    """USER_METRIC rows from (model entry, user_idx of its users, per-user values by metric name)."""
+    columns: dict[str, list[Any]] = {name: [] for name in USER_METRIC.names}
+    for entry, users, values in entries:
+        role = "production" if entry["is_production"] else entry["role"]
+        for metric, per_user in values.items():
+            n = len(users)
+            columns["model"] += [entry["name"]] * n
+            columns["model_version"] += [entry["version"]] * n
+            columns["role"] += [role] * n
+            columns["user_idx"].append(np.asarray(users, np.int64))
+            columns["metric"] += [metric] * n
+            columns["k"] += [_k_of(metric)] * n
+            columns["value"].append(np.asarray(per_user, np.float64))
+    for name in ("user_idx", "value"):
+        columns[name] = np.concatenate(columns[name]) if columns[name] else []  # type: ignore[assignment]
+    return pa.table(columns, schema=USER_METRIC)
+
+
+def write_per_user(settings: Settings, table: pa.Table) -> str:
+    """Replace ``metrics_per_user/dt=D``; returns its path (what the gate reads)."""
+    return lake_io.write_partition(table, settings.lake_root, lake.USER_METRICS, settings.ds, USER_METRIC)
+
+
+def compare_with_production(
+    settings: Settings, per_user: Sequence[tuple[dict[str, Any], np.ndarray, Mapping[str, np.ndarray]]]
+) -> None:
+    """Each candidate's lead over production on the gate metric with its interval (``vs_production``), the
+    test the gate applies to the best of them."""
+    metric = settings.gate_metric
+    production = next((p for p in per_user if p[0]["is_production"]), None)
+    if production is None or not gate.is_per_user(metric):
+        return
+    for entry, users, values in per_user:
+        if entry is not production[0] and metric in values and metric in production[2]:
+            entry["vs_production"] = gate.lead_test(
+                (users, values[metric]), (production[1], production[2][metric]), settings.gate_margin
+            )
 
 
 def _k_of(metric: str) -> int:
@@ -295,6 +343,29 @@ def format_table(result: Mapping[str, Any], segment: str = "all") -> str:
             f"{entry['name']:<22}{role:<12}"
             + "".join(f"{values.get(c, 0.0):>15.4f}" for c in columns)
             + f"{int(values.get('users', 0)):>8}"
+        )
+    return "\n".join(lines)
+
+
+def format_leads(result: Mapping[str, Any], metric: str) -> str:
+    """Each candidate's lead over production with its interval, and whether it is enough to promote."""
+    leads = [(m, m["vs_production"]) for m in result["models"] if "vs_production" in m]
+    if not leads:
+        return "No production model was evaluated: nothing to compare with (the gate then compares with popularity)."
+    test = leads[0][1]
+    interval_label = f"{test['confidence']:.0%} CI"
+    lines = [
+        f"per-user {metric}, candidate minus production on the same users; {test['method']}, "
+        f"{test['resamples']} resamples, seed {test['seed']}",
+        f"a candidate can replace production when the interval's lower bound is above the margin {test['margin']} "
+        "(the gate tests the best candidate by mean)",
+        f"{'model':<22}{'mean':>9}{'lead':>10}{interval_label:>22}{'users':>8}  above margin",
+    ]
+    for entry, lead in sorted(leads, key=lambda pair: -pair[1]["lead"]):
+        interval = f"[{lead['ci_low']:+.4f}, {lead['ci_high']:+.4f}]"
+        lines.append(
+            f"{entry['name']:<22}{entry['metrics']['all'].get(metric, 0.0):>9.4f}{lead['lead']:>+10.4f}"
+            f"{interval:>22}{lead['users']:>8}  {'yes' if lead['significant'] else 'no'}"
         )
     return "\n".join(lines)
 
@@ -383,6 +454,7 @@ def write_report(
         for segment in SEGMENTS
     )
     production = result.get("production")
+    lead = html.escape(format_leads(result, settings.gate_metric))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>recflow evaluation {settings.ds}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} pre{{background:#f5f5f5;padding:8px}}</style>
 </head><body><h1>recflow evaluation, run date {settings.ds}</h1>
@@ -390,6 +462,7 @@ def write_report(
 {COLD_HISTORY_BELOW} items in the window). Top {k} over the catalogue, window items excluded.
 Production before this run: {html.escape(str(production and f"{production['name']}/{production['version']}"))}.</p>
 {tables}
+<h2>Lead over production, {html.escape(settings.gate_metric)}</h2><pre>{lead}</pre>
 <h2>Metrics per model</h2><img src="metrics_per_model.png" alt="metrics per model">
 <h2>{html.escape(settings.gate_metric)} across runs</h2><img src="metrics_across_runs.png" alt="metrics across runs">
 <h2>Popularity bias</h2><img src="popularity_bias.png" alt="popularity bias">

@@ -2,13 +2,16 @@
 
 ``fit_two_tower(data, settings)`` trains from an in-memory :class:`models.data.TrainingData` (the lake loader and
 the MovieLens benchmark both build one). Fixed seeds; early stopping on validation Recall@K with seen items
-excluded; a checkpoint per epoch (interrupted training resumes where it stopped); GPU with mixed precision when
-TensorFlow sees one (MirroredStrategy for several), the CPU otherwise.
+excluded; a checkpoint every ``checkpoint_every`` batches and at each epoch end (:class:`ResumableBackup`: a
+training killed at any point and run again for the same date continues from its last checkpoint, inside the
+epoch, and a finished one leaves none); GPU with mixed precision when TensorFlow sees one (MirroredStrategy for
+several), the CPU otherwise.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -30,12 +33,16 @@ from models.two_tower import (
     UserTower,
     ease_matrix,
 )
+from schemas import lake
 from schemas.settings import Settings
 from scoring.allocator import retain_freed_memory
 
 log = logging.getLogger(__name__)
 BEST_WEIGHTS = "best.weights.h5"
 BEST_STATE = "best_state.json"
+# A kill loses at most this many batches. Each save writes every weight with its optimizer state (the wide
+# item-item matrix too), so much more often would cost more than it saves on large nights.
+CHECKPOINT_EVERY_BATCHES = 200
 
 
 # ---- device -------------------------------------------------------------------------------------------------------
@@ -113,10 +120,25 @@ def masked_recall(scores: np.ndarray, evalset: D.EvalSet, k: int, first_item: in
     return float(np.mean(hits / np.fromiter((len(t) for t in targets), np.float64, len(targets))))
 
 
+def _write_json_atomic(path: str, value: dict[str, Any]) -> None:
+    """Written beside and renamed into place: a kill leaves the old file or the new one, never half of one."""
+    temp = f"{path}.tmp"
+    with tf.io.gfile.GFile(temp, "w") as fh:
+        json.dump(value, fh)
+    tf.io.gfile.rename(temp, path, overwrite=True)
+
+
+def _save_weights_atomic(model: keras.Model, path: str) -> None:
+    temp = path.replace(".weights.h5", ".saving.weights.h5")  # Keras wants the .weights.h5 suffix
+    model.save_weights(temp, overwrite=True)
+    tf.io.gfile.rename(temp, path, overwrite=True)
+
+
 class RecallEarlyStopping(keras.callbacks.Callback):
     """Validation Recall@K each epoch (into the logs), best weights kept on disk, stop after ``patience`` epochs
     without improvement, best weights restored at the end. Its state lives beside the checkpoint, so a resumed
-    training remembers the best epoch so far."""
+    training remembers the best epoch so far; an epoch evaluated again after a kill (between this state's save
+    and the checkpoint's) is counted once."""
 
     def __init__(
         self, inputs: dict[str, np.ndarray], evalset: D.EvalSet, k: int, patience: int, state_dir: str | None
@@ -130,18 +152,30 @@ class RecallEarlyStopping(keras.callbacks.Callback):
             state_dir,
         )
         self.best, self.best_epoch, self.wait, self.best_weights = -1.0, -1, 0, None
+        self.evaluated: dict[str, Any] | None = None  # the last epoch evaluated and the state before it
 
     def _path(self, name: str) -> str | None:
         return f"{self.state_dir}/{name}" if self.state_dir else None
+
+    def _state(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         state_path = self._path(BEST_STATE)
         if state_path and tf.io.gfile.exists(state_path):
             with tf.io.gfile.GFile(state_path) as fh:
                 state = json.load(fh)
-            self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+            self._restore(state)
+            self.evaluated = {"epoch": state.get("epoch"), "before": state.get("before")}
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.evaluated and self.evaluated["epoch"] == epoch and self.evaluated["before"]:
+            # evaluated once already, but the kill came before the checkpoint marked the epoch done
+            self._restore(self.evaluated["before"])
+        before = self._state()
         value = recall_at_k(self.model, self.inputs, self.evalset, self.k, part="deep")
         if logs is not None:
             logs[F.VAL_RECALL] = value
@@ -151,20 +185,153 @@ class RecallEarlyStopping(keras.callbacks.Callback):
             self.best_weights = self.model.get_weights()
             if self.state_dir:
                 tf.io.gfile.makedirs(self.state_dir)
-                self.model.save_weights(self._path(BEST_WEIGHTS), overwrite=True)
+                _save_weights_atomic(self.model, self._path(BEST_WEIGHTS) or "")
         else:
             self.wait += 1
             if self.wait >= self.patience:
                 self.model.stop_training = True
+        self.evaluated = {"epoch": epoch, "before": before}
         if self.state_dir:
-            with tf.io.gfile.GFile(self._path(BEST_STATE), "w") as fh:
-                json.dump({"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}, fh)
+            _write_json_atomic(self._path(BEST_STATE) or "", {**self._state(), **self.evaluated})
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.best_weights is not None:
             self.model.set_weights(self.best_weights)
         elif self.state_dir and tf.io.gfile.exists(self._path(BEST_WEIGHTS)):
             self.model.load_weights(self._path(BEST_WEIGHTS))
+
+
+class EpochClock(keras.callbacks.Callback):
+    """The epoch under way, for the dataset (``make_dataset``'s ``epoch_of``): a pass is a function of its epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore (restore at the start, checkpoint removed at the end), resuming inside an epoch.
+
+    Keras' own batch-level saving restarts an interrupted epoch from its first batch (training those batches
+    twice on top of weights that already hold them) and, after a restore, records later saves as epoch 0. Here
+    each save, every ``every`` batches and at each epoch end, records the epoch and the batches done in it; a
+    resumed run passes over the batches the checkpoint already holds (the dataset repeats the epoch's batches in
+    the same order: ``make_dataset``'s ``epoch_of``) without training on them, so it continues where it
+    stopped. The record also holds the random generators' state (dropout; Keras' weights file leaves it out),
+    so the resumed run draws what the uninterrupted one would have. Weights and record are written under
+    temporary names and renamed, so a kill during a save leaves the previous checkpoint readable."""
+
+    def __init__(self, backup_dir: str, every: int, fingerprint: str = "") -> None:
+        if every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1 batch, got {every}")
+        super().__init__(backup_dir, save_freq=every, delete_checkpoint=True)
+        self.every, self.fingerprint = every, fingerprint
+        self.epoch, self.since_save, self.steps_run, self.skip = 0, 0, 0, 0
+        self.resumed_from: dict[str, int] | None = None
+        self._train_function: Any = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)  # weights, optimizer state and the epoch to start at
+        if tf.io.gfile.exists(self._training_metadata_path):
+            with tf.io.gfile.GFile(self._training_metadata_path) as fh:
+                state = json.load(fh)
+            self.resumed_from = {
+                "epoch": int(state["epoch"]),
+                "batches_done": int(state.get("batches_done", 0)),
+            }
+            self.skip = self.resumed_from["batches_done"]
+            generators, saved = self._random_state(), state.get("random_state") or []
+            if len(saved) == len(generators):
+                for variable, value in zip(generators, saved, strict=True):
+                    variable.assign(np.asarray(value, dtype=variable.dtype))
+            log.info("resuming from the checkpoint in %s: %s", self.backup_dir, self.resumed_from)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch, self.since_save = epoch, 0
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if batch < self.skip and self._train_function is None:
+            self._train_function = self.model.train_function
+            self.model.train_function = _no_step
+        elif batch >= self.skip:
+            self._trained_again()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if batch < self.skip:
+            return
+        self.steps_run += 1
+        self.since_save += 1
+        if self.since_save >= self.every:
+            self._commit(self.epoch, batch + 1)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._trained_again()
+        self.skip = 0
+        self._commit(epoch + 1, 0)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self._trained_again()
+        super().on_train_end(logs)
+
+    def _trained_again(self) -> None:
+        if self._train_function is not None:
+            self.model.train_function, self._train_function = self._train_function, None
+
+    def _random_state(self) -> list[Any]:
+        return [v for v in self.model.variables if v.name == "seed_generator_state"]
+
+    def _commit(self, epoch: int, batches_done: int) -> None:
+        """Weights first, then the record naming them: a record never points past the weights on disk."""
+        tf.io.gfile.makedirs(self.backup_dir)
+        _save_weights_atomic(self.model, self._weights_path)
+        record = {
+            "epoch": epoch,
+            "batches_done": batches_done,
+            "fingerprint": self.fingerprint,
+            "random_state": [np.asarray(v.numpy()).tolist() for v in self._random_state()],
+        }
+        _write_json_atomic(self._training_metadata_path, record)
+        self.since_save = 0
+
+
+def training_fingerprint(data: D.TrainingData, params: TwoTowerParams) -> str:
+    """What a checkpoint was trained on: the parameters and the training arrays. A rerun of a date on changed
+    features keeps its model version, but must not continue weights learnt from the old ones."""
+    digest = hashlib.sha1(json.dumps(params.to_dict(), sort_keys=True, default=str).encode())
+    inter, items, users = data.interactions, data.catalogue, data.profiles
+    arrays = [inter.user_idx, inter.item_idx, inter.weight, items.category_idx, items.price_bucket]
+    arrays += [items.title_tokens, users.age_bucket_idx, users.region_idx]  # they size embedding tables too
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def discard_stale_checkpoint(checkpoint_dir: str, fingerprint: str) -> None:
+    """Remove a checkpoint left by a training of other data or parameters (before any callback reads it)."""
+    record = f"{checkpoint_dir}/training_metadata.json"
+    if not tf.io.gfile.exists(record):
+        return
+    with tf.io.gfile.GFile(record) as fh:
+        found = json.load(fh).get("fingerprint")
+    if found != fingerprint:
+        log.warning(
+            "checkpoint %s is of other training data (%s, not %s): starting afresh",
+            checkpoint_dir,
+            found,
+            fingerprint,
+        )
+        tf.io.gfile.rmtree(checkpoint_dir)
+
+
+def _no_step(iterator: Any) -> dict[str, Any]:
+    """Stands in for Keras' train function on a batch the restored weights already learnt from: takes the batch
+    (TensorFlow's train function reads its batch from the iterator itself) and trains on nothing."""
+    if not isinstance(iterator, list):  # other backends hand over the batch already read
+        next(iterator)
+    return {}
 
 
 class TrainingProgress(keras.callbacks.Callback):
@@ -280,28 +447,44 @@ def fit_two_tower(
     verbose: int = 0,
     run_eagerly: bool = False,
     progress: bool = False,
+    checkpoint_every: int = CHECKPOINT_EVERY_BATCHES,
 ) -> tuple[TwoTowerScoring, dict[str, Any]]:
     """Trains the two-tower model on in-memory data; returns the export module and a training summary.
-    ``progress``: log every ~10% of an epoch's steps (:class:`TrainingProgress`; the pipeline turns it on)."""
+    ``checkpoint_dir``: where the training state is saved every ``checkpoint_every`` batches and at each epoch
+    end; a call finding one there continues from it. ``progress``: log every ~10% of an epoch's steps
+    (:class:`TrainingProgress`; the pipeline turns it on)."""
     params = params or TwoTowerParams.from_settings(settings or Settings.load())
     retain_freed_memory()
     keras.utils.set_random_seed(params.seed)
     strategy, device = training_strategy()
     started = time.perf_counter()
     shape = D.ExampleShape(params.history_length, params.seen_length, params.max_targets)
+    clock = EpochClock()
     dataset, steps = D.make_dataset(
-        data, params.objective, shape, params.batch_size, params.holdout, params.seed
+        data,
+        params.objective,
+        shape,
+        params.batch_size,
+        params.holdout,
+        params.seed,
+        epoch_of=lambda: clock.epoch,
     )
     model = compiled_model(data, params, strategy, dataset, run_eagerly)
-    all_callbacks: list[keras.callbacks.Callback] = []
-    if checkpoint_dir:
-        all_callbacks.append(keras.callbacks.BackupAndRestore(checkpoint_dir, save_freq="epoch"))
+    # order matters: the epoch's evaluation is saved before the checkpoint that marks the epoch done, and the
+    # best weights are restored before the checkpoint folder is removed
+    all_callbacks: list[keras.callbacks.Callback] = [clock]
     early = validation_early_stopping(data, params, checkpoint_dir)
     if early is not None:
         all_callbacks.append(early)
-    all_callbacks += callbacks or []
     if progress:
         all_callbacks.append(TrainingProgress(steps))
+    backup = None
+    if checkpoint_dir:
+        fingerprint = training_fingerprint(data, params)
+        discard_stale_checkpoint(checkpoint_dir, fingerprint)
+        backup = ResumableBackup(checkpoint_dir, checkpoint_every, fingerprint)
+        all_callbacks.append(backup)
+    all_callbacks += callbacks or []
     history = model.fit(
         dataset, epochs=params.epochs, steps_per_epoch=None, callbacks=all_callbacks, verbose=verbose
     )
@@ -312,6 +495,8 @@ def fit_two_tower(
     if checkpoint_dir and tf.io.gfile.exists(checkpoint_dir):
         tf.io.gfile.rmtree(checkpoint_dir)  # finished: the checkpoint has served its purpose
     summary = training_summary(model, data, history, early, blend, device, seconds, steps)
+    summary["resumed_from"] = backup.resumed_from if backup else None
+    summary["steps_run"] = backup.steps_run if backup else len(history.epoch) * steps
     log.info(
         "two-tower trained in %.1f s on %s: %s",
         seconds,
@@ -480,15 +665,28 @@ def model_version(params: TwoTowerParams, window: dict[str, str]) -> str:
     return F.VERSION_PREFIX + params.digest(window)
 
 
-def train_two_tower(settings: Settings, data: D.TrainingData | None = None) -> str:
-    """Trains the deep model for the run date and registers it; returns its model folder."""
+def checkpoint_dir(settings: Settings, version: str) -> str:
+    """``checkpoints/two_tower/dt=D/<version>``: private to one date's training of one model version, outside
+    ``models/`` so the registry only ever sees finished models."""
+    return lake.checkpoint_dir(settings.lake_root, F.MODEL_NAME, version, settings.ds)
+
+
+def train_two_tower(
+    settings: Settings, data: D.TrainingData | None = None, checkpoint_every: int = CHECKPOINT_EVERY_BATCHES
+) -> str:
+    """Trains the deep model for the run date and registers it; returns its model folder. A training of the same
+    date and version that was killed continues from its checkpoint."""
     data = data or D.load_training_data(settings)
     params = TwoTowerParams.from_settings(settings)
     version = model_version(params, data.window)
     model_dir = registry.model_dir(settings, F.MODEL_NAME, version)
+    backup_dir = checkpoint_dir(settings, version)
     module, summary = fit_two_tower(
-        data, params=params, checkpoint_dir=f"{model_dir}/_checkpoint", progress=True
+        data, params=params, checkpoint_dir=backup_dir, progress=True, checkpoint_every=checkpoint_every
     )
+    date_dir = backup_dir.rsplit("/", 1)[0]
+    if tf.io.gfile.isdir(date_dir) and not tf.io.gfile.listdir(date_dir):
+        tf.io.gfile.rmtree(date_dir)  # nothing else of this date is unfinished
     registry.register(
         settings,
         module,

@@ -47,6 +47,8 @@ USER_HISTORIES = "features/user_histories"
 # models, metrics, reports
 MODELS = "models"
 METRICS = "metrics"
+USER_METRICS = "metrics_per_user"  # per-user values behind metrics/ (schemas.outputs.USER_METRIC)
+CHECKPOINTS = "checkpoints"  # state of unfinished trainings
 REPORTS = "reports"
 # outputs: staging then published
 STAGING = "staging"
@@ -77,6 +79,11 @@ def production_pointer(root: str) -> str:
 
 def run_manifest(root: str, stage: str, date: DateLike) -> str:
     return f"{partition(root, f'{RUNS}/{stage}', date)}/manifest.json"
+
+
+def checkpoint_dir(root: str, name: str, version: str, date: DateLike) -> str:
+    """Private training state of one model version for a date; removed when the training finishes."""
+    return f"{partition(root, f'{CHECKPOINTS}/{name}', date)}/{version}"
 
 
 def report_dir(root: str, date: DateLike) -> str:

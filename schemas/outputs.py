@@ -49,6 +49,20 @@ METRIC = pa.schema(
     ]
 )
 
+# metrics_per_user/dt=...: one row per (model, user, metric) for all validation users with a relevant item, the
+# values behind METRIC's "all" means; the gate tests a candidate's lead over production on them
+USER_METRIC = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("role", pa.string(), nullable=False),  # candidate | baseline | production
+        pa.field("user_idx", pa.int64(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("k", pa.int32(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+    ]
+)
+
 # runs/table: one row per (stage, dt) from the run manifests
 RUN = pa.schema(
     [

@@ -32,15 +32,91 @@ def _settings(root: str, **extra: Any) -> Settings:
     return Settings.load({"lake_root": root, "run_date": "2026-01-14", **extra})
 
 
-def test_keeps_production_when_candidate_is_not_better_by_the_margin(tmp_lake: str) -> None:
+USERS = 139  # the night a 0.005 lead over 139 users was promoted
+
+
+def _night(settings: Settings, production: np.ndarray, **candidates: np.ndarray) -> dict[str, Any]:
+    """What evaluate hands the gate: the means of each model and, on disk, the per-user values behind them."""
+    from models import evaluate
+
+    users = np.arange(1, len(production) + 1)
+    per_user = {("ease", True): production, **{(name, False): v for name, v in candidates.items()}}
+    table = evaluate.per_user_rows(
+        (
+            {"name": name, "version": "v1", "role": "candidate", "is_production": is_production},
+            users,
+            {"ndcg_at_10": values, "recall_at_10": values / 2},
+        )
+        for (name, is_production), values in per_user.items()
+    )
+    path = evaluate.write_per_user(settings, table)
+    models = [_entry(name, float(np.mean(v)), is_production) for (name, is_production), v in per_user.items()]
+    return {"models": models, "per_user_path": path}
+
+
+def _production_values(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.where(rng.random(USERS) < 0.3, 0.0, rng.uniform(0.1, 0.6, USERS))  # many users without a hit
+
+
+def _lead(seed: int, mean: float, sd: float) -> np.ndarray:
+    noise = np.random.default_rng(seed).normal(0.0, sd, USERS)
+    return noise - noise.mean() + mean  # exactly ``mean`` on average
+
+
+def test_a_tiny_noisy_lead_does_not_replace_production(tmp_lake: str) -> None:
+    settings = _settings(tmp_lake)  # default margin 0
+    production = _production_values()
+    night = _night(settings, production, two_tower=production + _lead(1, 0.005, 0.1))
+    decision = gate.decide(settings, night, apply=False)
+    assert decision["action"] == "keep", decision["reason"]
+    test = decision["significance"]
+    assert test["users"] == USERS and test["lead"] == pytest.approx(0.005)
+    assert test["ci_low"] < 0 < test["ci_high"] and not test["significant"]
+    assert (test["confidence"], test["resamples"]) == (0.95, 2_000)
+    assert f"lead not significant: +0.0050, 95% CI [{test['ci_low']:+.4f}, " in decision["reason"]
+    assert f"over {USERS} users" in decision["reason"]
+
+
+def test_a_clearly_better_candidate_is_promoted_with_its_interval_on_record(tmp_lake: str) -> None:
+    settings = _settings(tmp_lake)
+    production = _production_values()
+    night = _night(settings, production, two_tower=production + _lead(1, 0.05, 0.05), ease2=production)
+    for name in ("two_tower", "ease"):
+        folder = Path(registry.model_dir(settings, name, "v1"))
+        folder.mkdir(parents=True)
+        (folder / "metadata.json").write_text(json.dumps(registry.metadata(settings, name, "v1", "x", {})))
+    decision = gate.decide(settings, night)
+    assert decision["action"] == "promote" and decision["promoted"]["name"] == "two_tower"
+    test = decision["significance"]
+    assert test["significant"] and 0 < test["ci_low"] < 0.05 < test["ci_high"] < 0.1
+    assert test["candidate"] == "two_tower/v1" and test["production"] == "ease/v1"
+    assert "95% CI" in decision["reason"] and f"over {USERS} users" in decision["reason"]
+    # the record the gate writes: the production pointer and the history line carry the interval
+    pointer = json.loads(Path(lake.production_pointer(tmp_lake)).read_text())
+    assert pointer["name"] == "two_tower" and pointer["significance"] == test
+    assert registry.history(settings)[-1]["significance"] == test
+    # the same inputs give the same interval and decision
+    again = gate.decide(settings, night, apply=False)
+    assert again["significance"] == test and again["reason"] == decision["reason"]
+    # the margin still applies: the interval's lower bound must lie above it
+    strict = gate.decide(settings.replace(gate_margin=0.1), night, apply=False)
+    assert strict["action"] == "keep" and "margin 0.1" in strict["reason"]
+    assert strict["significance"]["ci_low"] == test["ci_low"] and not strict["significance"]["significant"]
+
+
+def test_a_worse_or_equal_candidate_keeps_production_and_says_why(tmp_lake: str) -> None:
     settings = _settings(tmp_lake, gate_margin=0.01)
-    metrics = {"models": [_entry("two_tower", 0.305), _entry("ease", 0.30, production=True)]}
-    decision = gate.decide(settings, metrics, apply=False)
-    assert decision["action"] == "keep"
-    assert "0.3050" in decision["reason"] and "0.3000" in decision["reason"] and "0.01" in decision["reason"]
-    better = {"models": [_entry("two_tower", 0.32), _entry("ease", 0.30, production=True)]}
-    promoted = gate.decide(settings, better, apply=False)
-    assert promoted["action"] == "promote" and promoted["promoted"]["name"] == "two_tower"
+    production = _production_values()
+    worse = gate.decide(settings, _night(settings, production, two_tower=production - 0.05), apply=False)
+    assert worse["action"] == "keep" and worse["significance"]["ci_high"] < 0
+    same = gate.decide(settings, _night(settings, production, two_tower=production.copy()), apply=False)
+    assert same["action"] == "keep"
+    assert (same["significance"]["ci_low"], same["significance"]["ci_high"]) == (0.0, 0.0)
+    # without per-user values there is nothing to test the lead on: production stays
+    bare = {"models": [_entry("two_tower", 0.5), _entry("ease", 0.3, production=True)]}
+    missing = gate.decide(settings, bare, apply=False)
+    assert missing["action"] == "keep" and "per-user" in missing["reason"]
 
 
 def test_without_production_the_best_must_beat_popularity(tmp_lake: str) -> None:
@@ -105,6 +181,10 @@ def test_gate_keeps_production_against_a_model_trained_on_shuffled_interactions(
     assert decision["action"] == "keep"
     assert decision["production"]["value"] > decision["best"]["value"]
     assert "does not beat production ease" in decision["reason"]
+    test = decision["significance"]
+    assert (
+        test["ci_low"] <= test["lead"] <= test["ci_high"] < 0 and test["users"] == second["validation_users"]
+    )
     assert registry.production(settings)["name"] == "ease"  # unchanged
     assert [h["action"] for h in registry.history(settings)] == ["promote", "keep"]
 
@@ -121,6 +201,19 @@ def test_gate_keeps_production_against_a_model_trained_on_shuffled_interactions(
     assert cold_users == {6}
     report = Path(second["report"])
     assert report.exists() and "ease_shuffled" in report.read_text()
+    # the report shows the interval the gate decided on
+    assert f"[{test['ci_low']:+.4f}, {test['ci_high']:+.4f}]" in report.read_text()
+    # per-user values of every model on the same users, averaging to the table's numbers
+    per_user = pq.read_table(second["per_user_path"]).to_pylist()
+    by_model: dict[str, dict[int, float]] = {}
+    for row in per_user:
+        if row["metric"] == "ndcg_at_3":
+            by_model.setdefault(row["model"], {})[row["user_idx"]] = row["value"]
+    assert set(by_model) == {"ease", "ease_shuffled"}
+    assert set(by_model["ease"]) == set(by_model["ease_shuffled"]) and len(by_model["ease"]) == test["users"]
+    assert np.mean(list(by_model["ease"].values())) == pytest.approx(decision["production"]["value"])
+    assert {r["role"] for r in per_user if r["model"] == "ease"} == {"production"}
+    assert {r["metric"] for r in per_user} >= {"ndcg_at_3", "recall_at_3", "map", "mrr_at_3"}
     for png in ("metrics_per_model.png", "metrics_across_runs.png", "popularity_bias.png"):
         assert (report.parent / png).read_bytes()[:4] == b"\x89PNG"
     # evaluation recorded its numbers in the candidate's registry metadata

@@ -78,3 +78,33 @@ def test_hits_matrix_handles_ragged_relevance_and_duplicates_across_users() -> N
 def test_mismatched_shapes_are_rejected() -> None:
     with pytest.raises(ValueError):
         metrics.hits_matrix(np.array([[1, 2]]), [[1], [2]])
+
+
+def test_per_user_values_are_those_the_means_average() -> None:
+    topk = np.vstack([TOPK, [[1, 2, 3]]])
+    users, per_user = metrics.per_user_ranking(topk, [*RELEVANT, []])  # the third user has nothing relevant
+    assert users.tolist() == [0, 1]
+    np.testing.assert_allclose(per_user["ndcg_at_3"], [0.5307212, 1.0], atol=1e-6)
+    np.testing.assert_allclose(per_user["map"], [0.3888889, 1.0], atol=1e-6)
+    means = metrics.ranking_metrics(topk, [*RELEVANT, []])
+    for name, values in per_user.items():
+        assert means[name] == pytest.approx(values.mean())
+
+
+def test_paired_bootstrap_interval_of_the_mean_difference() -> None:
+    rng = np.random.default_rng(7)
+    baseline = rng.random(2_000)
+    candidate = baseline + rng.normal(0.1, 1.0, 2_000)
+    got = metrics.paired_bootstrap(candidate, baseline, confidence=0.95, resamples=2_000, seed=3)
+    assert got == metrics.paired_bootstrap(candidate, baseline, confidence=0.95, resamples=2_000, seed=3)
+    assert got["users"] == 2_000 and got["lead"] == pytest.approx(np.mean(candidate - baseline))
+    assert got["ci_low"] < got["lead"] < got["ci_high"]
+    # normal differences, sd 1: the interval is close to the textbook mean +- 1.96 sd / sqrt(n)
+    half = 1.96 * np.std(candidate - baseline, ddof=1) / np.sqrt(2_000)
+    assert (got["ci_high"] - got["ci_low"]) / 2 == pytest.approx(half, rel=0.1)
+    other_seed = metrics.paired_bootstrap(candidate, baseline, confidence=0.95, resamples=2_000, seed=4)
+    assert other_seed["ci_low"] != got["ci_low"]
+    same = metrics.paired_bootstrap(baseline, baseline, resamples=200, seed=0)
+    assert (same["lead"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError):
+        metrics.paired_bootstrap(candidate[:3], baseline[:4])
