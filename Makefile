@@ -107,8 +107,8 @@ bench: install ## clean + features throughput vs a plain Spark copy and DuckDB (
 bench-first-pass: install ## clean's first pass piece by piece against the floor's JSON reader (one warm JVM, 1M events)
 	$(call run_bench,bench_first_pass)
 
-bench-quality: install ## every model on MovieLens 100k (../shared/data), the published table's protocol
-	$(call run_bench,bench_quality)
+bench-quality: install ## every model on MovieLens (fixed 100k split, or DATA=ratings file), the published protocol
+	$(call run_bench,bench_quality) $(if $(DATA),--data '$(DATA)')
 
 bench-score: install ## batch scoring vs the bare matrix product and ALS recommendForAllUsers
 	$(call run_bench,bench_score)
