@@ -12,10 +12,18 @@ Decisions (the why lives here, the rules in the code below):
 * Raw lines are read as text, so the quarantine keeps the original line byte for byte (invalid UTF-8 is stored with
   U+FFFD replacements), then parsed with the declared schema (every field read as text, then typed by us, so that a
   wrong type is told apart from malformed JSON).
-* A row gets the first reason that applies, in the order of :data:`ROW_RULES` then duplicate, bot, unknown item.
-  ``user_id`` absent, JSON null or blank is ``null_user``; any other required field absent or blank is
-  ``missing_field``. ``wrong_type``: event_time not an ISO-8601 date-time, price not a number, or an id field holding
-  a JSON object/array (a number in an id field is accepted as its text, as Spark's own JSON reader does).
+* A JSON-lines line is exactly one JSON object (RFC 8259; surrounding whitespace allowed). Anything else is
+  ``malformed_json``: two objects, characters after the object, a raw control character inside a string (JSON
+  requires them escaped), single quotes, unquoted NaN, an empty or blank line (counted as a raw line, never
+  skipped). Spark's JSON parsers read the first value and ignore the rest, so :func:`json_fault` checks the rest.
+* A row gets the first reason that applies, in the order of the rules in :func:`flag_row_problems` then duplicate,
+  bot, unknown item. ``user_id`` absent, JSON null, blank or a placeholder (``"null"``, ``"undefined"``, see
+  :data:`PLACEHOLDER_IDS`) is ``null_user``; any other required field absent or blank (a placeholder, for the ids)
+  is ``missing_field``. ``wrong_type``: event_time not an ISO-8601 date-time, price not a number, or an id field
+  holding a JSON object, array or boolean (a number in an id field is accepted as its text, as Spark's own JSON
+  reader does).
+* ``oversized_field`` holds for the whole line: a line longer than :func:`max_line_bytes`, or any declared field,
+  undeclared key or undeclared key's value (its JSON text) longer than ``max_field_chars``.
 * Late or early events (event_time not on the folder's day, in UTC) are *quarantined* as ``timestamp_out_of_day``,
   not moved to their own day: a day's rerun then depends only on that day's folder, and rerunning D never rewrites
   another day's partition. The quarantined line can be replayed into its day's folder if it matters.
@@ -34,7 +42,8 @@ Decisions (the why lives here, the rules in the code below):
   A mismatch raises :class:`storage.manifest.ReconciliationError` naming the numbers.
 * Bad input: a truncated or corrupt file (e.g. gzip) fails the run with :class:`CorruptInputFile` naming the file,
   before anything is written; a day folder with no lines gives an empty but valid run (zero counts, empty
-  partitions); a missing folder for D (events or items) raises :class:`MissingPartition` naming the path; window
+  partitions); a missing folder for D (events or items) raises :class:`MissingPartition` naming the path (``main``
+  exits with status 2, :data:`EXIT_MISSING_INPUT`, at once: a missing input is not transient); window
   days without raw events are skipped and listed in D's manifest. ``raw/users`` is optional (profiles are not
   always exported): without it clean/users for the day is empty and the manifest says so.
 * Memory: the raw files are parsed once, into a run-private Parquet table ``staging/clean_lines/<run_id>`` that
@@ -43,6 +52,10 @@ Decisions (the why lives here, the rules in the code below):
   the raw line only where the row rules quarantine it, and a hash of every line: the few lines quarantined later
   (duplicate, bot, unknown item) are read again from the raw files and checked against their hash, so raw files
   that change during the run fail it instead of putting a different line in the quarantine.
+* All or nothing: the four tables of every cleaned day are written to the run's own staging root
+  ``staging/clean_outputs/<run_id>`` and reconciled there; only then are the partitions moved into place
+  (:func:`storage.spark.replace_partitions`). A failed write or count changes no published table; the staging
+  root is removed at the end, failed or not.
 * Idempotent: data columns hold nothing run-time dependent and tie-breaks are total orders, so two runs of a date
   give identical tables; run ids and timestamps go to the manifest only.
 """
@@ -53,6 +66,7 @@ import contextlib
 import dataclasses
 import functools
 import re
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -74,11 +88,14 @@ from storage.spark import (
     delete_path,
     in_parallel,
     path_exists,
+    replace_partitions,
+    run_staging,
     spark_session,
     write_empty_partition,
 )
 
 STAGE = "clean"
+OUTPUT_TABLES = (lake.CLEAN_EVENTS, lake.QUARANTINE_EVENTS, lake.CLEAN_ITEMS, lake.CLEAN_USERS)
 EVENT_FIELDS: tuple[str, ...] = tuple(RAW_EVENT.names)
 ID_FIELDS = ("event_id", "user_id", "session_id", "event_type", "item_id")
 AGE_BUCKETS = (
@@ -100,6 +117,9 @@ _ISO_DATETIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}"
 
 class MissingPartition(FileNotFoundError):
     """A raw partition the run needs does not exist."""
+
+
+EXIT_MISSING_INPUT = 2  # main's exit status for MissingPartition; any other failure exits 1
 
 
 class CorruptInputFile(RuntimeError):
@@ -132,75 +152,215 @@ def extract_users(spark: SparkSession, root: str, dates: Sequence[str]) -> DataF
 
 
 # ---- transforms: events ------------------------------------------------------------------------------------------
-def parse_events(raw: DataFrame) -> DataFrame:
-    """Adds every declared field as text and ``extra_keys`` (undeclared keys, null when none); ``is_object`` is
-    false when the line is not a JSON object. (A ``map<string,string>`` parse would give fields and keys from one
-    parse, but measured twice as slow as this struct parse plus ``json_object_keys`` on the default lake.)"""
-    as_text = T.StructType([T.StructField(name, T.StringType()) for name in EVENT_FIELDS])
+UNPARSED = (
+    "_unparsed"  # from_json's column for a line it cannot parse (a key of that name is not read into it)
+)
+STRICT_JSON = {  # RFC 8259, not Jackson's leniencies
+    "columnNameOfCorruptRecord": UNPARSED,
+    "allowSingleQuotes": "false",
+    "allowNonNumericNumbers": "false",
+}
+NOT_ONE_OBJECT = "characters after the first JSON value (a JSON-lines line is exactly one object)"
+CONTROL_CHARACTER = "not valid JSON: a raw control character (U+0000-U+001F), which JSON strings must escape"
+
+
+def parse_events(raw: DataFrame, max_field_chars: int = Settings.max_field_chars) -> DataFrame:
+    """Adds every declared field as text, ``extra_keys`` (undeclared keys, null when none), ``json_fault`` (why
+    the line is not exactly one JSON object; null when it is) and ``long_keys`` (see :func:`_long_keys`). (A
+    ``map<string,string>`` parse of every line would give fields and keys from one parse, but measured twice as
+    slow as this struct parse plus ``json_object_keys``; so did a parse of ``[line]`` as an array.)"""
+    as_text = T.StructType([T.StructField(name, T.StringType()) for name in (*EVENT_FIELDS, UNPARSED)])
+    # Spark evaluates from_json outside the stage's generated code, so this projection is a step of its own, and
+    # what only needs the line goes here: _long_keys (a JSON parse and lambdas, also not compiled: in a later
+    # projection they would take it out of the generated code too, measured 1.7x slower) and the check after the
+    # first value (which keeps the stage's one generated method below the JIT's limit, see flag_row_problems)
     parsed = raw.select(
-        "*", F.from_json("value", as_text).alias("_json"), F.json_object_keys("value").alias("_keys")
+        "*",
+        F.from_json("value", as_text, STRICT_JSON).alias("_json"),
+        F.json_object_keys("value").alias("_keys"),
+        _nothing_after_first_value(F.col("value")).alias("_nothing_after"),
+        _long_keys(F.col("value"), max_field_chars).alias("long_keys"),
     )
     extra = F.array_except(F.col("_keys"), F.array(*[F.lit(n) for n in EVENT_FIELDS]))
     return parsed.select(
         *raw.columns,
-        F.col("_keys").isNotNull().alias("is_object"),
+        json_fault(F.col("value"), F.col("_keys"), F.col("_json")[UNPARSED], F.col("_nothing_after")).alias(
+            "json_fault"
+        ),
         F.when(F.size(extra) > 0, extra).alias("extra_keys"),
+        "long_keys",
         *[F.col("_json")[name].alias(name) for name in EVENT_FIELDS],
     )
+
+
+def _long_keys(value: Column, limit: int) -> Column:
+    """The keys, declared or not, that are, or whose value is (a nested value as its JSON text), longer than
+    ``limit`` characters, comma-separated ("" when none). Parsed (a map of every key) only for lines of more than
+    ``limit`` bytes; null for the others, which cannot hold anything longer."""
+    as_map = F.from_json(value, T.MapType(T.StringType(), T.StringType()))
+    too_long = F.map_filter(as_map, lambda k, v: (F.length(k) > limit) | (F.length(v) > limit))
+    names = F.transform(F.map_keys(too_long), lambda k: F.substring(k, 1, 60))
+    return F.when(F.octet_length(value) > limit, F.substring(F.array_join(names, ", "), 1, 200))
+
+
+def json_fault(value: Column, keys: Column, unparsed: Column, nothing_after: Column) -> Column:
+    """Null when ``value`` is exactly one JSON object (surrounding whitespace allowed), else the fault in words.
+    ``keys``: the top-level keys of a lenient parse (null unless the line starts with an object); ``unparsed``: set
+    when the strict parse failed (a raw control character in a string, single quotes, NaN); ``nothing_after``:
+    :func:`_nothing_after_first_value`. The details are worked out only for the faulty lines."""
+    starts_with_object = keys.isNotNull() & unparsed.isNull()
+    return (
+        F.when(starts_with_object & nothing_after, F.lit(None).cast("string"))
+        .when(value.rlike(r"^\s*$"), F.lit("empty line"))
+        .when(starts_with_object, F.lit(NOT_ONE_OBJECT))
+        .when(value.rlike(r"[\x00-\x1f]"), F.lit(CONTROL_CHARACTER))
+        .when(F.ltrim(value).startswith("{"), F.lit("not valid JSON (a truncated or broken object)"))
+        .otherwise(F.lit("not a JSON object"))
+    )
+
+
+def _nothing_after_first_value(value: Column) -> Column:
+    """For a line that starts with a valid JSON object: whether only whitespace follows it. Spark's JSON parsers
+    read the first value and ignore the rest of the text, so the rest is checked here, column expressions only.
+
+    Nearly every line has a single ``}`` byte, its last: the object, which ends in a ``}``, ends there. Otherwise
+    the line is parsed twice more, wrapped: ``[line]`` must hold one element (after the object only whitespace or
+    ``]``, as a ``,`` would add an element), and ``{"_":line}`` must parse (after the object only whitespace, ``,``
+    or ``}``): both hold only when whitespace alone follows the object."""
+    # bytes, not characters: the binary slice is a copy, and contains() on bytes a tight loop, where
+    # substring_index and instr test every position with a call (4x the cost of this, measured)
+    all_but_last = F.substring(value.cast("binary"), F.lit(1), F.octet_length(value) - 1)
+    single_brace_last = value.endswith("}") & ~F.contains(all_but_last, F.lit(bytearray(b"}")))
+    in_array = F.json_array_length(F.concat(F.lit("["), value, F.lit("]"))) == 1
+    in_object = F.json_object_keys(F.concat(F.lit('{"_":'), value, F.lit("}"))).isNotNull()
+    return single_brace_last | F.coalesce(in_array & in_object, F.lit(False))
+
+
+# what stands for "no value" in an id field: a serialised null or undefined, or a JSON boolean (read as text,
+# ``true`` and ``"true"`` look the same, and neither names a user, item or event)
+# (more than 10 values: Spark tests them with one hash lookup, not one comparison each, in less code)
+PLACEHOLDER_IDS = (
+    "null",
+    "NULL",
+    "Null",
+    "undefined",
+    "UNDEFINED",
+    "None",
+    "none",
+    "nil",
+    "NaN",
+    "true",
+    "false",
+)
+ABSENT_IF_PLACEHOLDER = ("event_id", "user_id", "item_id")
+BYTES_PER_CHAR = 4  # the widest UTF-8 character
+
+
+def max_line_bytes(settings: Settings) -> int:
+    """The longest raw line accepted: room for every declared field at ``max_field_chars`` in the widest
+    characters, and as much again for undeclared keys and the JSON around them."""
+    return 2 * BYTES_PER_CHAR * len(EVENT_FIELDS) * settings.max_field_chars
 
 
 def _blank(name: str) -> Column:
     return F.col(name).isNull() | (F.trim(F.col(name)) == "")
 
 
+def _absent(name: str) -> Column:
+    """Absent, JSON null, blank, or for an id a placeholder such as ``"null"`` or ``"undefined"``."""
+    if name in ABSENT_IF_PLACEHOLDER:
+        return _blank(name) | F.col(name).isin(*PLACEHOLDER_IDS)
+    return _blank(name)
+
+
+def _structured(name: str) -> Column:
+    """The field held a JSON object or array (read as text: ``{...}``, ``[...]``). (A boolean is not told from
+    the string ``"true"`` here: the raw line would have to be read, code the stage cannot afford; in the ids it
+    is a placeholder, see :data:`PLACEHOLDER_IDS`.)"""
+    return F.substring(F.ltrim(F.col(name)), 1, 1).isin("{", "[")
+
+
+def _price_value(price: Column) -> Column:
+    """The price as a double. Spark gives a JSON number beyond a double's range as the text ``"Infinity"`` (quotes
+    included): a number out of range, so that the price rule, not the type rule, judges it."""
+    return (
+        F.when(price == '"Infinity"', F.lit(float("inf")))
+        .when(price == '"-Infinity"', F.lit(float("-inf")))
+        .otherwise(price.try_cast("double"))
+    )
+
+
 def _quoted(name: str, limit: int = 60) -> Column:
     return F.concat(F.lit(f"{name} '"), F.substring(F.col(name), 1, limit), F.lit("'"))
 
 
-def flag_row_problems(parsed: DataFrame, settings: Settings) -> DataFrame:
-    """Row-local checks: adds ``event_ts``, ``price_value`` and ``reason``/``detail`` (null when the row is fine)."""
-    event_types = list(SCENARIO_EVENT_TYPES[settings.scenario])
-    df = parsed.withColumn(
-        "event_ts", F.when(F.col("event_time").rlike(_ISO_DATETIME), F.try_to_timestamp(F.col("event_time")))
-    ).withColumn("price_value", F.col("price").try_cast("double"))
+def _oversized(settings: Settings) -> tuple[Column, Column]:
+    """(condition, detail) of ``oversized_field``: the line is longer than :func:`max_line_bytes`, or a key or
+    value, declared or not, is longer than ``max_field_chars`` (``long_keys`` of :func:`parse_events`, where the
+    costly part runs: only on lines of more than ``max_field_chars`` bytes; octet_length is O(1))."""
+    limit, line_limit = settings.max_field_chars, max_line_bytes(settings)
+    line_bytes = F.octet_length("value")
+    long_keys = F.coalesce(F.col("long_keys"), F.lit(""))
+    condition = (line_bytes > line_limit) | (long_keys != "")
+    detail = F.concat_ws(
+        "; ",
+        F.when(long_keys != "", F.concat(F.lit(f"longer than {limit} characters: "), long_keys)),
+        F.when(
+            line_bytes > line_limit,
+            F.concat(
+                F.lit("line is "),
+                line_bytes.cast("string"),
+                F.lit(f" bytes, over the {line_limit}-byte limit"),
+            ),
+        ),
+    )
+    return condition, detail
 
-    # byte-wise tests where they say the same: contains() scans bytes, instr() counts characters (per 1M lines:
-    # instr 0.7 s; is_valid_utf8 and contains together 0.4 s); a line of at most max_field_chars bytes has no
-    # longer field, and octet_length is O(1)
-    invalid_utf8 = ~F.is_valid_utf8("value") | F.col("value").contains("\ufffd")
-    longest = F.greatest(*[F.length(F.col(name)) for name in EVENT_FIELDS])
-    oversized = (F.octet_length("value") > settings.max_field_chars) & (longest > settings.max_field_chars)
+
+def flag_row_problems(parsed: DataFrame, settings: Settings) -> DataFrame:
+    """Row-local checks: adds ``event_ts``, ``price_value`` and ``reason``/``detail`` (null when the row is fine).
+
+    The checks are column expressions compiled into one method per stage, which the JIT leaves interpreted above
+    8000 bytes of bytecode (the first pass then runs 2x slower): keep them lean (a detail's text computed once,
+    as a column, where a condition needs it too), and look at ``maxMethodCodeSize`` after adding one."""
+    event_types = list(SCENARIO_EVENT_TYPES[settings.scenario])
     other_required = [name for name in REQUIRED_EVENT_FIELDS if name != "user_id"]
-    missing = F.concat_ws(",", *[F.when(_blank(name), F.lit(name)) for name in other_required])
-    structured = [
-        F.when(F.substring(F.ltrim(F.col(name)), 1, 1).isin("{", "["), F.lit(f"{name} is not a string"))
-        for name in ID_FIELDS
-    ]
+    df = (
+        parsed.withColumn(
+            "event_ts",
+            F.when(F.col("event_time").rlike(_ISO_DATETIME), F.try_to_timestamp(F.col("event_time"))),
+        )
+        .withColumn("price_value", _price_value(F.col("price")))
+        .withColumn(
+            "_missing", F.concat_ws(",", *[F.when(_absent(name), F.lit(name)) for name in other_required])
+        )
+    )
     wrong_type = F.concat_ws(
         "; ",
-        *structured,
+        *[F.when(_structured(name), F.lit(f"{name} is not a string")) for name in ID_FIELDS],
         F.when(F.col("event_ts").isNull(), F.lit("event_time is not an ISO-8601 date-time")),
         F.when(F.col("price").isNotNull() & F.col("price_value").isNull(), F.lit("price is not a number")),
     )
+    df = df.withColumn("_wrong_type", wrong_type)
+    # byte-wise tests where they say the same: contains() scans bytes, instr() counts characters (per 1M lines:
+    # instr 0.7 s; is_valid_utf8 and contains together 0.4 s)
+    invalid_utf8 = ~F.is_valid_utf8("value") | F.col("value").contains("\ufffd")
+    oversized, oversized_detail = _oversized(settings)
     price = F.col("price_value")
     bad_price = price.isNotNull() & (F.isnan(price) | (price < 0) | (price > settings.max_price))
 
     # (reason, condition, detail): the first matching rule wins
     rules: list[tuple[str, Column, Column]] = [
         ("invalid_utf8", invalid_utf8, F.lit("line is not valid UTF-8 (stored with U+FFFD replacements)")),
+        ("malformed_json", F.col("json_fault").isNotNull(), F.col("json_fault")),
+        ("oversized_field", oversized, oversized_detail),
+        ("null_user", _absent("user_id"), F.lit("user_id is absent, null, blank or a placeholder")),
         (
-            "malformed_json",
-            ~F.col("is_object"),
-            F.when(F.trim("value") == "", F.lit("empty line")).otherwise(F.lit("not a JSON object")),
+            "missing_field",
+            F.col("_missing") != "",
+            F.concat(F.lit("missing, blank or a placeholder: "), F.col("_missing")),
         ),
-        (
-            "oversized_field",
-            oversized,
-            F.lit(f"a field is longer than {settings.max_field_chars} characters"),
-        ),
-        ("null_user", _blank("user_id"), F.lit("user_id is absent, null or blank")),
-        ("missing_field", missing != "", F.concat(F.lit("missing or blank: "), missing)),
-        ("wrong_type", wrong_type != "", wrong_type),
+        ("wrong_type", F.col("_wrong_type") != "", F.col("_wrong_type")),
         (
             "unknown_event_type",
             ~F.col("event_type").isin(event_types),
@@ -219,12 +379,21 @@ def flag_row_problems(parsed: DataFrame, settings: Settings) -> DataFrame:
             ),
         ),
     ]
+    return df.withColumn("_verdict", _first_match(rules)).select(
+        *parsed.columns,
+        "event_ts",
+        "price_value",
+        F.col("_verdict.reason").alias("reason"),
+        F.col("_verdict.detail").alias("detail"),
+    )
+
+
+def _first_match(rules: Sequence[tuple[str, Column, Column]]) -> Column:
+    """struct(reason, detail) of the first rule whose condition holds, null when none does."""
     verdict: Any = F
     for reason, condition, detail in rules:
         verdict = verdict.when(condition, F.struct(F.lit(reason).alias("reason"), detail.alias("detail")))
-    return df.withColumn("_verdict", verdict).select(
-        *df.columns, F.col("_verdict.reason").alias("reason"), F.col("_verdict.detail").alias("detail")
-    )
+    return verdict
 
 
 def row_ids(flagged: DataFrame) -> DataFrame:
@@ -341,7 +510,7 @@ def flag_events(raw: DataFrame, settings: Settings) -> DataFrame:
     ``_line_hash``, so that a line quarantined later (duplicate, bot, unknown item) is read again from its raw file
     by :func:`recover_lines` and checked against it. Most lines are clean and never need their text again.
     """
-    flagged = flag_row_problems(parse_events(raw), settings)
+    flagged = flag_row_problems(parse_events(raw, settings.max_field_chars), settings)
     keep: list[Column | str] = [
         "dt",
         "source_file",
@@ -640,11 +809,27 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, dict[str, Any]]:
     plan = plan_dates(spark, settings)
     dates = plan["cleaned"]
     user_dates = [ds for ds in dates if path_exists(spark, lake.raw_users(settings.lake_root, ds))]
-    tally = clean_and_write(spark, settings, key, dates, user_dates, run_id)
+    # the four tables of every day are written to the run's own staging root and reconciled there; only then are
+    # the partitions moved into place, so a failed write or a count that does not add up changes no table
+    staged = run_staging(settings.lake_root, STAGE, run_id)
+    try:
+        tally = clean_and_write(spark, settings, key, dates, user_dates, run_id, staged)
+        counts_by_day = {ds: reconciled_counts(staged, ds, tally) for ds in dates}
+        replace_partitions(
+            spark,
+            [
+                (lake.partition(staged, name, ds), lake.partition(settings.lake_root, name, ds))
+                for name in OUTPUT_TABLES
+                for ds in dates
+            ],
+            aside=f"{staged}/_replaced",
+        )
+    finally:
+        delete_path(spark, staged)
     finished_at = manifests.utc_now()
     out: dict[str, dict[str, Any]] = {}
     for ds in dates:
-        counts = reconciled_counts(settings.lake_root, ds, tally)
+        counts = counts_by_day[ds]
         manifest = day_manifest(settings, ds, run_id, counts, tally, user_dates, (started_at, finished_at))
         if ds == settings.ds:
             manifest["window"] = {k: plan[k] for k in ("backfilled", "skipped_no_raw", "already_clean")}
@@ -662,9 +847,16 @@ def _use_utc_micros(spark: SparkSession) -> None:
 
 
 def clean_and_write(
-    spark: SparkSession, settings: Settings, key: bytes, dates: list[str], user_dates: list[str], run_id: str
+    spark: SparkSession,
+    settings: Settings,
+    key: bytes,
+    dates: list[str],
+    user_dates: list[str],
+    run_id: str,
+    out_root: str,
 ) -> RawTally:
-    """Read, flag, route and write the four tables of every planned day; returns what was counted on the way."""
+    """Read, flag, route and write the four tables of every planned day under ``out_root`` (the lake's layout);
+    returns what was counted on the way."""
     root = settings.lake_root
     # the parsed lines are written once to a run-private Parquet staging table and every later step reads the
     # columns it needs from there: one read and one JSON parse of the raw files per run, and memory that does not
@@ -723,7 +915,7 @@ def clean_and_write(
         ]
         in_parallel(  # four tables, four independent writes
             [
-                functools.partial(write_days, frame, root, name, schema, dates, days, sort_by=order)
+                functools.partial(write_days, frame, out_root, name, schema, dates, days, sort_by=order)
                 for frame, name, schema, days, order in tables
             ]
         )
@@ -848,10 +1040,23 @@ def _naming_bad_files() -> Iterator[None]:
         ) from err
 
 
+def missing_input(err: MissingPartition) -> SystemExit:
+    """The job's exit for a missing raw folder: status :data:`EXIT_MISSING_INPUT`, the message on stderr (the
+    task log) and in the exception. Rerunning cannot help until the folder is delivered."""
+    message = f"clean: {err}. Nothing was written; deliver the folder, then rerun the date."
+    print(message, file=sys.stderr, flush=True)
+    exit_ = SystemExit(message)
+    exit_.code = EXIT_MISSING_INPUT  # the message stays in args; the process exits with this status
+    return exit_
+
+
 def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_cli(argv, description=__doc__.splitlines()[0] if __doc__ else "")
     spark = spark_session(settings, STAGE)
-    written = run(spark, settings)
+    try:
+        written = run(spark, settings)
+    except MissingPartition as err:
+        raise missing_input(err) from err
     for ds, manifest in written.items():
         counts = manifest["counts"]
         reasons = {r: n for r, n in counts["quarantined_by_reason"].items() if n}

@@ -45,6 +45,7 @@ from schemas.features import (
 from schemas.raw import EVENT_STRENGTH
 from schemas.settings import Settings
 from schemas.spark import to_spark
+from storage import manifest as manifests
 from storage.lake_io import count_rows
 from storage.spark import (
     check_schema,
@@ -54,7 +55,10 @@ from storage.spark import (
     path_exists,
     read_partition,
     read_partitions,
+    replace_partitions,
+    run_staging,
     spark_session,
+    write_empty_partition,
     write_partition,
 )
 
@@ -469,33 +473,47 @@ def stale_daily_dates(spark: SparkSession, settings: Settings) -> list[dt.date]:
     return stale
 
 
-def update_daily_interactions(spark: SparkSession, settings: Settings) -> list[dt.date]:
-    """Extract -> transform -> load for the stale daily aggregates only; returns the days (re)computed."""
+def update_daily_interactions(spark: SparkSession, settings: Settings, out_root: str) -> list[dt.date]:
+    """Extract -> transform -> load for the stale daily aggregates only, under ``out_root`` (the run's staging
+    root, the lake's layout); returns the days (re)computed. A stale day without events gets an empty partition,
+    so that publishing it replaces the old aggregate."""
     stale = stale_daily_dates(spark, settings)
-    root = settings.lake_root
-    events = read_partitions(spark, root, lake.CLEAN_EVENTS, stale, CLEAN_EVENT)
+    events = read_partitions(spark, settings.lake_root, lake.CLEAN_EVENTS, stale, CLEAN_EVENT)
     daily = daily_interactions(events)
     check_schema(daily, DAILY_INTERACTION, lake.DAILY_INTERACTIONS)
-    for day in stale:  # a day whose clean events are now empty must not keep an old aggregate
-        delete_path(spark, lake.partition(root, lake.DAILY_INTERACTIONS, day))
     # one write for all stale days (dynamic partition overwrite replaces exactly those dt= folders)
     (
         daily.select(*DAILY_INTERACTION.names, "dt")
         .write.mode("overwrite")
         .partitionBy("dt")
-        .parquet(lake.table(root, lake.DAILY_INTERACTIONS))
+        .parquet(lake.table(out_root, lake.DAILY_INTERACTIONS))
     )
+    for day in stale:
+        if not path_exists(spark, lake.partition(out_root, lake.DAILY_INTERACTIONS, day)):
+            write_empty_partition(spark, out_root, lake.DAILY_INTERACTIONS, day, DAILY_INTERACTION)
     log.info("daily_interactions computed for %s", [d.isoformat() for d in stale])
     return stale
 
 
-def extract(spark: SparkSession, settings: Settings) -> FeatureInputs:
+def extract(
+    spark: SparkSession, settings: Settings, staged: str | None = None, staged_days: Sequence[dt.date] = ()
+) -> FeatureInputs:
+    """The inputs of :func:`build_features`; the daily aggregates of ``staged_days`` are read from the run's
+    staging root ``staged`` (written there by :func:`update_daily_interactions`, not yet published)."""
     root, run_date = settings.lake_root, settings.run_date
     days = [*settings.window_dates(), run_date]
-    existing = [d for d in days if path_exists(spark, lake.partition(root, lake.DAILY_INTERACTIONS, d))]
+    parts = []
+    for where, wanted in ((staged, list(staged_days)), (root, [d for d in days if d not in staged_days])):
+        existing = [
+            d
+            for d in wanted
+            if where and path_exists(spark, lake.partition(where, lake.DAILY_INTERACTIONS, d))
+        ]
+        if where and existing:
+            parts.append(read_partitions(spark, where, lake.DAILY_INTERACTIONS, existing, DAILY_INTERACTION))
     units = (
-        read_partitions(spark, root, lake.DAILY_INTERACTIONS, existing, DAILY_INTERACTION)
-        if existing
+        functools.reduce(DataFrame.unionByName, parts)
+        if parts
         else _empty(spark, DAILY_INTERACTION).withColumn("dt", F.lit(None).cast("date"))
     )
     catalogue_path = lake.partition(root, lake.CLEAN_ITEMS, run_date)
@@ -556,30 +574,53 @@ def extract_labels(
     return LabelSets(previous=previous, current={k: frozenset(v) for k, v in current.items()})
 
 
-def load(outputs: dict[str, DataFrame], settings: Settings) -> None:
-    """Write every table's dt=D. A table that is empty this run (e.g. no events on D) still gets a valid, empty
-    partition, and never keeps rows of an earlier run of D (dynamic overwrite alone would leave those)."""
+def load(outputs: dict[str, DataFrame], settings: Settings, out_root: str) -> None:
+    """Write every table's dt=D under ``out_root`` (the run's staging root). A table that is empty this run (e.g.
+    no events on D) still gets a valid, empty partition, so publishing it never keeps rows of an earlier run."""
     spark = next(iter(outputs.values())).sparkSession
 
     def write(name: str, df: DataFrame) -> None:
-        path = lake.partition(settings.lake_root, name, settings.run_date)
-        delete_path(spark, path)
-        write_partition(df, settings.lake_root, name, settings.run_date, OUTPUT_SCHEMAS[name])
+        path = lake.partition(out_root, name, settings.run_date)
+        write_partition(df, out_root, name, settings.run_date, OUTPUT_SCHEMAS[name])
         if not path_exists(spark, path):
             df.select(*OUTPUT_SCHEMAS[name].names).limit(0).write.mode("overwrite").parquet(path)
 
     in_parallel([functools.partial(write, name, df) for name, df in outputs.items()])
 
 
+def publish(spark: SparkSession, settings: Settings, out_root: str, daily_days: Sequence[dt.date]) -> None:
+    """Moves the run's staged partitions into place together: the recomputed daily aggregates and every table's
+    dt=D (all of them, or none when one cannot be moved)."""
+    staged = [(lake.DAILY_INTERACTIONS, day) for day in daily_days]
+    staged += [(name, settings.run_date) for name in OUTPUT_SCHEMAS]
+    replace_partitions(
+        spark,
+        [
+            (lake.partition(out_root, name, day), lake.partition(settings.lake_root, name, day))
+            for name, day in staged
+        ],
+        aside=f"{out_root}/_replaced",
+    )
+
+
 def run(spark: SparkSession, settings: Settings) -> dict[str, object]:
     """The whole job for ``settings.run_date``; returns a summary (days aggregated, rows written, seconds)."""
     started = time.perf_counter()
-    computed = update_daily_interactions(spark, settings)
-    outputs = build_features(extract(spark, settings), settings)
-    load(outputs, settings)
-    for df in outputs.values():
-        df.unpersist()
-    spark.catalog.clearCache()
+    # every table (the daily aggregates included) is written to the run's staging root first and moved into
+    # place only when all writes succeeded: a failed run changes no table
+    staged = run_staging(settings.lake_root, "features", manifests.new_run_id("features"))
+    try:
+        computed = update_daily_interactions(spark, settings, staged)
+        outputs = build_features(extract(spark, settings, staged, computed), settings)
+        try:
+            load(outputs, settings, staged)
+        finally:
+            for df in outputs.values():
+                df.unpersist()
+            spark.catalog.clearCache()
+        publish(spark, settings, staged, computed)
+    finally:
+        delete_path(spark, staged)
     # row counts from the Parquet footers (pyarrow: no Spark job), of what consumers will actually read
     rows = {name: count_rows(lake.partition(settings.lake_root, name, settings.run_date)) for name in outputs}
     summary: dict[str, object] = {
@@ -590,8 +631,6 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, object]:
     }
     log.info("features %s", summary)
     # the stage's run manifest runs/features/dt=D: rows in (clean events of the window and D) and out (all tables)
-    from storage import manifest as manifests
-
     rows_in = sum(
         count_rows(path)
         for day in [*settings.window_dates(), settings.run_date]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -174,6 +175,69 @@ def write_empty_partition(
     delete_path(spark, folder)
     write_bytes(spark, f"{folder}/part-00000-empty.parquet", empty_parquet(schema))
     write_bytes(spark, f"{folder}/_SUCCESS", b"")
+
+
+def run_staging(root: str, stage: str, run_id: str) -> str:
+    """A run's private lake root for its outputs, ``staging/<stage>_outputs/<run id>``: a stage writes its tables
+    there with the lake's layout, then :func:`replace_partitions` moves them into place. Safe to delete after a
+    killed run."""
+    safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", run_id)  # Airflow run ids hold ':' and '+'
+    return lake.table(root, f"{lake.STAGING}/{stage}_outputs/{safe_id}")
+
+
+def replace_partitions(spark: SparkSession, moves: Sequence[tuple[str, str]], aside: str) -> None:
+    """Moves every staged folder ``src`` onto its published path ``dst`` (replacing what is there), by renames
+    through the Hadoop FileSystem: all of them, or, when one fails, none (the done ones are moved back).
+
+    Every source and every destination's parent folder is checked before the first rename, so the usual
+    failures (a missing staged folder, a file where a table folder must be) change nothing. A replaced ``dst``
+    is first renamed to ``aside/<n>`` (a Hadoop rename onto an existing folder would nest into it); the caller
+    deletes ``aside`` with the rest of its staging. A process killed between the renames leaves some partitions
+    replaced and others not, each whole: a rerun of the date replaces them all again.
+    """
+    jvm = _jvm(spark)
+    planned = []
+    for n, (src, dst) in enumerate(moves):
+        fs, source = hadoop_path(spark, src)
+        target = jvm.org.apache.hadoop.fs.Path(dst)
+        if not fs.exists(source):
+            raise FileNotFoundError(f"cannot publish {dst}: its staged copy {src} does not exist")
+        parent = target.getParent()
+        try:
+            ready = bool(fs.mkdirs(parent)) and bool(fs.getFileStatus(parent).isDirectory())
+        except Exception as err:  # py4j error of a Hadoop IOException, e.g. a file in the way
+            raise OSError(f"cannot publish {dst}: {parent} is not a folder ({err})") from err
+        if not ready:
+            raise OSError(f"cannot publish {dst}: {parent} is not a folder")
+        planned.append((fs, source, target, jvm.org.apache.hadoop.fs.Path(f"{aside}/{n}")))
+    done: list[tuple[Any, Any, Any, Any, bool]] = []
+    try:
+        for fs, source, target, aside_n in planned:
+            replaced = bool(fs.exists(target))
+            if replaced:
+                try:
+                    fs.mkdirs(aside_n.getParent())
+                except Exception as err:  # py4j error of a Hadoop IOException, e.g. a file in the way
+                    raise OSError(f"cannot set {target} aside under {aside}: {err}") from err
+                _rename(fs, target, aside_n)
+            try:
+                _rename(fs, source, target)
+            except Exception:
+                if replaced:
+                    _rename(fs, aside_n, target)
+                raise
+            done.append((fs, source, target, aside_n, replaced))
+    except Exception:
+        for fs, source, target, aside_n, replaced in reversed(done):
+            _rename(fs, target, source)
+            if replaced:
+                _rename(fs, aside_n, target)
+        raise
+
+
+def _rename(fs: Any, source: Any, target: Any) -> None:
+    if not fs.rename(source, target):
+        raise OSError(f"could not rename {source.toString()} to {target.toString()}")
 
 
 def in_parallel(actions: Sequence[Callable[[], Any]], threads: int = CONCURRENT_JOBS) -> list[Any]:

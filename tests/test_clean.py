@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,18 @@ def staged_lines(root: str) -> list[Path]:
     return sorted(folder.iterdir()) if folder.exists() else []
 
 
+def staged_outputs(root: str) -> list[Path]:
+    """What runs left of their staged output tables (nothing, when each run cleans up after itself)."""
+    folder = Path(lake.table(root, f"{lake.STAGING}/clean_outputs"))
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def tree_bytes(path: str) -> dict[str, bytes]:
+    """Every file under a folder, by relative path: to tell a partition that changed from one that did not."""
+    base = Path(path)
+    return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
+
+
 TABLES = (lake.CLEAN_EVENTS, lake.QUARANTINE_EVENTS, lake.CLEAN_ITEMS, lake.CLEAN_USERS)
 
 
@@ -259,6 +272,7 @@ def test_rerun_gives_identical_tables_and_replaces_the_day(spark: Any, dirty_run
     assert second["counts"] == dirty_run["manifest"]["counts"]
     assert second["run_id"] != dirty_run["manifest"]["run_id"]
     assert staged_lines(root) == []  # each run removes its staged parsed lines
+    assert staged_outputs(root) == []  # and its staged tables
     assert [r["run_id"] for r in manifests.read_runs(root).to_pylist()] == [second["run_id"]]
 
     # the producer re-delivers the day without its bad rows: the old quarantine rows must go, not linger
@@ -309,6 +323,96 @@ def test_missing_partition_names_the_path(spark: Any, tmp_lake: str) -> None:
     Path(lake.raw_items(tmp_lake, D)).rmdir()
     with pytest.raises(clean.MissingPartition, match=r"raw/items/dt=2026-01-14"):
         clean.run(spark, settings_for(tmp_lake))
+
+
+def test_main_exits_2_at_once_naming_the_missing_raw_day(
+    spark: Any, tmp_lake: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing input is not transient: the job's exit status says so (2), with the path, and writes nothing."""
+    from jobs import clean
+
+    monkeypatch.setenv(
+        "RECFLOW_SHUFFLE_PARTITIONS", "1"
+    )  # main's session is the tests' one: keep its settings
+    with pytest.raises(SystemExit) as exited:
+        clean.main(settings_for(tmp_lake).to_cli())
+    assert exited.value.code == 2
+    assert "raw/events/dt=2026-01-14 does not exist" in str(exited.value)
+    assert "raw/events/dt=2026-01-14 does not exist" in capsys.readouterr().err
+    assert not Path(lake.table(tmp_lake, lake.CLEAN_EVENTS)).exists()
+
+
+@pytest.mark.parametrize("blocked", [lake.CLEAN_EVENTS, f"{lake.STAGING}/clean_outputs"])
+def test_a_failed_write_changes_no_published_table(
+    spark: Any, tmp_lake: str, blocked: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage's tables for a date change together or not at all. The failure: a regular file where a folder must
+    be (one table's folder, or the staging area), which fails a write even for root, who ignores permissions."""
+    from jobs import clean
+
+    write_raw(tmp_lake, D, [line(r) for r in GOOD] + [raw for _, raw in BAD[:5]])
+    clean.run(spark, settings_for(tmp_lake))
+    before = {name: tree_bytes(lake.partition(tmp_lake, name, D)) for name in TABLES}
+    manifest = Path(lake.run_manifest(tmp_lake, "clean", D)).read_bytes()
+    # the producer re-delivers the day, different in every table: a successful rerun would change them all
+    redelivered = [
+        line(event("new1", "u1", item="i2", price=20.5)),
+        *[raw for _, raw in BAD[5:7] + BAD[8:10]],
+    ]
+    write_raw(tmp_lake, D, redelivered, items=ITEMS[1:], users=USERS[:1])
+    in_the_way = Path(lake.table(tmp_lake, blocked))
+    if in_the_way.exists():
+        shutil.rmtree(in_the_way)
+    in_the_way.parent.mkdir(parents=True, exist_ok=True)
+    in_the_way.write_text("a file where a folder must be")
+
+    monkeypatch.setenv(
+        "RECFLOW_SHUFFLE_PARTITIONS", "1"
+    )  # main's session is the tests' one: keep its settings
+    with pytest.raises(Exception, match="clean"):
+        clean.main(settings_for(tmp_lake).to_cli())  # not a SystemExit: the process exits 1
+    assert {name: tree_bytes(lake.partition(tmp_lake, name, D)) for name in TABLES if name != blocked} == {
+        name: files for name, files in before.items() if name != blocked
+    }
+    assert Path(lake.run_manifest(tmp_lake, "clean", D)).read_bytes() == manifest
+    assert staged_lines(tmp_lake) == [] and staged_outputs(tmp_lake) == []
+
+    in_the_way.unlink()  # the obstacle removed, a rerun replaces every table
+    clean.run(spark, settings_for(tmp_lake))
+    assert [r["event_id"] for r in read(tmp_lake, lake.CLEAN_EVENTS)] == ["new1"]
+    assert sorted(r["item_id"] for r in read(tmp_lake, lake.CLEAN_ITEMS)) == ["i2", "i3"]
+    assert staged_outputs(tmp_lake) == []
+
+
+def test_replace_partitions_moves_back_what_it_moved_when_a_later_move_fails(
+    spark: Any, tmp_path: Path
+) -> None:
+    """The second of two moves fails (its replaced folder cannot be put aside: a file is in the way) after the
+    first went through: the first is undone, so both destinations are as before and the staged copies are back."""
+    from storage.spark import replace_partitions
+
+    def folder(path: Path, text: str) -> str:
+        path.mkdir(parents=True)
+        (path / "part-0.parquet").write_text(text)
+        return str(path)
+
+    new_a, new_b = folder(tmp_path / "staged/a/dt=1", "new a"), folder(tmp_path / "staged/b/dt=1", "new b")
+    old_b = folder(tmp_path / "lake/b/dt=1", "old b")
+    (tmp_path / "staged/aside").write_text("a file where a folder must be")
+    moves = [(new_a, str(tmp_path / "lake/a/dt=1")), (new_b, old_b)]
+    with pytest.raises(OSError):
+        replace_partitions(spark, moves, aside=str(tmp_path / "staged/aside"))
+    assert not (tmp_path / "lake/a/dt=1").exists()
+    assert (Path(old_b) / "part-0.parquet").read_text() == "old b"
+    assert (Path(new_a) / "part-0.parquet").read_text() == "new a"
+    assert (Path(new_b) / "part-0.parquet").read_text() == "new b"
+
+    (tmp_path / "staged/aside").unlink()
+    replace_partitions(spark, moves, aside=str(tmp_path / "staged/aside"))
+    assert (tmp_path / "lake/a/dt=1/part-0.parquet").read_text() == "new a"
+    assert (Path(old_b) / "part-0.parquet").read_text() == "new b"
+    assert not Path(new_a).exists() and not Path(new_b).exists()
+    assert (tmp_path / "staged/aside/1/part-0.parquet").read_text() == "old b"  # for the caller to delete
 
 
 def test_first_run_backfills_window_days_without_a_manifest(spark: Any, tmp_lake: str) -> None:

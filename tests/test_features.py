@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -405,6 +406,47 @@ def test_a_day_without_events_gives_empty_but_valid_tables(spark: Any, tmp_lake:
     assert table.num_rows == 0 and set(features.OUTPUT_SCHEMAS[lake.VALIDATION].names) <= set(
         table.column_names
     )
+
+
+def tree_bytes(path: str) -> dict[str, bytes]:
+    """Every file under a folder, by relative path: to tell a table that changed from one that did not."""
+    base = Path(path)
+    return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_table_write_changes_no_feature_table(spark: Any, tmp_lake: str) -> None:
+    """The job's tables (the daily aggregates included) change together or not at all. The failure: a regular
+    file where one table's folder must be, which fails its write even for root, who ignores permissions."""
+    write_days(spark, tmp_lake, lake.CLEAN_EVENTS, CLEAN_EVENT, clean_events([1, 2, 3, 4]))
+    write_days(spark, tmp_lake, lake.CLEAN_ITEMS, CLEAN_ITEM, {D1: catalogue_rows(CATALOGUE)})
+    write_days(spark, tmp_lake, lake.CLEAN_USERS, CLEAN_USER, {D1: profile_rows(PROFILES)})
+    features.run(spark, settings_for(tmp_lake, D1))
+    names = [lake.DAILY_INTERACTIONS, *features.OUTPUT_SCHEMAS]
+    before = {name: tree_bytes(lake.table(tmp_lake, name)) for name in names}
+    # D1 is cleaned again with fewer events: a successful rerun would rewrite its aggregate and the tables
+    day = clean_events([4])[D1][:2]
+    write_partition(
+        spark.createDataFrame(day, to_spark(CLEAN_EVENT)), tmp_lake, lake.CLEAN_EVENTS, D1, CLEAN_EVENT
+    )
+    blocked = lake.USER_HISTORIES
+    shutil.rmtree(lake.table(tmp_lake, blocked))
+    Path(lake.table(tmp_lake, blocked)).write_text("a file where a folder must be")
+
+    with pytest.raises(Exception, match="user_histories"):
+        features.run(spark, settings_for(tmp_lake, D1))
+    after = {name: tree_bytes(lake.table(tmp_lake, name)) for name in names if name != blocked}
+    assert after == {name: files for name, files in before.items() if name != blocked}
+    staging = Path(lake.table(tmp_lake, f"{lake.STAGING}/features_outputs"))
+    assert not staging.exists() or list(staging.iterdir()) == []
+
+    Path(lake.table(tmp_lake, blocked)).unlink()  # the obstacle removed, a rerun replaces every table
+    summary = features.run(spark, settings_for(tmp_lake, D1))
+    assert summary["rows"][lake.USER_HISTORIES] > 0
+    assert tree_bytes(lake.partition(tmp_lake, lake.DAILY_INTERACTIONS, D1)) != {
+        path.removeprefix(f"dt={D1}/"): data
+        for path, data in before[lake.DAILY_INTERACTIONS].items()
+        if path.startswith(f"dt={D1}/")
+    }
 
 
 def test_in_parallel_returns_results_in_order_and_reraises(spark: Any) -> None:
