@@ -205,15 +205,9 @@ def _submit(stage: str, settings: Any, cluster: dict[str, Any], py_files: str) -
     return time.monotonic() - started
 
 
-def test_spark_stages_run_on_standalone_cluster(
-    spark_cluster: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for stage in ("clean", "features", "score"):
-        if not (REPO / "jobs" / f"{stage}.py").exists():
-            pytest.fail(f"jobs/{stage}.py does not exist yet")
-    import pyarrow.parquet as pq
-
-    from schemas import lake
+def _point_airflow_at(spark_cluster: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The cluster's Spark for this test's processes and the spark_default connection at its master; the tiny
+    lake's settings."""
     from schemas.settings import Settings
 
     for key in ("SPARK_HOME", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"):
@@ -224,7 +218,20 @@ def test_spark_stages_run_on_standalone_cluster(
         "AIRFLOW_CONN_SPARK_DEFAULT", json.dumps({"conn_type": "spark", "host": host, "port": int(port)})
     )
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow_home"))
-    settings = Settings.load({**TINY, "lake_root": str(tmp_path / "lake")}, env={})
+    return Settings.load({**TINY, "lake_root": str(tmp_path / "lake")}, env={})
+
+
+def test_spark_stages_run_on_standalone_cluster(
+    spark_cluster: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for stage in ("clean", "features", "score"):
+        if not (REPO / "jobs" / f"{stage}.py").exists():
+            pytest.fail(f"jobs/{stage}.py does not exist yet")
+    import pyarrow.parquet as pq
+
+    from schemas import lake
+
+    settings = _point_airflow_at(spark_cluster, tmp_path, monkeypatch)
 
     from recflow_nightly import py_files_for, spark_master
 
@@ -300,17 +307,9 @@ def test_a_worker_killed_mid_job_does_not_fail_the_job(
 
     from demo import generate
     from schemas import lake
-    from schemas.settings import Settings
     from storage import lake_io
 
-    for key in ("SPARK_HOME", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"):
-        monkeypatch.setenv(key, spark_cluster["env"][key])
-    host, port = spark_cluster["master"].rsplit(":", 1)
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_SPARK_DEFAULT", json.dumps({"conn_type": "spark", "host": host, "port": int(port)})
-    )
-    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow_home"))
-    settings = Settings.load({**TINY, "lake_root": str(tmp_path / "lake")}, env={})
+    settings = _point_airflow_at(spark_cluster, tmp_path, monkeypatch)
     generate.main(settings.to_cli())
     py_files = py_files_for(spark_master(), tmp_path / "py_files")
     assert py_files

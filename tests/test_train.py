@@ -182,6 +182,40 @@ def _write(table: pa.Table, root: str, name: str, date: dt.date) -> None:
     pq.write_table(table, path / "part-00000.parquet")
 
 
+def _write_profiles(
+    root: str, date: dt.date, items: int, per_category: int, users: int, title_offset: int
+) -> None:
+    """``features/items`` (``per_category`` items a category, title tokens i and i + title_offset) and
+    ``features/users`` of a tiny lake."""
+    item_rows = [
+        {
+            "item_idx": i,
+            "item_id": f"i{i}",
+            "category": f"c{(i - 1) // per_category}",
+            "category_idx": (i - 1) // per_category + 1,
+            "price_bucket": i % 3 + 1,
+            "title_tokens": [i, i + title_offset],
+            "age_days": float(i),
+            "available": True,
+            "popularity": 1.0,
+            "title": f"item {i}",
+        }
+        for i in range(1, items + 1)
+    ]
+    _write(pa.Table.from_pylist(item_rows, schema=S.ITEM_FEATURE), root, lake.ITEM_FEATURES, date)
+    user_rows = [
+        {
+            "user_idx": u,
+            "user_id": f"u{u}",
+            "age_bucket_idx": u % 4 + 1,
+            "region_idx": u % 2 + 1,
+            "segment": "x",
+        }
+        for u in range(1, users + 1)
+    ]
+    _write(pa.Table.from_pylist(user_rows, schema=S.USER_FEATURE), root, lake.USER_FEATURES, date)
+
+
 def write_tiny_lake(root: str, settings: Settings) -> None:
     """Feature tables as the features job writes them (schemas.features), for 40 users and 12 items."""
     rng = np.random.default_rng(3)
@@ -206,33 +240,7 @@ def write_tiny_lake(root: str, settings: Settings) -> None:
         {"user_idx": u, "history": [1, 2], "seen": [1, 2], "targets": [(u % 3) * 4 + 3]} for u in range(1, 11)
     ]
     _write(pa.Table.from_pylist(validation, schema=S.VALIDATION_EXAMPLE), root, lake.VALIDATION, date)
-    items = [
-        {
-            "item_idx": i,
-            "item_id": f"i{i}",
-            "category": f"c{(i - 1) // 4}",
-            "category_idx": (i - 1) // 4 + 1,
-            "price_bucket": i % 3 + 1,
-            "title_tokens": [i, i + 20],
-            "age_days": float(i),
-            "available": True,
-            "popularity": 1.0,
-            "title": f"item {i}",
-        }
-        for i in range(1, 13)
-    ]
-    _write(pa.Table.from_pylist(items, schema=S.ITEM_FEATURE), root, lake.ITEM_FEATURES, date)
-    users = [
-        {
-            "user_idx": u,
-            "user_id": f"u{u}",
-            "age_bucket_idx": u % 4 + 1,
-            "region_idx": u % 2 + 1,
-            "segment": "x",
-        }
-        for u in range(1, 41)
-    ]
-    _write(pa.Table.from_pylist(users, schema=S.USER_FEATURE), root, lake.USER_FEATURES, date)
+    _write_profiles(root, date, items=12, per_category=4, users=40, title_offset=20)
 
 
 def test_train_two_tower_from_the_lake_exports_a_versioned_model(
@@ -337,34 +345,9 @@ def write_grouped_lake(root: str, settings: Settings, users: int = 150, group_it
             validation.append({"user_idx": user, "history": taken[-4:], "seen": taken, "targets": unseen[:1]})
     _write(pa.Table.from_pylist(rows, schema=S.TRAIN_EXAMPLE), root, lake.TRAIN_EXAMPLES, date)
     _write(pa.Table.from_pylist(validation, schema=S.VALIDATION_EXAMPLE), root, lake.VALIDATION, date)
-    n_items = 3 * group_items
-    items = [
-        {
-            "item_idx": i,
-            "item_id": f"i{i}",
-            "category": f"c{(i - 1) // group_items}",
-            "category_idx": (i - 1) // group_items + 1,
-            "price_bucket": i % 3 + 1,
-            "title_tokens": [i, i + 3 * group_items],
-            "age_days": float(i),
-            "available": True,
-            "popularity": 1.0,
-            "title": f"item {i}",
-        }
-        for i in range(1, n_items + 1)
-    ]
-    _write(pa.Table.from_pylist(items, schema=S.ITEM_FEATURE), root, lake.ITEM_FEATURES, date)
-    profiles = [
-        {
-            "user_idx": u,
-            "user_id": f"u{u}",
-            "age_bucket_idx": u % 4 + 1,
-            "region_idx": u % 2 + 1,
-            "segment": "x",
-        }
-        for u in range(1, users + 1)
-    ]
-    _write(pa.Table.from_pylist(profiles, schema=S.USER_FEATURE), root, lake.USER_FEATURES, date)
+    _write_profiles(
+        root, date, items=3 * group_items, per_category=group_items, users=users, title_offset=3 * group_items
+    )
 
 
 def _train_process(settings: Settings, log_to: Path) -> subprocess.Popen[bytes]:
