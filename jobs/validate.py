@@ -852,7 +852,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = Settings.load(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    report = validate(settings, suite, table_path=table_path, engine=engine)
+    try:
+        report = validate(settings, suite, table_path=table_path, engine=engine)
+    except (
+        FileNotFoundError
+    ) as missing:  # a missing input is no transient fault: a retry cannot find it either
+        raise SystemExit(f"missing input for suite {suite!r}: {missing}") from None
     if not report.success:  # the message (on stderr, or in the task's error) names every failed expectation
         raise SystemExit(report.summary())
     print(report.summary(), flush=True)

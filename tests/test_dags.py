@@ -262,6 +262,28 @@ def test_an_unknown_param_fails_the_run_at_once_naming_the_valid_ones(
     assert not (lake_root / "clean").exists(), "no stage may have run"
 
 
+def test_a_missing_raw_day_fails_the_run_at_once_naming_the_path(
+    nightly: Any,
+    airflow_db: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A missing input is not transient: no retry can find it, so the first try fails the run, with the path."""
+    lake_root = tmp_path / "lake"
+    monkeypatch.setenv("RECFLOW_LAKE_ROOT", str(lake_root))
+    dag_run = nightly.test(
+        logical_date=dt.datetime(2026, 1, 5, tzinfo=dt.UTC), run_conf={"generate_demo_data": False}
+    )
+    states = _states(dag_run)
+    assert states["validate_raw"] == "failed" and states["clean"] == "upstream_failed", states
+    assert str(dag_run.state) == "failed"
+    ti = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "validate_raw")
+    assert ti.try_number == 1, "failed at once, not retried"
+    output = "".join(capfd.readouterr())
+    assert "missing input for suite 'raw'" in output and "raw/events/dt=2026-01-04" in output, output[-3000:]
+
+
 # ---- end to end ------------------------------------------------------------------------------------------
 
 # tiny_run (conftest.py): one dag.test() of recflow_nightly on a tiny generated lake, shared with other test files
