@@ -55,6 +55,9 @@ MAX_SESSION_STEPS = 12  # distinct item views per session, at most
 NEWS_LIFETIME_DAYS = 7  # a news article stays in the catalogue this long; `items` = articles live at any time
 _BLOCK = 64  # items per block of the two-step sampler
 NEIGHBOURS = 10  # candidates for "the next item is related to the previous one"
+# catalogues above this size draw session items by resampling SIR_CANDIDATES popularity draws (_draw_items)
+EXACT_SAMPLING_MAX_ITEMS = 20_000
+SIR_CANDIDATES = 64
 SERVICE_LAUNCH = dt.date(2024, 1, 1)  # users sign up over the two years after this date
 DAY_MS = 86_400_000
 _SCENARIO_CODE = {"ecommerce": 1, "news": 2}
@@ -579,9 +582,78 @@ def _draw_items(
 ) -> np.ndarray:
     """``draws`` independent items per session from softmax(taste . factor + popularity [+ recency]).
 
-    Inverse-CDF sampling in two steps, because a cumulative sum over every row of the catalogue is the slow part:
-    pick a block of _BLOCK items from the block sums, then the item inside that block.
+    Exact up to EXACT_SAMPLING_MAX_ITEMS items (:func:`_draw_items_exact`, time sessions x items); above, by
+    sampling-importance-resampling (:func:`_draw_items_resampled`, time sessions x SIR_CANDIDATES), so that a
+    catalogue of 10^5+ items does not make the generator the slowest stage of a run.
     """
+    if len(items.ids) <= EXACT_SAMPLING_MAX_ITEMS:
+        return _draw_items_exact(rng, taste, start_ms, items, available, behaviour, draws, chunk)
+    return _draw_items_resampled(rng, taste, start_ms, items, available, behaviour, draws, chunk)
+
+
+def _draw_items_resampled(
+    rng: np.random.Generator,
+    taste: np.ndarray,
+    start_ms: np.ndarray,
+    items: Items,
+    available: np.ndarray,
+    behaviour: Behaviour,
+    draws: int,
+    chunk: int,
+) -> np.ndarray:
+    """Sampling-importance-resampling: SIR_CANDIDATES candidates per draw from the popularity part alone (one
+    inverse-CDF search each), then one of them with probability proportional to the rest of the target,
+    exp(taste_weight * taste . factor [- age / recency_hours]), by the Gumbel-max trick. The draws follow the
+    exact softmax more closely the more candidates there are; 64 keep the taste signal strong (the affinity
+    part spans only [-taste_weight, taste_weight])."""
+    pop = np.where(available, np.exp(items.pop_bias.astype(np.float64) - items.pop_bias.max()), 0.0)
+    accept, alias = _alias_table(pop)
+    publish_h = items.publish_ms / 3_600_000.0
+    out = np.empty((len(taste), draws), dtype=np.int64)
+    for lo in range(0, len(taste), chunk):
+        hi = min(lo + chunk, len(taste))
+        slot = rng.integers(0, len(pop), size=(hi - lo, draws, SIR_CANDIDATES))
+        candidates = np.where(rng.random(slot.shape) < accept[slot], slot, alias[slot])
+        logits = np.einsum("sd,scd->sc", taste[lo:hi], items.factors[candidates.reshape(hi - lo, -1)])
+        logits = logits.reshape(candidates.shape) * behaviour.taste_weight
+        if behaviour.recency_hours > 0:  # news: only published articles, fresher ones preferred
+            age_h = start_ms[lo:hi, None, None] / 3_600_000.0 - publish_h[candidates]
+            logits = np.where(age_h < 0, -np.inf, logits - age_h / behaviour.recency_hours)
+        logits += rng.gumbel(size=logits.shape)
+        pick = np.argmax(logits, axis=2)  # a row of only unpublished candidates keeps its first one
+        out[lo:hi] = np.take_along_axis(candidates, pick[:, :, None], axis=2)[:, :, 0]
+    return out
+
+
+def _alias_table(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walker's alias table (Vose's construction): slot i is kept with probability accept[i], else alias[i]; a
+    uniform slot then draws item i with probability weights[i] / weights.sum(), in O(1) per draw."""
+    n = len(weights)
+    scaled = weights * (n / weights.sum())
+    accept, alias = np.ones(n), np.arange(n)
+    small = [int(i) for i in np.flatnonzero(scaled < 1.0)]
+    large = [int(i) for i in np.flatnonzero(scaled >= 1.0)]
+    while small and large:
+        lo, hi = small.pop(), large[-1]
+        accept[lo], alias[lo] = scaled[lo], hi
+        scaled[hi] -= 1.0 - scaled[lo]
+        if scaled[hi] < 1.0:
+            small.append(large.pop())
+    return accept, alias
+
+
+def _draw_items_exact(
+    rng: np.random.Generator,
+    taste: np.ndarray,
+    start_ms: np.ndarray,
+    items: Items,
+    available: np.ndarray,
+    behaviour: Behaviour,
+    draws: int,
+    chunk: int,
+) -> np.ndarray:
+    """Inverse-CDF sampling in two steps, because a cumulative sum over every row of the catalogue is the slow
+    part: pick a block of _BLOCK items from the block sums, then the item inside that block."""
     n_items = len(items.ids)
     n_blocks = -(-n_items // _BLOCK)
     # unavailable items get weight 0 (and so do the padding columns of the last block)

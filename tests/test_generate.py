@@ -399,3 +399,47 @@ def test_zero_share_returns_the_lines_unchanged() -> None:
     lines = [b'{"event_id":"a"}', b'{"event_id":"b"}']
     result = gen.inject_corruptions(lines, np.random.default_rng(0), 0.0)
     assert result.lines == lines and result.labels == [None, None] and not any(result.counts.values())
+
+
+@pytest.mark.parametrize("scenario", ["ecommerce", "news"])
+def test_large_catalogues_resample_close_to_the_exact_softmax(tmp_path: Path, scenario: str) -> None:
+    """Above EXACT_SAMPLING_MAX_ITEMS items sessions draw by resampling popularity candidates: the drawn items
+    must carry the users' taste (about as strongly as exact draws) and their popularity, not popularity alone."""
+    settings = small(
+        str(tmp_path / "lake"), scenario, users=3_000, items=gen.EXACT_SAMPLING_MAX_ITEMS + 5_000
+    )
+    world = gen.World(settings)
+    day = RUN_DATE
+    items, available = world.catalogue(day)
+    taste = world.user_taste(day)[:1_500]
+    start_ms = np.full(len(taste), gen._epoch_ms(day) + gen.DAY_MS // 2)
+
+    def drawn(sampler: object, seed: int) -> tuple[float, float]:
+        picked = sampler(  # type: ignore[operator]
+            np.random.default_rng(seed), taste, start_ms, items, available, world.behaviour, 12, 512
+        )
+        affinity = np.einsum("sd,std->st", taste, items.factors[picked]).mean()
+        assert available[picked].all()
+        return float(affinity), float(items.pop_bias[picked].mean())
+
+    exact_affinity, exact_pop = drawn(gen._draw_items_exact, 1)
+    resampled_affinity, resampled_pop = drawn(gen._draw_items_resampled, 2)
+    accept, alias = gen._alias_table(np.where(available, np.exp(items.pop_bias - items.pop_bias.max()), 0.0))
+    slots = np.random.default_rng(3).integers(0, len(accept), size=(len(taste), 12))
+    popular = np.where(np.random.default_rng(4).random(slots.shape) < accept[slots], slots, alias[slots])
+    popular_affinity = float(np.einsum("sd,std->st", taste, items.factors[popular]).mean())
+    assert resampled_affinity > popular_affinity + 0.5 * (exact_affinity - popular_affinity)
+    assert abs(resampled_affinity - exact_affinity) < 0.25 * abs(exact_affinity - popular_affinity) + 0.02
+    assert abs(resampled_pop - exact_pop) < 0.5
+
+
+def test_the_alias_table_draws_in_proportion_to_the_weights() -> None:
+    weights = np.random.default_rng(0).pareto(1.2, size=500)
+    weights[::7] = 0.0
+    accept, alias = gen._alias_table(weights)
+    rng = np.random.default_rng(1)
+    slots = rng.integers(0, len(weights), size=2_000_000)
+    drawn = np.where(rng.random(len(slots)) < accept[slots], slots, alias[slots])
+    share = np.bincount(drawn, minlength=len(weights)) / len(drawn)
+    assert share[::7].sum() == 0
+    np.testing.assert_allclose(share, weights / weights.sum(), atol=5e-4)
