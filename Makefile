@@ -24,8 +24,8 @@ export AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG := 2
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help install java run test test-quick lint format bench bench-first-pass bench-quality bench-score clean-lake \
-	ui ui-stop backfill browser-deps test-browser
+.PHONY: help install java run test test-quick lint format bench bench-first-pass bench-quality bench-score bench-warm-start clean-lake \
+	ui ui-stop backfill browser-deps test-browser mlflow-ui
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -88,6 +88,9 @@ backfill: install ## run the nightly DAG for days FROM..TO (YYYY-MM-DD) in date 
 	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD [CONF='{...}']" >&2; exit 2; }
 	$(PY) -m tools.local_airflow backfill $(FROM) $(TO) $(if $(CONF),--conf '$(CONF)')
 
+mlflow-ui: install ## the MLflow UI of the lake's tracking store on 127.0.0.1:5000 (own venv; stop: python -m tools.mlflow_ui stop)
+	$(PY) -m tools.mlflow_ui start
+
 browser-deps: ## Debian chromium and npm playwright-core for the browser test (tests/browser/)
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
@@ -112,3 +115,6 @@ bench-quality: install ## every model on MovieLens (fixed 100k split, or DATA=ra
 
 bench-score: install ## batch scoring vs the bare matrix product and ALS recommendForAllUsers
 	$(call run_bench,bench_score)
+
+bench-warm-start: install ## the deep model warm-started vs cold over a 7-night backfill: training time, next-day nDCG@10
+	$(call run_bench,bench_warm_start)

@@ -39,6 +39,13 @@ RECOMMENDATIONS_ASSET = Asset(
 SIMILAR_ITEMS_ASSET = Asset(
     name="recflow_similar_items", group="recflow", uri=f"{_LAKE_URI}/{lake.SIMILAR_ITEMS}"
 )
+USER_EMBEDDINGS_ASSET = Asset(
+    name="recflow_user_embeddings", group="recflow", uri=f"{_LAKE_URI}/{lake.USER_EMBEDDINGS}"
+)
+ITEM_EMBEDDINGS_ASSET = Asset(
+    name="recflow_item_embeddings", group="recflow", uri=f"{_LAKE_URI}/{lake.ITEM_EMBEDDINGS}"
+)
+PUBLISHED_ASSETS = (RECOMMENDATIONS_ASSET, SIMILAR_ITEMS_ASSET, USER_EMBEDDINGS_ASSET, ITEM_EMBEDDINGS_ASSET)
 
 
 def _bounded(field: str, kind: str, minimum: float, maximum: float, title: str, description: str) -> Param:
@@ -126,6 +133,13 @@ def nightly_params() -> dict[str, Param]:
         "skip_training": _switch(
             "Skip training",
             "Score with the current production model without training or evaluating a new one.",
+        ),
+        "warm_start": Param(
+            _DEFAULTS.warm_start,
+            type="boolean",
+            title="Warm start",
+            description="Start the deep model from the production deep model's weights when its architecture "
+            "matches (new items get fresh rows). Off: train from scratch.",
         ),
         "model": _choice(
             "model",

@@ -16,6 +16,9 @@ Spark stages run through `spark-submit` with the `spark_default` connection: `lo
 `spark://host:7077` (or YARN, Kubernetes) to run the same jobs on a cluster. Spark tasks share the `spark` pool
 (create it with `airflow pools set spark 1 "Spark jobs"`; `make ui` and `make backfill` do) so a backfill never
 runs two Spark jobs at once on a small machine.
+
+With an OpenLineage transport configured (`[openlineage] transport`; the local runs write
+`<lake>/lineage/events.jsonl`), every task reports the lake tables it reads and writes (`dags/_lineage.py`).
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from typing import Any
 
 import pendulum
 
-# _params lives next to this file: Airflow puts the DAG bundle's folder on sys.path when it parses DAGs
-from _params import RECOMMENDATIONS_ASSET, SIMILAR_ITEMS_ASSET, nightly_params
+# _lineage and _params live next to this file: Airflow puts the DAG bundle's folder on sys.path when it parses DAGs
+from _lineage import report_lake_lineage
+from _params import PUBLISHED_ASSETS, nightly_params
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import TriggerRule, dag, get_current_context, task
 
@@ -240,7 +244,7 @@ def recflow_nightly() -> None:
     def keep_production() -> None:
         """Marker: production stays; the gate's decision says why."""
 
-    @task(outlets=[RECOMMENDATIONS_ASSET, SIMILAR_ITEMS_ASSET], execution_timeout=dt.timedelta(minutes=15))
+    @task(outlets=list(PUBLISHED_ASSETS), execution_timeout=dt.timedelta(minutes=15))
     def publish(settings_dict: dict[str, Any]) -> dict[str, Any]:
         """Atomic swap staging -> recommendations/ and similar_items/; then the Assets get their events."""
         from jobs import publish as publish_job
@@ -249,8 +253,8 @@ def recflow_nightly() -> None:
         _raise_on_exit(publish_job.main, settings.to_cli())
         extra: dict[str, Any] = {"dt": settings.ds, "lake_root": settings.lake_root}
         outlet_events = get_current_context()["outlet_events"]
-        outlet_events[RECOMMENDATIONS_ASSET].extra = extra
-        outlet_events[SIMILAR_ITEMS_ASSET].extra = extra
+        for asset in PUBLISHED_ASSETS:  # an embeddings table the model has none of holds only _SKIPPED.json
+            outlet_events[asset].extra = extra
         return extra
 
     @task(trigger_rule="all_done", retries=0, execution_timeout=dt.timedelta(minutes=5))
@@ -286,6 +290,7 @@ def recflow_nightly() -> None:
     validated_metrics = validate_stage("metrics")
     decided = gate(settings_dict, metrics)
     validated_recs = validate_stage("recommendations")
+    validated_embeddings = validate_stage("embeddings")
     published = publish(settings_dict)
     summarized = summary(settings_dict)
     watcher = fail_if_any_stage_failed()
@@ -293,7 +298,7 @@ def recflow_nightly() -> None:
     generated >> validated_raw >> clean >> validated_clean >> features >> validated_features >> trained
     metrics >> validated_metrics >> decided >> [promote(), keep_production()] >> score
     validated_features >> score
-    score >> validated_recs >> published >> summarized
+    score >> [validated_recs, validated_embeddings] >> published >> summarized
     all_tasks = [
         resolved,
         generated,
@@ -308,9 +313,12 @@ def recflow_nightly() -> None:
         decided,
         score,
         validated_recs,
+        validated_embeddings,
         published,
     ]
     all_tasks >> watcher
+    # OpenLineage: each task's lake tables (schemas.lake.STAGE_TABLES) as its input and output datasets
+    report_lake_lineage([*all_tasks, summarized])
 
 
 def spark_master(conn_id: str = SPARK_CONN_ID) -> str:

@@ -12,6 +12,10 @@ Rerunning a publish that was killed part-way finishes it, also on its own (an Ai
 restaged): a ``dt=D`` holding ``_PUBLISHING.json`` of this run is completed, and a staging folder with
 ``_PUBLISHED.json`` is the previous copy swapped out by a killed exchange, and is deleted, never published.
 Two publishes of the same table must not run at once (the DAG runs one publish per date at a time).
+
+Tables: ``recommendations``, ``similar_items``, ``user_embeddings``, ``item_embeddings``. The score job stages the
+embeddings only for a model of moderate dimension; otherwise their staging folders hold ``_SKIPPED.json`` and the
+publish records ``not_published`` with the reason (in its result and its run manifest) instead.
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from schemas import lake
-from schemas.outputs import RECOMMENDATION, RECOMMENDATIONS_VERSION, SIMILAR_ITEM, SIMILAR_ITEMS_VERSION
+from schemas.outputs import (
+    EMBEDDINGS_VERSION,
+    ITEM_EMBEDDING,
+    RECOMMENDATION,
+    RECOMMENDATIONS_VERSION,
+    SIMILAR_ITEM,
+    SIMILAR_ITEMS_VERSION,
+    USER_EMBEDDING,
+)
 from schemas.settings import Settings
 from storage import lake_io
 from storage import publish as published
@@ -33,6 +45,15 @@ from storage import publish as published
 CONTRACTS = {
     lake.RECOMMENDATIONS: (RECOMMENDATION, RECOMMENDATIONS_VERSION),
     lake.SIMILAR_ITEMS: (SIMILAR_ITEM, SIMILAR_ITEMS_VERSION),
+    lake.USER_EMBEDDINGS: (USER_EMBEDDING, EMBEDDINGS_VERSION),
+    lake.ITEM_EMBEDDINGS: (ITEM_EMBEDDING, EMBEDDINGS_VERSION),
+}
+# the columns the publish manifest counts distinct values of, per table
+KEYS = {
+    lake.RECOMMENDATIONS: ["user_id", "item_id"],
+    lake.SIMILAR_ITEMS: ["item_id"],
+    lake.USER_EMBEDDINGS: ["user_id"],
+    lake.ITEM_EMBEDDINGS: ["item_id"],
 }
 
 
@@ -61,10 +82,35 @@ def verify(staging: str, schema: pa.Schema) -> dict[str, Any]:
             problems.append(f"{field.name}: {table[field.name].null_count} nulls")
     if table.num_rows == 0:
         problems.append("no rows")
+    if not problems and "vector" in schema.names:
+        problems += _vector_problems(table, schema.names[0])
     if problems:
         raise StagingError(f"{staging} breaks its contract: " + "; ".join(problems))
     versions = sorted(set(table["model_version"].to_pylist()))
-    return {"rows": table.num_rows, "model_versions": versions}
+    summary: dict[str, Any] = {"rows": table.num_rows, "model_versions": versions}
+    if "vector" in schema.names:
+        summary["dimension"] = int(table["dimension"][0].as_py())
+    return summary
+
+
+def _vector_problems(table: pa.Table, key: str) -> list[str]:
+    """An embeddings table: one row per id, one dimension, every vector that long, every value finite."""
+    import pyarrow.compute as pc
+
+    problems = []
+    if len(table[key].unique()) != table.num_rows:
+        problems.append(f"{key}: {table.num_rows - len(table[key].unique())} duplicate ids")
+    dimensions = table["dimension"].unique().to_pylist()
+    if len(dimensions) != 1 or dimensions[0] < 1:
+        problems.append(f"dimension: {sorted(dimensions)}, not one positive value")
+    short = pc.sum(pc.not_equal(pc.list_value_length(table["vector"]), table["dimension"])).as_py()
+    if short:
+        problems.append(f"vector: {short} rows whose length is not the dimension")
+    values = pc.list_flatten(table["vector"])
+    bad = len(values) - pc.sum(pc.is_finite(values)).as_py() if len(values) else 0
+    if bad:
+        problems.append(f"vector: {bad} values NaN, infinite or null")
+    return problems
 
 
 # ---- publish and read --------------------------------------------------------------------------------------------
@@ -77,11 +123,16 @@ def _plan(
 
     A staging folder holding ``_PUBLISHED.json`` is not fresh: it is the previous publication, swapped out by
     an exchange whose publish was killed before deleting it; it is removed here, never published again.
+    A staging folder holding only ``_SKIPPED.json`` is a table the score job decided not to stage (embeddings of
+    a model with catalogue-length vectors): ``{"not_published": reason}``; nothing of that table moves.
     """
     schema, version = CONTRACTS[name]
     staging = lake.staging(root, name, date, run_id)
     fs, staging_path = lake_io.filesystem(staging)
     _, final = lake_io.filesystem(f"{lake.table(root, name)}/dt={date.isoformat()}")
+    skipped = lake_io.read_json(f"{staging_path}/{published.SKIPPED}", fs)
+    if skipped is not None and not lake_io.exists(f"{staging_path}/{published.SUCCESS}", fs):
+        return {"not_published": str(skipped.get("reason", "the score job staged no rows"))}
     if lake_io.exists(staging_path, fs) and published.read_manifest(fs, staging_path) is None:
         return {**verify(staging, schema), "schema_version": version}
     if lake_io.exists(staging_path, fs):
@@ -98,9 +149,11 @@ def _plan(
 def publish(
     settings: Settings,
     run_id: str | None = None,
-    tables: tuple[str, ...] = (lake.RECOMMENDATIONS, lake.SIMILAR_ITEMS),
+    tables: tuple[str, ...] = lake.PUBLISHED,
 ) -> dict[str, Any]:
-    """Verifies every table's staging copy, then publishes each in one step; returns what was published.
+    """Verifies every table's staging copy, then publishes each in one step; returns what was published (a table
+    the score job did not stage, with its reason: ``{"not_published": reason}``; its partitions and ``_LATEST``
+    stay as they were).
 
     Idempotent: rerunning a publish that was killed part-way finishes it.
     """
@@ -124,6 +177,9 @@ def publish(
         _, table_path = lake_io.filesystem(lake.table(root, name))
         final = f"{table_path}/{partition}"
         summary = plans[name]
+        if summary is not None and "not_published" in summary:
+            summaries[name] = summary
+            continue
         if summary is not None and not summary.get("resumed"):
             manifest = {"table": name, "dt": date.isoformat(), "run_id": run_id, **summary}
             # moves in with the data (readers skip _ files), so a rerun knows whose partition it finds
@@ -152,18 +208,24 @@ def record_manifest(settings: Settings, run_id: str, plans: dict[str, Any], seco
 
     root, date = settings.lake_root, settings.run_date
     published: dict[str, pa.Table] = {}
+    not_published = {
+        name: plan["not_published"] for name, plan in plans.items() if plan and "not_published" in plan
+    }
     for name in plans:
+        if name in not_published:
+            continue
         fs, path = lake_io.filesystem(lake.partition(root, name, date))
-        columns = ["user_id", "item_id"] if name == lake.RECOMMENDATIONS else ["item_id"]
-        published[name] = ds.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns)
+        published[name] = ds.dataset(path, filesystem=fs, format="parquet").to_table(columns=KEYS[name])
     recs = published.get(lake.RECOMMENDATIONS)
     counts = {
-        "rows_in": sum(plan["rows"] for plan in plans.values() if plan is not None),
+        "rows_in": sum(plan.get("rows", 0) for plan in plans.values() if plan is not None),
         "rows_out": sum(table.num_rows for table in published.values()),
         "users": len(recs.column("user_id").unique()) if recs is not None else 0,
         "items": len(recs.column("item_id").unique()) if recs is not None else 0,
         **{f"{name}_rows": table.num_rows for name, table in published.items()},
     }
+    if not_published:  # the run summary shows the counts: say there why a table was not published
+        counts["not_published"] = "; ".join(f"{name}: {reason}" for name, reason in not_published.items())
     return manifests.record_stage(
         root,
         "publish",
@@ -173,6 +235,7 @@ def record_manifest(settings: Settings, run_id: str, plans: dict[str, Any], seco
         publish_run_id=run_id,
         already_published=[name for name, plan in plans.items() if plan is None],
         resumed=[name for name, plan in plans.items() if plan is not None and plan.get("resumed")],
+        not_published=not_published,
     )
 
 

@@ -1,9 +1,12 @@
-"""Batch scoring: top-N recommendations for every user and similar items, written to staging.
+"""Batch scoring: top-N recommendations for every user, similar items and embeddings, written to staging.
 
 ``spark-submit jobs/score.py --date D [--model-dir DIR] [--run-id ID] [--generated-at ISO]``
 
 - Model: the production model (``lake.production_pointer``: JSON with ``model_dir`` and ``version``), or
-  ``--model-dir``. Score of (user, item) = dot product of the exported towers' embeddings.
+  ``--model-dir``. Score of (user, item) = dot product of the exported towers' embeddings; for an item-item model
+  (``scoring.neighbours``: the sparse neighbour matrix S) the sum of S[h, item] over the user's seen items h,
+  a sparse product (no catalogue-length vector), and similar items are each item's own neighbours. Item-item
+  models have no embeddings to publish, and no category cap (refused when one is set).
 - Items: ``features/items/dt=D`` encoded once on the driver and broadcast; only available items are candidates.
 - Users with a ``features/user_histories/dt=D`` row ("model" strategy): embeddings computed inside Spark partitions
   (``mapInArrow``) by the exported user tower, loaded once per Python worker; per Arrow batch of
@@ -15,6 +18,11 @@
   ``segment_users + popularity / (max_popularity * (1 + 1e-6))``: the ordering key, non-increasing by rank.
 - Similar items: for every catalogue item, the ``similar_items_n`` available items with the highest cosine
   similarity of item embeddings, never the item itself.
+- Embeddings: the vectors scoring used, so that user . item = the score: ``user_embeddings`` (one row per "model"
+  user, written by the same task and from the same ``encode_users`` call as the user's recommendations, with the
+  available items excluded as seen) and ``item_embeddings`` (the whole catalogue, from the driver's
+  ``encode_items``). Only for a model of at most ``EMBEDDINGS_MAX_DIMENSION`` dimensions: otherwise both staging
+  folders hold only ``_SKIPPED.json`` with the reason, and the run manifest says why (never silently).
 - Output: ``staging/<table>/dt=D/run=<run_id>/`` (Parquet and ``_SUCCESS``), in the ``schemas.outputs`` contract.
   Each scoring task writes its rows as one Parquet file (pyarrow) under ``_tasks/`` and returns only its name and
   counts; cold-start rows go through Spark's writer into ``_spark/``; the driver then moves the files of the
@@ -44,8 +52,15 @@ import pyarrow.fs as pafs
 
 from schemas import lake
 from schemas.features import pad_ids, user_inputs
-from schemas.outputs import RECOMMENDATION, SIMILAR_ITEM
+from schemas.outputs import (
+    EMBEDDINGS_MAX_DIMENSION,
+    ITEM_EMBEDDING,
+    RECOMMENDATION,
+    SIMILAR_ITEM,
+    USER_EMBEDDING,
+)
 from schemas.settings import Settings
+from scoring.neighbours import NeighbourModel
 
 MODEL = "model"
 COLD_START = "cold_start"
@@ -84,8 +99,13 @@ def loaded_model(model_dir: str, one_core: bool = False) -> Any:
     after each op and took the core from the top-N kernel beside them (bench_score's Spark job: the user tower
     1.4 -> 0.4 s, the exclusions 2.0 -> 0.05 s, summed over 100k users)."""
     if model_dir not in _MODELS:
+        from scoring import neighbours
         from scoring.contract import LoadedModel
+        from storage import lake_io
 
+        if neighbours.is_item_item(lake_io.read_json(f"{model_dir}/{neighbours.METADATA}") or {}):
+            _MODELS[model_dir] = neighbours.load(model_dir)  # no TensorFlow in this worker
+            return _MODELS[model_dir]
         if one_core:
             import tensorflow as tf
 
@@ -110,36 +130,47 @@ def encode_catalogue(model: Any, items: pa.Table, title_tokens: int) -> np.ndarr
     ).astype(np.float32)
 
 
-def item_side(items: pa.Table, embeddings: np.ndarray) -> dict[str, Any]:
-    """What every worker needs about the catalogue (broadcast once): candidates = available items."""
+def item_side(items: pa.Table, embeddings: np.ndarray | None) -> dict[str, Any]:
+    """What every worker needs about the catalogue (broadcast once): candidates = available items.
+    ``embeddings`` None: an item-item model, which scores from item numbers (``candidate_idx``, ``source_idx``)."""
     available = items["available"].to_numpy(zero_copy_only=False).astype(bool)
     item_idx = items["item_idx"].to_numpy().astype(np.int64)
     candidates = np.flatnonzero(available)
     position = np.full(int(item_idx.max(initial=0)) + 1, -1, np.int32)  # item_idx -> candidate position
     position[item_idx[candidates]] = np.arange(len(candidates), dtype=np.int32)
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    unit = embeddings / np.maximum(norms, 1e-12)
-    return {
-        "embeddings": np.ascontiguousarray(embeddings[candidates]),
-        "unit_embeddings": np.ascontiguousarray(unit[candidates]),
+    common = {
         "categories": items["category_idx"].to_numpy().astype(np.int32)[candidates],
         "item_ids": np.asarray(items["item_id"].to_pylist(), dtype=object)[candidates],
         "position": position,
         # the similar-items sources: every catalogue item (unavailable ones too: their pages still exist)
         "source_ids": np.asarray(items["item_id"].to_pylist(), dtype=object),
-        "source_unit": np.ascontiguousarray(unit),
         "source_position": np.where(available, position[item_idx], -1).astype(np.int32),
+    }
+    if embeddings is None:
+        return {**common, "item_item": True, "candidate_idx": item_idx[candidates], "source_idx": item_idx}
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    unit = embeddings / np.maximum(norms, 1e-12)
+    return {
+        **common,
+        "item_item": False,
+        "embeddings": np.ascontiguousarray(embeddings[candidates]),
+        "unit_embeddings": np.ascontiguousarray(unit[candidates]),
+        "source_unit": np.ascontiguousarray(unit),
     }
 
 
-def _scorer(side: dict[str, Any], key: str, kind: str) -> Any:
+def _scorer(side: dict[str, Any], key: str, kind: str, model: Any = None) -> Any:
     from scoring.topn import TopNScorer
 
     cache_key = (kind, key)
     if cache_key not in _SCORERS:
         _SCORERS.clear()  # one broadcast at a time per worker: a new run's items replace the old ones
-        embeddings = side["embeddings"] if kind == "users" else side["unit_embeddings"]
-        scorer = TopNScorer(embeddings, side["categories"], threads=1)  # a Spark task owns one core
+        if side["item_item"]:  # users: the sum of their seen items' rows; items: each item's own neighbours
+            source = model if kind == "users" else model.similar_items()
+            scorer = source.scorer(side["candidate_idx"], budget_mb=side["block_mb"])
+        else:
+            embeddings = side["embeddings"] if kind == "users" else side["unit_embeddings"]
+            scorer = TopNScorer(embeddings, side["categories"], threads=1)  # a Spark task owns one core
         _SCORERS[cache_key] = (scorer, pa.array(side["item_ids"], pa.string()))
     return _SCORERS[cache_key]
 
@@ -150,9 +181,10 @@ def _scorer(side: dict[str, Any], key: str, kind: str) -> Any:
 # Through Spark's writer every row went Python -> Arrow -> JVM rows -> Parquet: bench_score's Spark job at 100k users
 # x top 100 spent 8-9 s of JVM CPU and 2 s per task waiting on that path for 10M rows; pyarrow encodes them in
 # about 0.25 s of CPU. TASK_FILE: the file, its rows, the keys (users or source items) with at least one row, and
-# the candidate item positions it holds (what the manifest counts)
+# the candidate item positions it holds (what the manifest counts); a task may write one file per table
 TASK_FILE = pa.schema(
     [
+        pa.field("table", pa.string(), nullable=False),
         pa.field("file", pa.string(), nullable=False),
         pa.field("rows", pa.int64(), nullable=False),
         pa.field("keys", pa.int64(), nullable=False),
@@ -191,8 +223,8 @@ def task_writer(path: str, schema: pa.Schema) -> Any:
         _encoded(schema),
         filesystem=fs,
         compression="snappy",
-        use_dictionary=[n for n in schema.names if n not in ("rank", "score")],
-        column_encoding={"score": "BYTE_STREAM_SPLIT"},
+        use_dictionary=[n for n in schema.names if n not in ("rank", "score", "vector")],
+        column_encoding={"score": "BYTE_STREAM_SPLIT"} if "score" in schema.names else None,
         write_statistics=False,
         store_schema=False,
     )
@@ -233,23 +265,66 @@ def ranked_rows(
         pa.DictionaryArray.from_arrays(pa.array(item.astype(np.int32, copy=False)), item_ids, safe=False),
         pa.array(score.astype(np.float32, copy=False)),
     ]
-    for field in list(schema)[4:]:
-        value = pa.array([constants[field.name]], field.type)
-        if field.type == pa.string():
-            columns.append(pa.DictionaryArray.from_arrays(zeros, value, safe=False))
-        elif pa.types.is_timestamp(field.type):  # one value repeated, from a numpy fill instead of a take
-            filled = np.full(len(zeros), value.cast(pa.int64())[0].as_py(), np.int64)
-            columns.append(pa.Array.from_buffers(field.type, len(zeros), [None, pa.py_buffer(filled)]))
-        else:
-            raise TypeError(f"no constant column of type {field.type} ({field.name})")
+    columns += [constant_column(field, constants[field.name], zeros) for field in list(schema)[4:]]
     return pa.RecordBatch.from_arrays(columns, schema=_encoded(schema))
 
 
-def _write_task_file(
-    blocks: Iterator[tuple[Any, pa.RecordBatch]], task_dir: str, schema: pa.Schema, num_items: int
+def constant_column(field: pa.Field, value: Any, zeros: pa.Array) -> pa.Array:
+    """``value`` repeated ``len(zeros)`` times as ``field``'s column (strings dictionary-encoded); ``zeros``: int32
+    zeros of that length, the dictionary indices."""
+    one = pa.array([value], field.type)
+    if field.type == pa.string():
+        return pa.DictionaryArray.from_arrays(zeros, one, safe=False)
+    if pa.types.is_timestamp(field.type) or field.type == pa.int32():  # a numpy fill instead of a take
+        dtype = np.int32 if field.type == pa.int32() else np.int64
+        filled = np.full(len(zeros), one.cast(pa.int64())[0].as_py(), dtype)
+        return pa.Array.from_buffers(field.type, len(zeros), [None, pa.py_buffer(filled)])
+    raise TypeError(f"no constant column of type {field.type} ({field.name})")
+
+
+def vector_column(vectors: np.ndarray) -> pa.Array:
+    """float32 [n, d] -> a list<float32> column of n rows of d values (no per-row Python)."""
+    n, d = vectors.shape
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32) if d else np.zeros(n + 1, np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(vectors, np.float32).ravel()))
+
+
+def embedding_rows(
+    keys: pa.Array,
+    vectors: np.ndarray,
+    schema: pa.Schema,
+    columns: dict[str, pa.Array],
+    constants: dict[str, Any],
+) -> pa.RecordBatch:
+    """Rows of USER_EMBEDDING or ITEM_EMBEDDING: one per key with its vector, ``columns`` (the schema's other
+    per-row columns) and the run's ``constants`` (``dimension``, ``model_version``, ``generated_at``)."""
+    n = len(keys)
+    zeros = pa.array(np.zeros(n, np.int32))
+    out = []
+    for field in schema:
+        if field.name == schema.names[0]:
+            out.append(
+                pa.DictionaryArray.from_arrays(pa.array(np.arange(n, dtype=np.int32)), keys, safe=False)
+            )
+        elif field.name == "vector":
+            out.append(vector_column(vectors))
+        elif field.name in columns:
+            column = columns[field.name]
+            out.append(column.dictionary_encode() if field.type == pa.string() else column)
+        else:
+            out.append(constant_column(field, constants[field.name], zeros))
+    return pa.RecordBatch.from_arrays(out, schema=_encoded(schema))
+
+
+def _write_task_files(
+    blocks: Iterator[dict[str, tuple[Any, pa.RecordBatch]]],
+    outputs: dict[str, tuple[str, pa.Schema]],
+    num_items: int,
 ) -> Iterator[pa.RecordBatch]:
-    """Writes the ``(top-N, rows)`` blocks to one Parquet file named by this task's partition and attempt;
-    yields its TASK_FILE row (what the manifest counts, so the staged table need not be read back)."""
+    """Writes each block's rows per table (``{table: (top-N or None, rows)}``) to one Parquet file per table, named
+    by this task's partition and attempt, under that table's task folder (``outputs``: ``{table: (folder,
+    schema)}``); yields one TASK_FILE row per file (what the manifest counts, so the staged tables need not be read
+    back). Rows without a top-N (embeddings) count one key per row and no items."""
     from pyspark import TaskContext
 
     context = TaskContext.get()
@@ -258,71 +333,146 @@ def _write_task_file(
         if context
         else "part-00000.parquet"
     )
-    path = f"{task_dir}/{name}"
-    rows = keys = 0
-    present = np.zeros(num_items, bool)
-    writer = None
+    writers: dict[str, Any] = {}
+    rows = dict.fromkeys(outputs, 0)
+    keys = dict.fromkeys(outputs, 0)
+    present = {table: np.zeros(num_items, bool) for table in outputs}
     try:
-        for top, block in blocks:
-            if writer is None:
-                writer = task_writer(path, schema)
-            writer.write_batch(block)
-            rows += block.num_rows
-            keys += int((top.positions[:, 0] >= 0).sum())
-            present[top.positions[top.positions >= 0]] = True
+        for block in blocks:
+            for table, (top, batch) in block.items():
+                if table not in writers:
+                    folder, schema = outputs[table]
+                    writers[table] = task_writer(f"{folder}/{name}", schema)
+                writers[table].write_batch(batch)
+                rows[table] += batch.num_rows
+                if top is None:
+                    keys[table] += batch.num_rows
+                else:
+                    keys[table] += int((top.positions[:, 0] >= 0).sum())
+                    present[table][top.positions[top.positions >= 0]] = True
     finally:
-        if writer is not None:
+        for writer in writers.values():
             writer.close()
-    if rows:
-        items = pa.array([np.flatnonzero(present).astype(np.int32)], pa.list_(pa.int32()))
-        yield pa.record_batch(
-            [pa.array([path]), pa.array([rows], pa.int64()), pa.array([keys], pa.int64()), items],
-            schema=TASK_FILE,
-        )
+    for table, (folder, _) in outputs.items():
+        if rows[table]:
+            items = pa.array([np.flatnonzero(present[table]).astype(np.int32)], pa.list_(pa.int32()))
+            yield pa.record_batch(
+                [
+                    pa.array([table]),
+                    pa.array([f"{folder}/{name}"]),
+                    pa.array([rows[table]], pa.int64()),
+                    pa.array([keys[table]], pa.int64()),
+                    items,
+                ],
+                schema=TASK_FILE,
+            )
 
 
-def recommend_batch(
-    batch: pa.RecordBatch, model: Any, scorer: Any, position: np.ndarray, params: dict[str, Any]
-) -> Any:
-    """One block of users (user_idx, user_id, history, seen, age_bucket_idx, region_idx) -> its top-N."""
-    seen = batch.column("seen")
-    embeddings = model.encode_users(
-        **user_inputs(
-            batch.column("user_idx").to_numpy(),
-            batch.column("history").to_pylist(),
-            seen.to_pylist(),
-            params["history_length"],
-            age_bucket_idx=batch.column("age_bucket_idx").to_numpy(),
-            region_idx=batch.column("region_idx").to_numpy(),
-        )
+def user_vectors(batch: pa.RecordBatch, model: Any, params: dict[str, Any]) -> np.ndarray:
+    """One block of users (user_idx, user_id, history, seen, age_bucket_idx, region_idx) -> encode_users [B, d]."""
+    return np.asarray(
+        model.encode_users(
+            **user_inputs(
+                batch.column("user_idx").to_numpy(),
+                batch.column("history").to_pylist(),
+                batch.column("seen").to_pylist(),
+                params["history_length"],
+                age_bucket_idx=batch.column("age_bucket_idx").to_numpy(),
+                region_idx=batch.column("region_idx").to_numpy(),
+            )
+        ),
+        np.float32,
     )
+
+
+def seen_candidates(batch: pa.RecordBatch, position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, candidate position) of every item the block's users already interacted with: the exclusions;
+    position -1 for an item that is no candidate (unavailable, or not in the catalogue)."""
+    seen = batch.column("seen")
     seen_items = seen.flatten().to_numpy().astype(np.int64)
     seen_rows = pc.list_parent_indices(seen).to_numpy().astype(np.int64)
     known = (seen_items >= 0) & (seen_items < len(position))
     seen_positions = np.full(len(seen_items), -1, np.int64)
     seen_positions[known] = position[seen_items[known]]
+    return seen_rows, seen_positions
+
+
+def recommend_batch(
+    batch: pa.RecordBatch,
+    model: Any,
+    scorer: Any,
+    position: np.ndarray,
+    params: dict[str, Any],
+    embeddings: np.ndarray | None = None,
+) -> Any:
+    """One block of users (user_idx, user_id, history, seen, age_bucket_idx, region_idx) -> its top-N, scored from
+    ``embeddings`` (the block's :func:`user_vectors`, computed here when not given)."""
+    if isinstance(model, NeighbourModel):  # the seen items are the model's input and the exclusions alike
+        seen = batch.column("seen")
+        rows = pc.list_parent_indices(seen).to_numpy().astype(np.int64)
+        items = seen.flatten().to_numpy().astype(np.int64)
+        return scorer.top_n(params["top_n"], rows, items, batch.num_rows, rows, items)
+    if embeddings is None:
+        embeddings = user_vectors(batch, model, params)
+    seen_rows, seen_positions = seen_candidates(batch, position)
     return scorer.top_n(embeddings, params["top_n"], seen_rows, seen_positions, params["category_cap"])
+
+
+def user_embedding_rows(
+    batch: pa.RecordBatch,
+    embeddings: np.ndarray,
+    position: np.ndarray,
+    item_ids: pa.Array,
+    constants: dict[str, Any],
+) -> pa.RecordBatch:
+    """The block's USER_EMBEDDING rows: each user's vector and the candidate items excluded as seen, in the order
+    of the user's ``seen`` list."""
+    seen_rows, seen_positions = seen_candidates(batch, position)
+    kept = seen_positions >= 0
+    counts = np.bincount(seen_rows[kept], minlength=batch.num_rows)
+    offsets = np.zeros(batch.num_rows + 1, np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    seen_ids = pa.ListArray.from_arrays(pa.array(offsets), pc.take(item_ids, pa.array(seen_positions[kept])))
+    return embedding_rows(
+        batch.column("user_id"), embeddings, USER_EMBEDDING, {"seen_item_ids": seen_ids}, constants
+    )
 
 
 def recommend_partition(
     batches: Iterator[pa.RecordBatch], side_broadcast: Any, params: dict[str, Any]
 ) -> Iterator[pa.RecordBatch]:
+    """Users -> RECOMMENDATION rows (and, when the embeddings are published, their USER_EMBEDDING rows, from the
+    same ``encode_users`` call the scores come from)."""
     model = loaded_model(params["model_dir"], one_core=True)
     side = side_broadcast.value
-    scorer, item_ids = _scorer(side, params["side_key"], "users")
+    scorer, item_ids = _scorer(side, params["side_key"], "users", model)
     constants = {
         "model_version": params["model_version"],
         "strategy": MODEL,
         "generated_at": params["generated_at"],
+        "dimension": 0 if side["item_item"] else int(side["embeddings"].shape[1]),
     }
+    outputs = {lake.RECOMMENDATIONS: (params["recommendations_tasks"], RECOMMENDATION)}
+    if params["embeddings"]:
+        outputs[lake.USER_EMBEDDINGS] = (params["user_embeddings_tasks"], USER_EMBEDDING)
 
-    def blocks() -> Iterator[tuple[Any, pa.RecordBatch]]:
+    def blocks() -> Iterator[dict[str, tuple[Any, pa.RecordBatch]]]:
         for batch in batches:
             if batch.num_rows:
-                top = recommend_batch(batch, model, scorer, side["position"], params)
-                yield top, ranked_rows(top, batch.column("user_id"), item_ids, RECOMMENDATION, constants)
+                embeddings = None if side["item_item"] else user_vectors(batch, model, params)
+                top = recommend_batch(batch, model, scorer, side["position"], params, embeddings)
+                block = {
+                    lake.RECOMMENDATIONS: (
+                        top,
+                        ranked_rows(top, batch.column("user_id"), item_ids, RECOMMENDATION, constants),
+                    )
+                }
+                if params["embeddings"] and embeddings is not None:
+                    rows = user_embedding_rows(batch, embeddings, side["position"], item_ids, constants)
+                    block[lake.USER_EMBEDDINGS] = (None, rows)
+                yield block
 
-    return _write_task_file(blocks(), params["recommendations_tasks"], RECOMMENDATION, len(item_ids))
+    return _write_task_files(blocks(), outputs, len(item_ids))
 
 
 def similar_partition(
@@ -330,26 +480,33 @@ def similar_partition(
 ) -> Iterator[pa.RecordBatch]:
     """Source item numbers (``id`` from spark.range) -> SIMILAR_ITEM rows by cosine, self excluded."""
     side = side_broadcast.value
-    scorer, item_ids = _scorer(side, params["side_key"], "items")
+    model = loaded_model(params["model_dir"], one_core=True) if side["item_item"] else None
+    scorer, item_ids = _scorer(side, params["side_key"], "items", model)
     sources = pa.array(side["source_ids"], pa.string())
     constants = {"model_version": params["model_version"], "generated_at": params["generated_at"]}
 
-    def blocks() -> Iterator[tuple[Any, pa.RecordBatch]]:
+    def blocks() -> Iterator[dict[str, tuple[Any, pa.RecordBatch]]]:
         for batch in batches:
             numbers = batch.column("id").to_numpy().astype(np.int64)
-            if len(numbers):
+            if not len(numbers):
+                continue
+            if side["item_item"]:  # the item itself is its one-item history, and excluded
+                order, source_idx = np.arange(len(numbers)), side["source_idx"][numbers]
+                top = scorer.top_n(
+                    params["similar_items_n"], order, source_idx, len(numbers), order, source_idx, fill=False
+                )
+            else:
                 top = scorer.top_n(
                     side["source_unit"][numbers],
                     params["similar_items_n"],
                     np.arange(len(numbers)),
                     side["source_position"][numbers],
                 )
-                yield (
-                    top,
-                    ranked_rows(top, pc.take(sources, pa.array(numbers)), item_ids, SIMILAR_ITEM, constants),
-                )
+            rows = ranked_rows(top, pc.take(sources, pa.array(numbers)), item_ids, SIMILAR_ITEM, constants)
+            yield {lake.SIMILAR_ITEMS: (top, rows)}
 
-    return _write_task_file(blocks(), params["similar_items_tasks"], SIMILAR_ITEM, len(item_ids))
+    outputs = {lake.SIMILAR_ITEMS: (params["similar_items_tasks"], SIMILAR_ITEM)}
+    return _write_task_files(blocks(), outputs, len(item_ids))
 
 
 def commit_task_files(written: list[Any], staging: str) -> None:
@@ -439,9 +596,7 @@ def run(
     spark, model, model_dir, model_version = load_model_and_session(settings, spark, model_dir, model_version)
     run_id = run_id or default_run_id(date)
     generated_at = generated_at or default_generated_at(date)
-    paths = {
-        name: lake.staging(root, name, date, run_id) for name in (lake.RECOMMENDATIONS, lake.SIMILAR_ITEMS)
-    }
+    paths = {name: lake.staging(root, name, date, run_id) for name in lake.PUBLISHED}
     for path in paths.values():  # a rerun of the same run id starts from an empty staging folder
         delete_path(spark, path)
     params = {
@@ -455,16 +610,49 @@ def run(
         "side_key": uuid.uuid4().hex,  # names this run's broadcast in the worker caches (not written anywhere)
         "recommendations_tasks": f"{paths[lake.RECOMMENDATIONS]}/{TASKS}",
         "similar_items_tasks": f"{paths[lake.SIMILAR_ITEMS]}/{TASKS}",
+        "user_embeddings_tasks": f"{paths[lake.USER_EMBEDDINGS]}/{TASKS}",
     }
     items_df = read_partition(spark, root, lake.ITEM_FEATURES, date, ITEM_FEATURE)
     items = (
         items_df.select(
-            "item_idx", "item_id", "category_idx", "price_bucket", "title_tokens", "age_days", "available"
+            "item_idx",
+            "item_id",
+            "category",
+            "category_idx",
+            "price_bucket",
+            "title_tokens",
+            "age_days",
+            "available",
         )
         .orderBy("item_idx")
         .toArrow()
     )
-    side = item_side(items, encode_catalogue(model, items, settings.title_tokens))
+    if isinstance(model, NeighbourModel):
+        if settings.category_cap > 0:
+            raise ValueError(
+                f"category_cap={settings.category_cap} is not supported for the item-item model {model_dir}: "
+                "set category_cap 0, or promote a model with embeddings"
+            )
+        item_vectors = None
+        side = {**item_side(items, None), "block_mb": settings.item_block_mb}
+        dimension = 0
+        too_large: str | None = (
+            "the production model is an item-item model (sparse neighbours): its scores are sums of item "
+            "similarities, not a dot product of embeddings; not published"
+        )
+    else:
+        item_vectors = encode_catalogue(model, items, settings.title_tokens)
+        side = item_side(items, item_vectors)
+        dimension = int(item_vectors.shape[1])
+        too_large = embeddings_decision(dimension)
+    params["embeddings"] = too_large is None
+    constants = {
+        "model_version": model_version,
+        "generated_at": generated_at,
+        "dimension": dimension,
+    }
+    if item_vectors is not None and too_large is None:
+        write_item_embeddings(items, item_vectors, paths[lake.ITEM_EMBEDDINGS], constants)
     # Arrow batches = scoring blocks: one encode_users call and one TopNScorer call per block of users
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(settings.score_block_users))
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
@@ -474,6 +662,17 @@ def run(
     cold_counts, recommended, similar = score_and_write(
         spark, model_input(histories, users), cold, side, params, paths
     )
+    embedded = [row for row in recommended if row["table"] == lake.USER_EMBEDDINGS]
+    recommended = [row for row in recommended if row["table"] == lake.RECOMMENDATIONS]
+    not_published: dict[str, str] = {}  # table -> why it was not staged
+    if too_large is not None:
+        not_published = dict.fromkeys(lake.EMBEDDINGS, too_large)
+    elif not embedded:
+        not_published = {lake.USER_EMBEDDINGS: "no user has a history: no user was scored by the model"}
+    if not_published:
+        skip_embeddings(paths, not_published, date, run_id, dimension, model_version)
+    else:
+        commit_task_files(embedded, paths[lake.USER_EMBEDDINGS])
     print(
         json.dumps(
             {
@@ -484,6 +683,8 @@ def run(
                 "model_version": model_version,
                 "candidate_items": int(len(side["item_ids"])),
                 "catalogue_items": int(len(side["source_ids"])),
+                "dimension": dimension,
+                "embeddings_not_published": not_published or None,
                 "staging": paths,
                 "seconds": round(time.perf_counter() - started, 1),
             }
@@ -500,8 +701,79 @@ def run(
         paths,
         model_version,
         time.perf_counter() - started,
+        embedded=embedded,
+        dimension=dimension,
+        not_published=not_published,
     )
     return paths
+
+
+def embeddings_decision(dimension: int) -> str | None:
+    """Why the embeddings are not published for a model of ``dimension``, or None when they are: only up to
+    ``EMBEDDINGS_MAX_DIMENSION`` (a two-tower or factor model). Item-to-item models (item cosine, EASE) and a deep
+    model with its wide item-item part have vectors as long as the catalogue: rows that size per user would cost
+    more than the recommendations themselves and serve no ANN index."""
+    if dimension <= EMBEDDINGS_MAX_DIMENSION:
+        return None
+    return (
+        f"the production model's embeddings have {dimension} dimensions, more than {EMBEDDINGS_MAX_DIMENSION} "
+        "(catalogue-length vectors of an item-to-item model or a wide part): not published"
+    )
+
+
+def write_item_embeddings(
+    items: pa.Table, vectors: np.ndarray, staging: str, constants: dict[str, Any]
+) -> int:
+    """ITEM_EMBEDDING rows of the whole catalogue (the vectors scoring uses, already on the driver), written as
+    the tasks write theirs, then ``_SUCCESS``; returns the rows."""
+    from storage.lake_io import filesystem
+
+    rows = embedding_rows(
+        items["item_id"].combine_chunks(),
+        vectors,
+        ITEM_EMBEDDING,
+        {
+            "available": items["available"].combine_chunks(),
+            "category": items["category"].combine_chunks(),
+        },
+        constants,
+    )
+    with task_writer(f"{staging}/part-00000.parquet", ITEM_EMBEDDING) as writer:
+        writer.write_batch(rows)
+    fs, inner = filesystem(staging)
+    with fs.open_output_stream(f"{inner}/_SUCCESS"):
+        pass
+    return rows.num_rows
+
+
+def skip_embeddings(
+    paths: dict[str, str],
+    reasons: dict[str, str],
+    date: dt.date,
+    run_id: str,
+    dimension: int,
+    model_version: str,
+) -> None:
+    """Both embedding tables' staging folders hold only ``_SKIPPED.json`` (a table staged alone is never published
+    beside a missing other half): publish records the reason instead of publishing, and fails on neither."""
+    from storage import lake_io
+    from storage.publish import SKIPPED
+
+    reason = "; ".join(dict.fromkeys(reasons.values()))
+    for name in lake.EMBEDDINGS:
+        fs, inner = lake_io.filesystem(paths[name])
+        if lake_io.exists(inner, fs):
+            fs.delete_dir(inner)
+        marker = {
+            "table": name,
+            "dt": date.isoformat(),
+            "run_id": run_id,
+            "reason": reasons.get(name, reason),
+            "dimension": dimension,
+            "max_dimension": EMBEDDINGS_MAX_DIMENSION,
+            "model_version": model_version,
+        }
+        lake_io.write_text_atomic(f"{inner}/{SKIPPED}", json.dumps(marker, indent=2, sort_keys=True), fs)
 
 
 def load_model_and_session(
@@ -566,7 +838,8 @@ def score_and_write(
     spark: Any, users_in: Any, cold: Any, side: dict[str, Any], params: dict[str, Any], paths: dict[str, str]
 ) -> tuple[Any, list[Any], list[Any]]:
     """The model users' top N, the similar items and the cold-start rows, written and committed to staging;
-    returns (cold-start counts, the recommendation tasks' files, the similar-items tasks' files)."""
+    returns (cold-start counts, the user tasks' files, the similar-items tasks' files). The user tasks' files of
+    ``user_embeddings`` (when staged) are left in its ``_tasks/`` for the caller to commit or drop."""
     import importlib
 
     from pyspark.sql import functions as F
@@ -609,7 +882,9 @@ def score_and_write(
             ),
         ]
     )
-    commit_task_files(recommended, paths[lake.RECOMMENDATIONS])
+    commit_task_files(
+        [row for row in recommended if row["table"] == lake.RECOMMENDATIONS], paths[lake.RECOMMENDATIONS]
+    )
     commit_task_files(similar, paths[lake.SIMILAR_ITEMS])
     side_broadcast.unpersist()
     return cold_counts, recommended, similar
@@ -626,32 +901,51 @@ def record_manifest(
     paths: dict[str, str],
     model_version: str,
     seconds: float,
+    embedded: list[Any] | None = None,
+    dimension: int = 0,
+    not_published: dict[str, str] | None = None,
 ) -> None:
-    """``runs/score/dt=D``: users in, staged rows out, users and items recommended. Counted from what the tasks
-    and Spark wrote, not by reading the staged tables back (10M rows per 100k users); model and cold-start users
-    are disjoint (with or without a history row)."""
+    """``runs/score/dt=D``: users in, staged rows out, users and items recommended, embedding rows (or why none
+    were staged: ``embeddings_not_published``, also shown by the run summary). Counted from what the tasks and
+    Spark wrote, not by reading the staged tables back (10M rows per 100k users); model and cold-start users are
+    disjoint (with or without a history row)."""
     from storage import manifest as manifests
 
     rows = sum(int(row["rows"]) for row in recommended) + int(cold_counts["rows"])
     similar_rows = sum(int(row["rows"]) for row in similar)
     model_items = {side["item_ids"][p] for row in recommended for p in row["items"]}
+    embedding_rows = {
+        lake.USER_EMBEDDINGS: 0 if not_published else sum(int(row["rows"]) for row in embedded or []),
+        lake.ITEM_EMBEDDINGS: 0 if not_published else int(len(side["source_ids"])),
+    }
+    counts: dict[str, Any] = {
+        "rows_in": users_in,
+        "rows_out": rows + similar_rows + sum(embedding_rows.values()),
+        "users": sum(int(row["keys"]) for row in recommended) + int(cold_counts["users"]),
+        "items": len(model_items | set(cold_counts["items"])),
+        "recommendations_rows": rows,
+        "similar_items_rows": similar_rows,
+        **{f"{name}_rows": count for name, count in embedding_rows.items()},
+        "candidate_items": int(len(side["item_ids"])),
+        "dimension": dimension,
+    }
+    if not_published:
+        counts["embeddings_not_published"] = "; ".join(dict.fromkeys(not_published.values()))
     manifests.record_stage(
         settings.lake_root,
         "score",
         settings.run_date,
-        {
-            "rows_in": users_in,
-            "rows_out": rows + similar_rows,
-            "users": sum(int(row["keys"]) for row in recommended) + int(cold_counts["users"]),
-            "items": len(model_items | set(cold_counts["items"])),
-            "recommendations_rows": rows,
-            "similar_items_rows": similar_rows,
-            "candidate_items": int(len(side["item_ids"])),
-        },
+        counts,
         seconds,
         spark,
         model_version=model_version,
         staging=paths,
+        embeddings={
+            "published": not not_published,
+            "dimension": dimension,
+            "max_dimension": EMBEDDINGS_MAX_DIMENSION,
+            "not_published": not_published or {},
+        },
     )
 
 

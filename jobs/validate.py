@@ -3,7 +3,9 @@
     python -m jobs.validate --suite clean --date 2026-01-14 [--engine spark] [--table-path P] [--volume-band 0.3]
 
 Suites: ``raw``, ``clean``, ``features`` (five feature tables), ``metrics``, ``recommendations`` (the newest staging
-copy of the day unless ``--table-path`` names one), or a single suite of ``schemas.suites.SUITES``.
+copy of the day unless ``--table-path`` names one), ``embeddings`` (``user_embeddings`` and ``item_embeddings``,
+likewise; a table the score job did not stage is reported as such, not failed), or a single suite of
+``schemas.suites.SUITES``.
 
 Engines run the same suites. ``pandas`` (default) reads with pyarrow and starts no JVM: the right choice for the
 local lake and for tables that fit one process. ``spark`` (``--engine spark`` or ``--validation-engine spark``)
@@ -54,7 +56,7 @@ DOCS_SITE = "recflow"
 SAMPLE_VALUES = 10  # unexpected values quoted per failed expectation
 SCORE_TOLERANCE = 1e-6  # float32 scores: a rise smaller than this is rounding, not misordering
 # keys of a prepared table's parameters that explain a verdict but are no expectation parameters
-INFO_KEYS = ("previous_counts", "previous_dt", "checked_model")
+INFO_KEYS = ("previous_counts", "previous_dt", "checked_model", "paired_with")
 
 
 class ValidationFailed(RuntimeError):
@@ -101,6 +103,8 @@ class ValidationReport:
     tables: list[TableResult]
     data_docs: str | None
     seconds: float
+    # suite -> why its table was not validated: the score job did not stage it (its _SKIPPED.json's reason)
+    not_staged: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def success(self) -> bool:
@@ -124,6 +128,7 @@ class ValidationReport:
                 f"({stats['successful_expectations']}/{stats['evaluated_expectations']} expectations, "
                 f"{t.rows} rows) {t.table_path}" + (f" [{t.info}]" if t.info else "")
             )
+        lines += [f"  {name}: not staged ({reason})" for name, reason in self.not_staged.items()]
         lines += [f"  - {f}" for f in self.failures]
         if self.data_docs:
             lines.append(f"Data Docs: {self.data_docs}")
@@ -648,6 +653,139 @@ def _recommendation_helpers_spark(
     return df.cache(), expected_users
 
 
+class NotStaged(Exception):  # noqa: N818 - a state, not an error: the report lists it, nothing fails
+    """The score job did not stage the table for this date (its staging folder holds ``_SKIPPED.json``)."""
+
+
+def staged_copy(settings: Settings, name: str, path: str | None) -> str:
+    """``path``, else the newest staging copy of ``name``; raises :class:`NotStaged` (with the score job's reason)
+    when the newest staging folder of the date is a ``_SKIPPED.json`` alone."""
+    from storage.publish import SKIPPED
+
+    if path:
+        return path
+    base = _local(f"{lake.table(settings.lake_root, lake.STAGING)}/{name}/dt={settings.ds}")
+    runs = [p for p in glob.glob(f"{base}/run=*") if os.path.isdir(p)]
+    newest = max(runs, key=os.path.getmtime) if runs else None
+    if newest is not None and os.path.exists(f"{newest}/{SKIPPED}") and not _has_data(newest):
+        with open(f"{newest}/{SKIPPED}", encoding="utf-8") as handle:
+            raise NotStaged(json.load(handle).get("reason", "the score job staged no rows"))
+    return staging_path(settings, name)
+
+
+def _day_recommendations(settings: Settings) -> str:
+    """The recommendations the embeddings belong to: the newest staging copy, else (validating a given folder
+    after publish) the published partition of the date."""
+    try:
+        return staging_path(settings)
+    except FileNotFoundError:
+        published = lake.partition(settings.lake_root, lake.RECOMMENDATIONS, settings.run_date)
+        if os.path.isdir(_local(published)) and _has_data(_local(published)):
+            return published
+        raise
+
+
+def _embedding_params(io: Lake, settings: Settings, name: str, path: str) -> dict[str, Any]:
+    """The expectation parameters both embeddings suites share: the staged recommendations' model versions and
+    the other embeddings table's dimension (this table's own when that one is not staged)."""
+    from schemas.outputs import EMBEDDINGS_MAX_DIMENSION
+
+    recs = PandasLake().arrow(_day_recommendations(settings), ["model_version"])
+    other = lake.ITEM_EMBEDDINGS if name == lake.USER_EMBEDDINGS else lake.USER_EMBEDDINGS
+    try:
+        paired_path = staged_copy(settings, other, None)
+    except (FileNotFoundError, NotStaged):
+        paired_path = path
+    dimensions = PandasLake().arrow(paired_path, ["dimension"]).column("dimension")
+    return {
+        "max_dimension": EMBEDDINGS_MAX_DIMENSION,
+        "model_versions": sorted(set(recs.column("model_version").to_pylist())),
+        "paired_dimension": int(dimensions[0].as_py()) if len(dimensions) else 0,
+        "paired_with": paired_path,
+    }
+
+
+def _vector_helpers_pandas(table: pa.Table) -> pd.DataFrame:
+    """The table without its list columns, which become their lengths (null stays null), plus VECTOR_LENGTH and
+    VECTOR_FINITE: GE's pandas engine copies the frame per metric, and lists of floats would be copied too."""
+    vector = table.column("vector")
+    lengths = pc.list_value_length(vector).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(vector)
+    finite = pc.fill_null(pc.is_finite(flat), False).to_numpy(zero_copy_only=False)
+    parents = pc.list_parent_indices(vector).to_numpy()
+    bad = (
+        np.bincount(parents[~finite], minlength=table.num_rows) if len(parents) else np.zeros(table.num_rows)
+    )
+    lists = [name for name in table.column_names if pa.types.is_list(table.schema.field(name).type)]
+    df = table.drop_columns(lists).to_pandas()
+    for name in lists:
+        df[name] = pc.list_value_length(table.column(name)).to_pandas()  # float with NaN where null
+    df[S.VECTOR_LENGTH] = np.nan_to_num(lengths.astype("float64"), nan=-1).astype("int64")
+    df[S.VECTOR_FINITE] = (bad == 0) & table.column("vector").is_valid().to_numpy(zero_copy_only=False)
+    return df
+
+
+def _vector_helpers_spark(df: Any) -> Any:
+    from pyspark.sql import functions as F
+
+    finite = F.forall("vector", lambda x: x.isNotNull() & ~F.isnan(x) & (F.abs(x) != float("inf")))
+    df = df.withColumn(S.VECTOR_LENGTH, F.coalesce(F.size("vector"), F.lit(-1)))
+    df = df.withColumn(S.VECTOR_FINITE, F.coalesce(finite, F.lit(False)))
+    for name, kind in df.dtypes:
+        if kind.startswith("array"):
+            df = df.withColumn(name, F.when(F.col(name).isNotNull(), F.size(name)))
+    return df
+
+
+def prepare_user_embeddings(io: Lake, settings: Settings, path: str | None) -> Prepared:
+    path = staged_copy(settings, lake.USER_EMBEDDINGS, path)
+    params = _embedding_params(io, settings, lake.USER_EMBEDDINGS, path)
+    recs = PandasLake().arrow(_day_recommendations(settings), ["user_id", "strategy"])
+    model_users = set(pc.filter(recs["user_id"], pc.equal(recs["strategy"], "model")).to_pylist())
+    params["model_users"] = len(model_users)
+    if isinstance(io, SparkLake):
+        from pyspark.sql import functions as F
+
+        users = io.spark.createDataFrame([(u,) for u in sorted(model_users)], "user_id string")
+        df = _vector_helpers_spark(io.read(path)).join(
+            users.withColumn(S.IN_RECOMMENDATIONS, F.lit(True)), "user_id", "left"
+        )
+        return path, df.fillna({S.IN_RECOMMENDATIONS: False}).cache(), params
+    df = _vector_helpers_pandas(io.arrow(path))
+    df[S.IN_RECOMMENDATIONS] = df["user_id"].isin(model_users)
+    return path, df, params
+
+
+def prepare_item_embeddings(io: Lake, settings: Settings, path: str | None) -> Prepared:
+    path = staged_copy(settings, lake.ITEM_EMBEDDINGS, path)
+    params = _embedding_params(io, settings, lake.ITEM_EMBEDDINGS, path)
+    items_path = lake.partition(settings.lake_root, lake.ITEM_FEATURES, settings.run_date)
+    catalogue = (
+        PandasLake().read(items_path, ["item_id", "available"]).rename(columns={"available": "listed"})
+    )
+    params["catalogue_items"] = len(catalogue)
+    if isinstance(io, SparkLake):
+        from pyspark.sql import functions as F
+
+        listed = io.spark.createDataFrame(catalogue).withColumn(S.ITEM_KNOWN, F.lit(True))
+        df = (
+            _vector_helpers_spark(io.read(path))
+            .join(listed, "item_id", "left")
+            .withColumn(S.ITEM_KNOWN, F.coalesce(F.col(S.ITEM_KNOWN), F.lit(False)))
+            .withColumn(
+                S.AVAILABLE_AS_CATALOGUE, F.coalesce(F.col("available") == F.col("listed"), F.lit(False))
+            )
+            .drop("listed")
+        )
+        return path, df.cache(), params
+    df = _vector_helpers_pandas(io.arrow(path)).merge(catalogue, on="item_id", how="left")
+    df[S.ITEM_KNOWN] = df["listed"].notna()
+    df[S.AVAILABLE_AS_CATALOGUE] = df["available"].eq(df["listed"]) & df[S.ITEM_KNOWN]
+    df = df.drop(columns=["listed"])
+    df = df.astype({name: "category" for name in ("item_id", "model_version")})
+    return path, df, params
+
+
 PREPARE: dict[str, Callable[[Lake, Settings, str | None], Prepared]] = {
     "raw_events": prepare_raw_events,
     "clean_events": prepare_clean_events,
@@ -658,6 +796,8 @@ PREPARE: dict[str, Callable[[Lake, Settings, str | None], Prepared]] = {
     "features_user_histories": prepare_user_histories,
     "model_metrics": prepare_model_metrics,
     "recommendations": prepare_recommendations,
+    "user_embeddings": prepare_user_embeddings,
+    "item_embeddings": prepare_item_embeddings,
 }
 
 
@@ -779,8 +919,14 @@ def validate(
     report_dir = _use_report_dir(context, settings) if build_docs else None
     run_id = RunIdentifier(run_name=f"dt={settings.ds}")
     tables = []
+    not_staged: dict[str, str] = {}
     for name in names:
-        path, frame, params = PREPARE[name](io, settings, table_path)
+        try:
+            path, frame, params = PREPARE[name](io, settings, table_path)
+        except NotStaged as skipped:
+            not_staged[name] = str(skipped)
+            log.info("%s: not staged for dt=%s: %s", name, settings.ds, skipped)
+            continue
         if isinstance(frame, pd.DataFrame):
             frame = _widen_numbers(frame)
         rows = len(frame) if isinstance(frame, pd.DataFrame) else int(frame.count())
@@ -806,7 +952,9 @@ def validate(
     docs = None
     if report_dir is not None:
         docs = context.build_data_docs(site_names=[DOCS_SITE]).get(DOCS_SITE)
-    return ValidationReport(suite_name, settings.ds, engine, tables, docs, time.perf_counter() - started)
+    return ValidationReport(
+        suite_name, settings.ds, engine, tables, docs, time.perf_counter() - started, not_staged
+    )
 
 
 def _widen_numbers(df: pd.DataFrame) -> pd.DataFrame:

@@ -42,6 +42,9 @@ class Catalogue:
     title_tokens: np.ndarray  # int32 [N+1, T]
     age_days: np.ndarray  # float32 [N+1]
     available: np.ndarray  # bool [N+1]
+    # str [N+1]: the item_id of each index ("" for none) when known (the lake's catalogue); a warm start maps the
+    # production model's rows onto these by id (models.train)
+    item_ids: np.ndarray | None = None
 
     @property
     def num_items(self) -> int:
@@ -163,7 +166,15 @@ def load_catalogue(settings: Settings, num_items: int = 0) -> Catalogue:
         settings.lake_root,
         lake.ITEM_FEATURES,
         settings.ds,
-        columns=["item_idx", "category_idx", "price_bucket", "title_tokens", "age_days", "available"],
+        columns=[
+            "item_idx",
+            "item_id",
+            "category_idx",
+            "price_bucket",
+            "title_tokens",
+            "age_days",
+            "available",
+        ],
     )
     idx = table.column("item_idx").to_numpy().astype(np.int64)
     n = max(int(idx.max(initial=0)), num_items) + 1
@@ -179,6 +190,9 @@ def load_catalogue(settings: Settings, num_items: int = 0) -> Catalogue:
     catalogue.title_tokens[idx] = pad_ids(_list_column(table, "title_tokens"), settings.title_tokens)
     catalogue.age_days[idx] = np.nan_to_num(table.column("age_days").to_numpy(zero_copy_only=False), nan=0.0)
     catalogue.available[idx] = table.column("available").to_numpy(zero_copy_only=False)
+    item_ids = np.full(n, "", dtype=object)
+    item_ids[idx] = table.column("item_id").to_pylist()
+    catalogue.item_ids = item_ids.astype(str)
     return catalogue
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from models import gate, metrics, registry
+from models import gate, metrics, registry, tracking
 from models.data import load_profiles
 from schemas import features as feature_schemas
 from schemas import lake
@@ -71,12 +71,20 @@ def topk_for(
     ``users``: the user inputs of the contract (``user_idx``, ``history``, ``seen``, ``age_bucket_idx``,
     ``region_idx``); ``items``: the item inputs (the candidate catalogue). Items in ``exclude`` (default: the
     padded ``seen`` matrix when ``exclude_seen``) score -inf. Returned indices are ``item_idx`` values.
+    An item-item model (``scoring.neighbours.NeighbourModel``) is scored as a sparse product of ``seen`` with its
+    neighbour matrix instead; its short lists are filled by popularity (score 0).
     """
+    from scoring.neighbours import NeighbourModel, top_k_items
+
+    item_idx = np.asarray(items["item_idx"], dtype=np.int64)
+    if isinstance(model, NeighbourModel):
+        if exclude is None and exclude_seen:
+            exclude = np.asarray(users["seen"])
+        return top_k_items(model, np.asarray(users["seen"]), item_idx, min(k, len(item_idx)), exclude)
     import tensorflow as tf
 
     from scoring.dot_scores import CatalogueProduct
 
-    item_idx = np.asarray(items["item_idx"], dtype=np.int64)
     product = CatalogueProduct(_encode(model, "encode_items", items))
     k = min(k, len(item_idx))
     # column position of each item index, -1 for items outside the candidate catalogue
@@ -185,13 +193,20 @@ def load_validation(settings: Settings) -> dict[str, Any]:
     }
 
 
+def training_notes(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What a model's training reported that its evaluation carries along: whether the two-tower model's wide
+    part was used ("used", "off", "skipped") and why not (``models.train.training_summary``)."""
+    training = meta.get("training") or {}
+    return {key: training[key] for key in ("wide", "wide_reason") if key in training}
+
+
 def _role(meta: Mapping[str, Any]) -> str:
     return "baseline" if meta.get("kind") == "baseline" else "candidate"
 
 
 def evaluate(settings: Settings, model_dirs: Sequence[str]) -> dict[str, Any]:
     """Evaluate candidates and the production model; write ``metrics/dt=D`` and ``reports/dt=D/index.html``."""
-    from scoring.contract import LoadedModel
+    from scoring.neighbours import load_model
 
     data = load_validation(settings)
     k = settings.eval_k
@@ -202,9 +217,15 @@ def evaluate(settings: Settings, model_dirs: Sequence[str]) -> dict[str, Any]:
     results = []
     topks: dict[str, np.ndarray] = {}
     per_user: list[tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]] = []
+    skipped: list[dict[str, Any]] = []  # models training left out (e.g. over a memory budget), with why
     for folder, forced_role in entries:
+        record = skipped_record(folder)
+        if record is not None:
+            log.warning("%s/%s was not trained: %s", record["name"], record["version"], record["reason"])
+            skipped.append(record)
+            continue
         try:
-            model = LoadedModel(folder)
+            model = load_model(folder)  # a SavedModel, or the sparse item-item export
         except (OSError, ValueError) as err:  # a vanished production model must not stop the run
             log.warning("cannot load %s: %s", folder, err)
             continue
@@ -223,12 +244,15 @@ def evaluate(settings: Settings, model_dirs: Sequence[str]) -> dict[str, Any]:
             "is_production": is_production,
             "metrics": segments,
             "train_seconds": meta.get("train_seconds"),
+            **training_notes(meta),
         }
         results.append(entry)
         rows, values = metrics.per_user_ranking(top, data["relevant"])
         per_user.append((entry, np.asarray(data["users"]["user_idx"], np.int64)[rows], values))
         if not forced_role:
-            registry.record_metrics(folder, {"run_date": settings.ds, "k": k, **segments})
+            registry.record_metrics(
+                folder, {"run_date": settings.ds, "k": k, **segments, **training_notes(meta)}
+            )
         log.info("%s: %s", label, {m: round(v, 4) for m, v in segments["all"].items()})
     production_result = next((r for r in results if r["is_production"]), None)
     result = {
@@ -246,17 +270,36 @@ def evaluate(settings: Settings, model_dirs: Sequence[str]) -> dict[str, Any]:
         },
         "validation_users": len(data["relevant"]),
         "cold_users": int(np.sum(data["cold"])),
+        "skipped": skipped,
     }
     compare_with_production(settings, per_user)
     result["metrics_path"] = lake_io.write_partition(
-        metric_rows(results), settings.lake_root, lake.METRICS, settings.ds, METRIC
+        metric_rows(results, skipped), settings.lake_root, lake.METRICS, settings.ds, METRIC
     )
     result["per_user_path"] = write_per_user(settings, per_user_rows(per_user))
     result["report"] = write_report(settings, result, topks, data["item_counts"])
+    result["tracking"] = tracking.log_evaluation(settings, result)  # the MLflow run of the date
     return result
 
 
-def metric_rows(results: Sequence[Mapping[str, Any]]) -> pa.Table:
+def skipped_record(folder: str) -> dict[str, Any] | None:
+    """The record of a model training skipped (``models.baselines.register_skipped``: metadata ``status``
+    "skipped" and ``skip_reason``), or None for any other folder."""
+    meta = lake_io.read_json(f"{folder}/metadata.json")
+    if not meta or meta.get("status") != "skipped":
+        return None
+    return {
+        "name": meta["name"],
+        "version": meta["version"],
+        "path": folder,
+        "kind": meta.get("kind", "unknown"),
+        "reason": str(meta.get("skip_reason") or "no reason recorded"),
+    }
+
+
+def metric_rows(results: Sequence[Mapping[str, Any]], skipped: Sequence[Mapping[str, Any]] = ()) -> pa.Table:
+    """METRIC rows of the evaluated models, then one row per skipped model: role "skipped", segment "all",
+    metric "skipped: <reason>", value NaN, 0 users."""
     rows: dict[str, list[Any]] = {name: [] for name in METRIC.names}
     for entry in results:
         for segment, values in entry["metrics"].items():
@@ -272,6 +315,18 @@ def metric_rows(results: Sequence[Mapping[str, Any]]) -> pa.Table:
                 rows["k"].append(_k_of(metric))
                 rows["value"].append(float(value))
                 rows["users"].append(users)
+    for record in skipped:
+        for column, value in (
+            ("model", record["name"]),
+            ("model_version", record["version"]),
+            ("role", "skipped"),
+            ("segment", "all"),
+            ("metric", f"skipped: {record['reason']}"),
+            ("k", 0),
+            ("value", float("nan")),
+            ("users", 0),
+        ):
+            rows[column].append(value)
     return pa.table(rows, schema=METRIC)
 
 

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from models import metrics as M
-from models import registry
+from models import registry, tracking
 from schemas.settings import Settings
 from storage import lake_io
 
@@ -105,7 +105,7 @@ def decide(settings: Settings, metrics: Mapping[str, Any], apply: bool = True) -
     }
     if not candidates:
         decision.update(action="keep", reason="no candidates were evaluated")
-        return _finish(settings, decision, production, apply)
+        return _finish(settings, decision, production, apply, metrics.get("tracking"))
 
     best = max(candidates, key=lambda m: _value(m, metric))
     best_value = _value(best, metric)
@@ -128,7 +128,7 @@ def decide(settings: Settings, metrics: Mapping[str, Any], apply: bool = True) -
                 reason=f"no per-user {metric} values for {', '.join(missing)}: the lead of {best['name']} "
                 f"over production {production['name']} cannot be tested",
             )
-            return _finish(settings, decision, production, apply)
+            return _finish(settings, decision, production, apply, metrics.get("tracking"))
         test = lead_test(values[label(best)], values[label(production)], margin)
         decision["significance"] = {
             "metric": metric,
@@ -156,7 +156,7 @@ def decide(settings: Settings, metrics: Mapping[str, Any], apply: bool = True) -
                 f"{production['name']} {production_value:.4f}: {why}: {describe(test)} (promotion needs the "
                 f"interval's lower bound above the margin {margin})",
             )
-        return _finish(settings, decision, production, apply)
+        return _finish(settings, decision, production, apply, metrics.get("tracking"))
 
     popularity = [m for m in candidates if m["name"] == FALLBACK]
     if not popularity:
@@ -166,7 +166,7 @@ def decide(settings: Settings, metrics: Mapping[str, Any], apply: bool = True) -
             reason=f"no production model and no popularity baseline: promoting the best, {best['name']} "
             f"{metric}={best_value:.4f}",
         )
-        return _finish(settings, decision, production, apply)
+        return _finish(settings, decision, production, apply, metrics.get("tracking"))
     popularity_value = _value(popularity[0], metric)
     decision["popularity"] = popularity_value
     if best["name"] != FALLBACK and best_value > popularity_value + margin:
@@ -183,16 +183,22 @@ def decide(settings: Settings, metrics: Mapping[str, Any], apply: bool = True) -
             reason=f"no production model and no candidate beats popularity ({metric}="
             f"{popularity_value:.4f}) by the margin {margin}: popularity is the fallback",
         )
-    return _finish(settings, decision, production, apply)
+    return _finish(settings, decision, production, apply, metrics.get("tracking"))
 
 
 def _finish(
-    settings: Settings, decision: dict[str, Any], production: Mapping[str, Any] | None, apply: bool
+    settings: Settings,
+    decision: dict[str, Any],
+    production: Mapping[str, Any] | None,
+    apply: bool,
+    tracked: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     chosen = decision.pop("chosen", None)
     if decision["action"] == "promote" and chosen is not None:
         decision["promoted"] = {"name": chosen["name"], "version": chosen["version"], "path": chosen["path"]}
         if apply:
+            # the `production` alias first, then production.json derived from it
+            pointer = tracking.record_gate(settings, tracked, decision, chosen)
             registry.promote(
                 settings,
                 chosen["name"],
@@ -203,11 +209,13 @@ def _finish(
                 if chosen["name"] == decision["best"]["name"]
                 else decision.get("popularity"),
                 **({"significance": decision["significance"]} if "significance" in decision else {}),
+                **pointer,
             )
     else:
         current = registry.production(settings)
         decision["kept"] = None if current is None else {k: current[k] for k in ("name", "version", "path")}
         if apply:
+            tracking.record_gate(settings, tracked, decision)
             registry.log_decision(settings, {"action": "keep", **decision})
     log.info("gate: %s: %s", decision["action"], decision["reason"])
     return decision

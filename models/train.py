@@ -6,14 +6,23 @@ excluded; a checkpoint every ``checkpoint_every`` batches and at each epoch end 
 training killed at any point and run again for the same date continues from its last checkpoint, inside the
 epoch, and a finished one leaves none); GPU with mixed precision when TensorFlow sees one (MirroredStrategy for
 several), the CPU otherwise.
+
+Warm start (``train_two_tower``): the night starts from the production deep model's weights
+(:data:`WARM_START_WEIGHTS`, saved beside every export) when :func:`warm_start_source` allows it (setting
+``warm_start``, a deep model trained for an earlier date, the same architecture); :func:`apply_warm_start` maps
+the item rows by item id, new items keep fresh rows. Otherwise it trains cold; the training summary's
+``warm_start`` says which, from which version, or why not. The source is part of the checkpoint's fingerprint,
+so a killed warm run resumes from its checkpoint and a checkpoint of another start is not continued.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -40,6 +49,9 @@ from scoring.allocator import retain_freed_memory
 log = logging.getLogger(__name__)
 BEST_WEIGHTS = "best.weights.h5"
 BEST_STATE = "best_state.json"
+# beside the SavedModel in a deep model's folder: its trainable weights by name and its item ids, what the next
+# night's warm start reads (the SavedModel's variables are not laid out for it)
+WARM_START_WEIGHTS = "warm_start_weights.npz"
 # A kill loses at most this many batches. Each save writes every weight with its optimizer state (the wide
 # item-item matrix too), so much more often would cost more than it saves on large nights.
 CHECKPOINT_EVERY_BATCHES = 200
@@ -297,10 +309,13 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         self.since_save = 0
 
 
-def training_fingerprint(data: D.TrainingData, params: TwoTowerParams) -> str:
-    """What a checkpoint was trained on: the parameters and the training arrays. A rerun of a date on changed
-    features keeps its model version, but must not continue weights learnt from the old ones."""
+def training_fingerprint(data: D.TrainingData, params: TwoTowerParams, warm_from: str | None = None) -> str:
+    """What a checkpoint was trained on: the parameters, the training arrays and the model it was warm-started
+    from. A rerun of a date on changed features keeps its model version, but must not continue weights learnt from
+    the old ones; a rerun warm-started from the same production model continues its checkpoint."""
     digest = hashlib.sha1(json.dumps(params.to_dict(), sort_keys=True, default=str).encode())
+    if warm_from:
+        digest.update(f"warm start from {warm_from}".encode())
     inter, items, users = data.interactions, data.catalogue, data.profiles
     arrays = [inter.user_idx, inter.item_idx, inter.weight, items.category_idx, items.price_bucket]
     arrays += [items.title_tokens, users.age_bucket_idx, users.region_idx]  # they size embedding tables too
@@ -394,6 +409,165 @@ def choose_blend(model: TwoTowerModel, inputs: dict[str, np.ndarray], evalset: D
     return best
 
 
+# ---- warm start ----------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class WarmStart:
+    """A deep model's trainable weights (in ``model.trainable_variables`` order, with their paths) and the item id of
+    each of its item rows (None for a model trained without ids, e.g. in memory)."""
+
+    source: str  # "<name>/<version>"
+    run_date: str  # the run date it was trained for
+    names: list[str]
+    weights: list[np.ndarray]
+    item_ids: np.ndarray | None = None
+
+
+class WarmStartMismatch(ValueError):
+    """The production weights do not fit the model being built (the reason is the message)."""
+
+
+def _weight_key(path: str) -> str:
+    """A weight's path without Keras' per-process layer counters (``dense_3`` -> ``dense``): the same weight of two
+    models built in one process, or in two processes, gets the same key."""
+    return re.sub(r"_\d+(?=/|$)", "", path)
+
+
+def model_item_ids(model: TwoTowerModel, data: D.TrainingData) -> np.ndarray | None:
+    """The item id of each of the model's item rows ("" for padding and items without one), or None without ids."""
+    ids = data.catalogue.item_ids
+    if ids is None:
+        return None
+    out = np.full(model.num_items + 1, "", dtype=ids.dtype if len(ids) else "<U1")
+    n = min(len(ids), len(out))
+    out[:n] = ids[:n]
+    return out
+
+
+def save_warm_start_weights(model: TwoTowerModel, data: D.TrainingData, folder: str) -> str:
+    """Writes :data:`WARM_START_WEIGHTS` into ``folder`` (a model folder; local path or URI), atomically."""
+    variables = model.trainable_variables
+    arrays: dict[str, np.ndarray] = {f"w{i}": np.asarray(v.numpy()) for i, v in enumerate(variables)}
+    arrays["names"] = np.array([v.path for v in variables])
+    ids = model_item_ids(model, data)
+    if ids is not None:
+        arrays["item_ids"] = ids
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    path = f"{folder}/{WARM_START_WEIGHTS}"
+    tf.io.gfile.makedirs(folder)
+    with tf.io.gfile.GFile(f"{path}.tmp", "wb") as fh:
+        fh.write(buffer.getvalue())
+    tf.io.gfile.rename(f"{path}.tmp", path, overwrite=True)
+    return path
+
+
+def load_warm_start_weights(folder: str, source: str, run_date: str) -> WarmStart:
+    with tf.io.gfile.GFile(f"{folder}/{WARM_START_WEIGHTS}", "rb") as fh:
+        stored = np.load(io.BytesIO(fh.read()), allow_pickle=False)
+        names = [str(n) for n in stored["names"]]
+        weights = [stored[f"w{i}"] for i in range(len(names))]
+        ids = stored["item_ids"] if "item_ids" in stored.files else None
+    return WarmStart(source, run_date, names, weights, ids)
+
+
+def warm_start_source(settings: Settings, params: TwoTowerParams) -> tuple[WarmStart | None, str]:
+    """(the production deep model's weights, "from <name>/<version>") when the run may start from them, else
+    (None, why it trains cold): warm start off, no production model, production not a deep model, trained for
+    this run date or a later one (a rerun of a promoted night, or a backfill out of date order, would start from
+    its own or later days), another architecture (:data:`models.two_tower.ARCHITECTURE_FIELDS`), or no weights
+    saved (a model exported before warm start existed)."""
+    if not settings.warm_start:
+        return None, "warm start is off (warm_start=False)"
+    pointer = registry.production(settings)
+    if not pointer or not pointer.get("path"):
+        return None, "no production model"
+    label = f"{pointer.get('name')}/{pointer.get('version')}"
+    try:
+        meta = registry.read_metadata(pointer["path"])
+    except (FileNotFoundError, ValueError) as err:
+        return None, f"production {label} cannot be read: {err}"
+    if meta.get("kind") != F.MODEL_KIND:
+        return None, f"production {label} is a {meta.get('kind')} model, not the deep model"
+    trained_for = str((meta.get("data_window") or {}).get("validation", ""))
+    if not trained_for or trained_for >= settings.ds:
+        return None, (
+            f"production {label} was trained for {trained_for or 'an unknown date'}, not before {settings.ds}"
+        )
+    differences = params.architecture_differences(meta.get("params") or {})
+    if differences:
+        return None, f"architecture differs from production {label}: " + "; ".join(differences)
+    if not tf.io.gfile.exists(f"{pointer['path']}/{WARM_START_WEIGHTS}"):
+        return None, f"production {label} has no {WARM_START_WEIGHTS} (exported before warm start)"
+    return load_warm_start_weights(pointer["path"], label, trained_for), f"from production {label}"
+
+
+def item_row_map(
+    old_ids: np.ndarray | None, new_ids: np.ndarray | None, old_rows: int, new_rows: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(rows of the old item tables, the rows of the new ones they go to, counts). By item id when both sides
+    have ids; by index otherwise, which relies on the features job's vocabularies only growing (an item keeps its
+    index from night to night: ``jobs.features.extend_index``). Row 0, padding, goes to row 0."""
+    if old_ids is not None and new_ids is not None:
+        where = {item: i for i, item in enumerate(old_ids[:old_rows]) if item and i > 0}
+        pairs = [(where[item], j) for j, item in enumerate(new_ids[:new_rows]) if j > 0 and item in where]
+        old = np.array([0] + [p[0] for p in pairs], np.int64)
+        new = np.array([0] + [p[1] for p in pairs], np.int64)
+        known = len(where)
+        by = "item_id"
+    else:
+        old = new = np.arange(min(old_rows, new_rows), dtype=np.int64)
+        known = old_rows - 1
+        by = "index"
+    kept = len(new) - 1
+    # dropped: production's items the run's catalogue lacks; moved: kept items whose index changed (while the
+    # vocabularies only grow, both are 0)
+    counts = {
+        "mapped_by": by,
+        "items_kept": kept,
+        "items_new": new_rows - 1 - kept,
+        "items_dropped": known - kept,
+        "items_moved": int(np.sum(old != new)),
+    }
+    return old, new, counts
+
+
+def apply_warm_start(model: TwoTowerModel, data: D.TrainingData, warm: WarmStart) -> dict[str, Any]:
+    """Sets ``model``'s trainable weights from ``warm``: item tables row by row for the items both know (the new
+    items keep their fresh initial rows), label and hash tables (categories, price buckets, title tokens, age
+    buckets, regions: their indices only grow too) on their common rows, every other weight whole. All or nothing:
+    raises :class:`WarmStartMismatch` before assigning anything when a weight does not fit."""
+    variables = model.trainable_variables
+    if len(variables) != len(warm.weights):
+        raise WarmStartMismatch(
+            f"{len(warm.weights)} weights in {warm.source}, {len(variables)} in this model"
+        )
+    item_tables = {id(v) for v in model.item_tables()}
+    table_rows = [w.shape[0] for v, w in zip(variables, warm.weights, strict=True) if id(v) in item_tables]
+    old_rows, new_rows, counts = item_row_map(
+        warm.item_ids, model_item_ids(model, data), table_rows[0] if table_rows else 0, model.num_items + 1
+    )
+    values = []
+    for variable, name, old in zip(variables, warm.names, warm.weights, strict=True):
+        shape = tuple(variable.shape)
+        if _weight_key(variable.path) != _weight_key(name):
+            raise WarmStartMismatch(f"weight {variable.path} of this model meets {name} of {warm.source}")
+        if old.ndim != len(shape) or old.shape[1:] != shape[1:]:
+            raise WarmStartMismatch(f"{variable.path}: shape {old.shape} in {warm.source}, {shape} here")
+        if id(variable) in item_tables:
+            value = np.array(variable.numpy())
+            value[new_rows] = old[old_rows]
+        elif old.shape == shape:
+            value = old
+        else:  # a label or hash table that grew (or shrank): the common rows
+            value = np.array(variable.numpy())
+            common = min(old.shape[0], shape[0])
+            value[:common] = old[:common]
+        values.append(value)
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(value)
+    return counts
+
+
 # ---- training ------------------------------------------------------------------------------------------------------
 def build_model(data: D.TrainingData, params: TwoTowerParams) -> TwoTowerModel:
     num_items = data.num_items
@@ -429,10 +603,13 @@ def build_model(data: D.TrainingData, params: TwoTowerParams) -> TwoTowerModel:
     counts = np.bincount(data.interactions.item_idx, minlength=num_items + 1).astype(np.float64)
     log_q = np.log(np.maximum(counts, 1.0) / max(counts.sum(), 1.0))
     wide = None
-    if params.wide and num_items <= params.wide_max_items:
+    state, reason = params.wide_state(num_items)
+    if state == "used":
         wide = ease_matrix(
             data.interactions.user_idx, data.interactions.item_idx, num_items, params.ease_lambda
         )
+    elif state == "skipped":
+        log.warning("wide part skipped: %s; the model is the deep part alone", reason)
     return TwoTowerModel(
         user_tower, item_tower, catalogue.inputs(), params, item_log_q=log_q, wide=wide, name="two_tower"
     )
@@ -448,11 +625,16 @@ def fit_two_tower(
     run_eagerly: bool = False,
     progress: bool = False,
     checkpoint_every: int = CHECKPOINT_EVERY_BATCHES,
+    warm_start: WarmStart | None = None,
+    cold_reason: str = "no warm-start weights given",
 ) -> tuple[TwoTowerScoring, dict[str, Any]]:
     """Trains the two-tower model on in-memory data; returns the export module and a training summary.
     ``checkpoint_dir``: where the training state is saved every ``checkpoint_every`` batches and at each epoch
     end; a call finding one there continues from it. ``progress``: log every ~10% of an epoch's steps
-    (:class:`TrainingProgress`; the pipeline turns it on)."""
+    (:class:`TrainingProgress`; the pipeline turns it on). ``warm_start``: weights to start from
+    (:func:`apply_warm_start`; a checkpoint of the same warm start, found in ``checkpoint_dir``, wins over them:
+    a resumed run continues, it does not start again from the weights); without them, or when they do not fit,
+    the weights start fresh and the summary's ``warm_start`` says why (``cold_reason``)."""
     params = params or TwoTowerParams.from_settings(settings or Settings.load())
     retain_freed_memory()
     keras.utils.set_random_seed(params.seed)
@@ -470,17 +652,20 @@ def fit_two_tower(
         epoch_of=lambda: clock.epoch,
     )
     model = compiled_model(data, params, strategy, dataset, run_eagerly)
+    warm = start_weights(model, data, warm_start, cold_reason)
     # order matters: the epoch's evaluation is saved before the checkpoint that marks the epoch done, and the
     # best weights are restored before the checkpoint folder is removed
     all_callbacks: list[keras.callbacks.Callback] = [clock]
     early = validation_early_stopping(data, params, checkpoint_dir)
     if early is not None:
         all_callbacks.append(early)
+        if warm["warm"]:  # what production's weights give on this night's validation users, before training
+            warm["val_recall_before"] = recall_at_k(model, early.inputs, early.evalset, early.k, part="deep")
     if progress:
         all_callbacks.append(TrainingProgress(steps))
     backup = None
     if checkpoint_dir:
-        fingerprint = training_fingerprint(data, params)
+        fingerprint = training_fingerprint(data, params, warm["from"] if warm["warm"] else None)
         discard_stale_checkpoint(checkpoint_dir, fingerprint)
         backup = ResumableBackup(checkpoint_dir, checkpoint_every, fingerprint)
         all_callbacks.append(backup)
@@ -496,6 +681,7 @@ def fit_two_tower(
         tf.io.gfile.rmtree(checkpoint_dir)  # finished: the checkpoint has served its purpose
     summary = training_summary(model, data, history, early, blend, device, seconds, steps)
     summary["resumed_from"] = backup.resumed_from if backup else None
+    summary["warm_start"] = warm
     summary["steps_run"] = backup.steps_run if backup else len(history.epoch) * steps
     log.info(
         "two-tower trained in %.1f s on %s: %s",
@@ -506,6 +692,32 @@ def fit_two_tower(
     module = TwoTowerScoring(model)
     module.keras_model = model  # kept for in-process evaluation; not part of the export signatures
     return module, summary
+
+
+def start_weights(
+    model: TwoTowerModel, data: D.TrainingData, warm_start: WarmStart | None, cold_reason: str
+) -> dict[str, Any]:
+    """Applies ``warm_start`` to the freshly built ``model`` when it fits; returns the summary's ``warm_start``:
+    ``{"warm": True, "from": source, "run_date", item counts}`` or ``{"warm": False, "reason": why}``."""
+    if warm_start is None:
+        log.info("cold start: %s", cold_reason)
+        return {"warm": False, "reason": cold_reason}
+    try:
+        counts = apply_warm_start(model, data, warm_start)
+    except WarmStartMismatch as err:
+        reason = f"weights of production {warm_start.source} do not fit: {err}"
+        log.warning("cold start: %s", reason)
+        return {"warm": False, "reason": reason}
+    log.info(
+        "warm start from %s (trained for %s): %s%s",
+        warm_start.source,
+        warm_start.run_date,
+        counts,
+        "; the vocabulary extends production's"
+        if counts["items_moved"] == 0 and counts["items_dropped"] == 0
+        else "",
+    )
+    return {"warm": True, "from": warm_start.source, "run_date": warm_start.run_date, **counts}
 
 
 def compiled_model(
@@ -553,6 +765,7 @@ def training_summary(
     steps: int,
 ) -> dict[str, Any]:
     """What a training did, for the model's metadata and the benchmark's report."""
+    wide, wide_reason = model.params.wide_state(model.num_items)
     return {
         "device": device,
         "training_seconds": round(seconds, 2),
@@ -563,7 +776,9 @@ def training_summary(
         "best_epoch": (early.best_epoch + 1) if early and early.best_epoch >= 0 else None,
         "best_val_recall_at_k": early.best if early else None,
         "full_softmax": bool(model.full_softmax),
-        "wide": model.wide is not None,
+        # "used", "off" or "skipped" (a catalogue above wide_max_items), with the reason when not used
+        "wide": wide,
+        "wide_reason": wide_reason,
         "blend": blend if model.wide is not None else None,
         "num_items": model.num_items,
         "num_train_interactions": int(len(data.interactions.item_idx)),
@@ -681,12 +896,21 @@ def train_two_tower(
     version = model_version(params, data.window)
     model_dir = registry.model_dir(settings, F.MODEL_NAME, version)
     backup_dir = checkpoint_dir(settings, version)
+    warm, why = warm_start_source(settings, params)
     module, summary = fit_two_tower(
-        data, params=params, checkpoint_dir=backup_dir, progress=True, checkpoint_every=checkpoint_every
+        data,
+        params=params,
+        checkpoint_dir=backup_dir,
+        progress=True,
+        checkpoint_every=checkpoint_every,
+        warm_start=warm,
+        cold_reason=why,
     )
     date_dir = backup_dir.rsplit("/", 1)[0]
     if tf.io.gfile.isdir(date_dir) and not tf.io.gfile.listdir(date_dir):
         tf.io.gfile.rmtree(date_dir)  # nothing else of this date is unfinished
+    # the weights first: the metadata, written last by the registry, marks a complete model folder
+    save_warm_start_weights(module.keras_model, data, model_dir)
     registry.register(
         settings,
         module,

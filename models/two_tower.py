@@ -7,8 +7,9 @@
 - :class:`TwoTowerModel` receives both towers and computes its loss in ``compute_loss``: a softmax over the whole
   catalogue (small catalogues) or over the in-batch candidates with log-Q correction (large ones). Positives
   compete only against negatives (other targets and the user's known items are not pushed down).
-- Optional wide part (wide-and-deep, for catalogues up to ``wide_max_items``): EASE's closed-form item-item model,
-  fitted by the same training run. Final score = ``blend * z(deep) + (1 - blend) * z(wide)``, each part scaled by
+- Optional wide part (wide-and-deep, for catalogues up to ``wide_max_items``; above it the training warns and its
+  summary says ``wide: skipped`` with the reason): EASE's closed-form item-item model, fitted by the same training
+  run. Final score = ``blend * z(deep) + (1 - blend) * z(wide)``, each part scaled by
   its per-user standard deviation over the catalogue; ``blend`` is chosen on the validation set after training.
   (Training the deep part jointly on top of EASE was measured worse on MovieLens: EASE scores its own training
   pairs in-sample, so the joint model leans on it; the calibrated blend does not.)
@@ -45,6 +46,19 @@ SETTINGS_FIELDS = (
     "seed",
 )
 FULL_SOFTMAX_MAX_ITEMS = 50_000  # settings' "full" softmax: every catalogue item a negative, up to this size
+# The parameters that decide the weights' shapes or what they mean. A warm start (models.train) needs them equal to
+# the production model's; the others (epochs, batch size, learning rate, dropout, l2, the loss's negatives, the
+# wide part, which each night refits) may change between nights.
+ARCHITECTURE_FIELDS = (
+    "encoder",
+    "objective",
+    "embedding_dim",
+    "hidden_dim",
+    "history_length",  # the attention encoder's position table
+    "normalize",
+    "item_bias",
+    "temperature",
+)
 
 
 def full_softmax_limit(softmax: str) -> int:
@@ -101,6 +115,29 @@ class TwoTowerParams:
     def digest(self, *extra: object) -> str:
         text = json.dumps([self.to_dict(), *extra], sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+    def architecture_differences(self, other: dict[str, Any]) -> list[str]:
+        """``field: theirs -> ours`` for each of :data:`ARCHITECTURE_FIELDS` where ``other`` (another model's
+        params, as its metadata holds them) differs from these; empty when a model of ``other`` can warm-start
+        one of these."""
+        out = []
+        for name in ARCHITECTURE_FIELDS:
+            ours, theirs = getattr(self, name), other.get(name, "(absent)")
+            if theirs != ours:
+                out.append(f"{name}: {theirs!r} -> {ours!r}")
+        return out
+
+    def wide_state(self, num_items: int) -> tuple[str, str | None]:
+        """("used", None), ("off", reason) or ("skipped", reason): whether a catalogue of ``num_items`` items gets
+        the wide part, and why not."""
+        if not self.wide:
+            return "off", "wide=False in the parameters"
+        if num_items > self.wide_max_items:
+            return "skipped", (
+                f"the catalogue has {num_items} items, above wide_max_items={self.wide_max_items} "
+                "(the dense item-item matrix grows with the square of the catalogue)"
+            )
+        return "used", None
 
 
 # ---- shared pieces ---------------------------------------------------------------------------------------------
@@ -349,6 +386,17 @@ class TwoTowerModel(keras.Model):
             name="blend",
             dtype="float32",
         )
+
+    def item_tables(self) -> list[keras.Variable]:
+        """The weights with one row per item index (item id embedding and bias, the user tower's history and bag
+        tables): a warm start moves their rows by item, the other weights as they are."""
+        layers = (
+            self.item_tower.item_embedding,
+            self.item_tower.id_bias,
+            self.user_tower.history_embedding,
+            self.user_tower.bag_embedding,
+        )
+        return [layer.embeddings for layer in layers if layer is not None]
 
     # -- embeddings in float32 and on the logit scale (temperature folded into the user side) --
     def user_vectors(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:

@@ -7,6 +7,7 @@ Tables are partitioned by ``dt=YYYY-MM-DD``; a rerun of a date replaces exactly 
 from __future__ import annotations
 
 import datetime as dt
+from typing import NamedTuple
 
 DateLike = dt.date | str
 
@@ -54,6 +55,10 @@ REPORTS = "reports"
 STAGING = "staging"
 RECOMMENDATIONS = "recommendations"
 SIMILAR_ITEMS = "similar_items"
+USER_EMBEDDINGS = "user_embeddings"  # the production model's user vectors (schemas.outputs.USER_EMBEDDING)
+ITEM_EMBEDDINGS = "item_embeddings"  # its item vectors: user . item = the recommendation score
+EMBEDDINGS = (USER_EMBEDDINGS, ITEM_EMBEDDINGS)
+PUBLISHED = (RECOMMENDATIONS, SIMILAR_ITEMS, *EMBEDDINGS)  # every table the publish stage makes visible
 
 
 def raw_events(root: str, date: DateLike) -> str:
@@ -98,3 +103,77 @@ def staging(root: str, name: str, date: DateLike, run_id: str) -> str:
 def latest_pointer(root: str, name: str) -> str:
     """``<table>/_LATEST``: one line naming the newest published partition (``dt=YYYY-MM-DD``)."""
     return f"{table(root, name)}/_LATEST"
+
+
+# ---- lineage: the tables each stage of the nightly run reads and writes -----------------------------------------
+# Whole tables (a stage reads and writes partitions of them); run manifests (runs/) and private working state
+# (checkpoints, a Spark job's own staging root) are not listed. The published tables' staging copies are: score
+# writes them, validate_recommendations and publish read them.
+STAGED_RECOMMENDATIONS = f"{STAGING}/{RECOMMENDATIONS}"
+STAGED_SIMILAR_ITEMS = f"{STAGING}/{SIMILAR_ITEMS}"
+STAGED_EMBEDDINGS = tuple(f"{STAGING}/{name}" for name in EMBEDDINGS)
+RAW_TABLES = (RAW_EVENTS, RAW_ITEMS, RAW_USERS)
+FEATURE_TABLES = (
+    VOCAB_USERS,
+    VOCAB_ITEMS,
+    ITEM_FEATURES,
+    USER_FEATURES,
+    INTERACTIONS,
+    TRAIN_EXAMPLES,
+    VALIDATION,
+    USER_HISTORIES,
+)
+
+
+class StageTables(NamedTuple):
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+# keyed by stage, as the nightly DAG names its tasks
+STAGE_TABLES: dict[str, StageTables] = {
+    "generate_demo_data": StageTables((), RAW_TABLES),
+    "validate_raw": StageTables((RAW_EVENTS,), ()),
+    "clean": StageTables(RAW_TABLES, (CLEAN_EVENTS, CLEAN_ITEMS, CLEAN_USERS, QUARANTINE_EVENTS)),
+    "validate_clean": StageTables((CLEAN_EVENTS, CLEAN_ITEMS), ()),
+    # the daily aggregates and the earlier day's vocabularies and labels are read back and extended
+    "features": StageTables(
+        (
+            CLEAN_EVENTS,
+            CLEAN_ITEMS,
+            CLEAN_USERS,
+            DAILY_INTERACTIONS,
+            VOCAB_USERS,
+            VOCAB_ITEMS,
+            ITEM_FEATURES,
+            USER_FEATURES,
+        ),
+        (DAILY_INTERACTIONS, *FEATURE_TABLES),
+    ),
+    "validate_features": StageTables(
+        (VOCAB_ITEMS, VOCAB_USERS, ITEM_FEATURES, TRAIN_EXAMPLES, USER_HISTORIES), ()
+    ),
+    "train": StageTables((TRAIN_EXAMPLES, VALIDATION, ITEM_FEATURES, USER_FEATURES, INTERACTIONS), (MODELS,)),
+    "evaluate": StageTables(
+        (VALIDATION, INTERACTIONS, ITEM_FEATURES, MODELS), (METRICS, USER_METRICS, REPORTS)
+    ),
+    "validate_metrics": StageTables((METRICS,), ()),
+    "gate": StageTables((METRICS, MODELS), (MODELS,)),  # models/production.json
+    "score": StageTables(
+        (ITEM_FEATURES, USER_FEATURES, USER_HISTORIES, MODELS),
+        (STAGED_RECOMMENDATIONS, STAGED_SIMILAR_ITEMS, *STAGED_EMBEDDINGS),
+    ),
+    "validate_recommendations": StageTables((STAGED_RECOMMENDATIONS, ITEM_FEATURES, USER_HISTORIES), ()),
+    "validate_embeddings": StageTables(STAGED_EMBEDDINGS, ()),
+    "publish": StageTables((STAGED_RECOMMENDATIONS, STAGED_SIMILAR_ITEMS, *STAGED_EMBEDDINGS), PUBLISHED),
+    "summary": StageTables((METRICS, RECOMMENDATIONS, SIMILAR_ITEMS, MODELS), (REPORTS,)),
+}
+
+
+def stage_tables(root: str, stage: str) -> StageTables:
+    """The locations of the tables ``stage`` reads and writes under ``root`` (none for a stage not listed)."""
+    tables = STAGE_TABLES.get(stage, StageTables((), ()))
+    return StageTables(
+        tuple(table(root, name) for name in tables.inputs),
+        tuple(table(root, name) for name in tables.outputs),
+    )

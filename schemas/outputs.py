@@ -35,6 +35,39 @@ SIMILAR_ITEM = pa.schema(
     metadata={"recflow.schema_version": str(SIMILAR_ITEMS_VERSION)},
 )
 
+EMBEDDINGS_VERSION = 1
+# Embeddings are published only for a production model of at most this dimension (a two-tower or factor model);
+# item-to-item models (and a deep model with its wide item-item part) have catalogue-length vectors: for those the
+# score job stages no rows, only the reason (``_SKIPPED.json``), and publish records it.
+EMBEDDINGS_MAX_DIMENSION = 512
+VECTOR = pa.list_(pa.float32())  # every row of a partition holds ``dimension`` values
+# user_embeddings/dt=YYYY-MM-DD/: one row per user with a "model" recommendation list that day
+USER_EMBEDDING = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),  # pseudonymised, as in recommendations
+        pa.field("vector", VECTOR, nullable=False),  # the exported model's encode_users
+        pa.field("dimension", pa.int32(), nullable=False),
+        # the available items the user interacted with in the window through D: excluded from the user's list
+        pa.field("seen_item_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("generated_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ],
+    metadata={"recflow.schema_version": str(EMBEDDINGS_VERSION)},
+)
+# item_embeddings/dt=YYYY-MM-DD/: one row per catalogue item of D (available or not)
+ITEM_EMBEDDING = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("vector", VECTOR, nullable=False),  # the exported model's encode_items
+        pa.field("dimension", pa.int32(), nullable=False),
+        pa.field("available", pa.bool_(), nullable=False),  # only available items are recommended
+        pa.field("category", pa.string()),  # what the optional category cap counts (null: one category)
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("generated_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ],
+    metadata={"recflow.schema_version": str(EMBEDDINGS_VERSION)},
+)
+
 # metrics/dt=...: one row per (model, segment, metric)
 METRIC = pa.schema(
     [

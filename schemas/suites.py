@@ -46,6 +46,11 @@ SCORE_RISE = "score_rise"  # score - score at the previous rank (null at rank 1)
 ITEM_AVAILABLE = "item_available"  # the item is in the catalogue and available on D (False when unknown)
 ITEM_SEEN = "item_seen"  # the user interacted with the item in the window through D
 IS_COLD_START = "is_cold_start"  # 1 when the row came from the cold-start strategy, else 0
+# user and item embeddings
+VECTOR_LENGTH = "vector_length"  # values in the row's vector
+VECTOR_FINITE = "vector_finite"  # every value of the vector is finite (no NaN, no infinity)
+IN_RECOMMENDATIONS = "in_recommendations"  # the user has "model" rows in the staged recommendations
+AVAILABLE_AS_CATALOGUE = "available_as_catalogue"  # the row's available flag is the catalogue's
 
 
 # ---- raw events: the parsed JSON lines of raw/events/dt=D --------------------------------------------------
@@ -212,6 +217,55 @@ RECOMMENDATIONS = gx.ExpectationSuite(
     ],
 )
 
+
+# ---- embeddings: the staging copies of user_embeddings/dt=D and item_embeddings/dt=D, before publish ------------
+def _embedding_expectations(key: str) -> list[Any]:
+    """One row per id; every vector ``dimension`` long and finite; one dimension, the other table's too; the
+    model version of the staged recommendations."""
+    return [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        *[
+            gxe.ExpectColumnValuesToNotBeNull(column=name)
+            for name in (key, "vector", "dimension", "model_version", "generated_at")
+        ],
+        gxe.ExpectColumnValuesToBeUnique(column=key),
+        gxe.ExpectColumnValuesToNotBeInSet(column=key, value_set=list(PLACEHOLDER_IDS)),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="dimension", min_value=_param("paired_dimension"), max_value=_param("paired_dimension")
+        ),
+        gxe.ExpectColumnValuesToBeBetween(column="dimension", min_value=1, max_value=_param("max_dimension")),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A=VECTOR_LENGTH, column_B="dimension"),
+        gxe.ExpectColumnValuesToBeInSet(column=VECTOR_FINITE, value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="model_version", value_set=_param("model_versions")),
+    ]
+
+
+USER_EMBEDDINGS = gx.ExpectationSuite(
+    name="user_embeddings",
+    expectations=[
+        *_embedding_expectations("user_id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="seen_item_ids"),
+        # exactly the users with a "model" list: each is one of them, and there are as many as they
+        gxe.ExpectColumnValuesToBeInSet(column=IN_RECOMMENDATIONS, value_set=[True]),
+        gxe.ExpectColumnUniqueValueCountToBeBetween(
+            column="user_id", min_value=_param("model_users"), max_value=_param("model_users")
+        ),
+    ],
+)
+
+ITEM_EMBEDDINGS = gx.ExpectationSuite(
+    name="item_embeddings",
+    expectations=[
+        *_embedding_expectations("item_id"),
+        # exactly D's catalogue, available as it is there
+        gxe.ExpectColumnValuesToBeInSet(column=ITEM_KNOWN, value_set=[True]),
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=_param("catalogue_items"), max_value=_param("catalogue_items")
+        ),
+        gxe.ExpectColumnValuesToBeInSet(column=AVAILABLE_AS_CATALOGUE, value_set=[True]),
+    ],
+)
+
 # ---- the names jobs/validate.py accepts: a group validates one table per suite ------------------------------
 SUITES: dict[str, gx.ExpectationSuite] = {
     s.name: s
@@ -225,6 +279,8 @@ SUITES: dict[str, gx.ExpectationSuite] = {
         USER_HISTORIES,
         MODEL_METRICS,
         RECOMMENDATIONS,
+        USER_EMBEDDINGS,
+        ITEM_EMBEDDINGS,
     )
 }
 SUITE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -239,4 +295,6 @@ SUITE_GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "metrics": ("model_metrics",),
     "recommendations": ("recommendations",),
+    # the embeddings' staging copies; a table the score job did not stage (_SKIPPED.json) is reported, not failed
+    "embeddings": ("user_embeddings", "item_embeddings"),
 }

@@ -40,6 +40,9 @@ MANIFEST = "_PUBLISHED.json"
 # the manifest while it travels with the data, until the publication is complete
 PENDING = "_PUBLISHING.json"
 PREVIOUS = "_previous"
+# a staging folder holding only this: the score job decided not to stage the table for the date (the reason is in
+# it); publish records that and leaves the table as it is
+SKIPPED = "_SKIPPED.json"
 # test hook: kill this process at a named step, as a crash or an OOM-kill would (see tests/test_publish.py)
 CRASH_ENV = "RECFLOW_PUBLISH_CRASH_AT"
 CRASH_POINTS = (

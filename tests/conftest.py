@@ -30,6 +30,12 @@ os.environ["RECFLOW_PSEUDONYM_KEY"] = "test-only-pseudonym-key"
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
 os.environ.setdefault("AIRFLOW_CONN_SPARK_DEFAULT", json.dumps({"conn_type": "spark", "host": "local[2]"}))
+# OpenLineage events of every DAG run of the session (tests/test_lineage.py), to a file, never to a server
+from tools.local_airflow import lineage_transport  # noqa: E402
+
+LINEAGE_EVENTS = Path(os.environ["AIRFLOW_HOME"]) / "lineage" / "events.jsonl"
+os.environ["AIRFLOW__OPENLINEAGE__TRANSPORT"] = lineage_transport(str(LINEAGE_EVENTS))
+os.environ["AIRFLOW__OPENLINEAGE__NAMESPACE"] = "recflow"
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # an xdist worker's __main__ has neither __spec__ nor __file__, which pyspark.sql.connect takes for a doctest
@@ -168,7 +174,12 @@ def tiny_run(dagbag: Any, airflow_db: str, tmp_path_factory: pytest.TempPathFact
 # (about 3 minutes each) are collected first, so that each worker starts with one and the rest fill in behind.
 # (xdist's own loadgroup marks do not take with pytest 9, which no longer reads ``item._nodeid``.)
 TINY_RUN_UNIT = "tiny_run"
-TINY_RUN_MODULES = ("tests/test_dags.py", "tests/test_e2e_defect.py", "tests/test_privacy.py")
+TINY_RUN_MODULES = (
+    "tests/test_dags.py",
+    "tests/test_e2e_defect.py",
+    "tests/test_privacy.py",
+    "tests/test_lineage.py",
+)
 LONGEST_UNITS = (TINY_RUN_UNIT, "tests/test_cluster.py")
 
 

@@ -93,7 +93,7 @@ def test_nightly_stage_order_and_spark_submit(nightly: Any) -> None:
     assert "validate_clean" in upstream("features")
     assert "validate_features" in upstream("train")
     assert {"promote", "keep_production"} <= upstream("score")
-    assert "validate_recommendations" in upstream("publish")
+    assert {"validate_recommendations", "validate_embeddings"} <= upstream("publish")
     assert "publish" in upstream("summary")
     for stage in ("clean", "features", "score"):
         task = nightly.get_task(stage)
@@ -103,7 +103,12 @@ def test_nightly_stage_order_and_spark_submit(nightly: Any) -> None:
         assert Path(task.application).is_absolute() and Path(task.application).name == f"{stage}.py"
         assert Path(task.application).exists()
     outlets = {a.name for a in nightly.get_task("publish").outlets}
-    assert outlets == {"recflow_recommendations", "recflow_similar_items"}
+    assert outlets == {
+        "recflow_recommendations",
+        "recflow_similar_items",
+        "recflow_user_embeddings",
+        "recflow_item_embeddings",
+    }
 
 
 def test_clean_gets_the_pseudonym_key_from_the_airflow_connection_masked(nightly: Any, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ import pytest
 
 from jobs import publish
 from schemas import lake
-from schemas.outputs import RECOMMENDATION, SIMILAR_ITEM
+from schemas.outputs import ITEM_EMBEDDING, RECOMMENDATION, SIMILAR_ITEM, USER_EMBEDDING
 from schemas.settings import Settings
 from storage import publish as published
 
@@ -60,13 +60,33 @@ def similar(version: str) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SIMILAR_ITEM)
 
 
+def embeddings(version: str, schema: pa.Schema, ids: list[str]) -> pa.Table:
+    """Two-dimensional vectors, one row per id (users with their seen items, or items with their availability)."""
+    at = dt.datetime(2026, 1, 15, tzinfo=dt.UTC)
+    extra = (
+        {"seen_item_ids": ["i0"]} if "seen_item_ids" in schema.names else {"available": True, "category": "c"}
+    )
+    rows = [
+        {"vector": [1.0, float(n)], "dimension": 2, "model_version": version, "generated_at": at, **extra}
+        for n in range(len(ids))
+    ]
+    return pa.Table.from_pylist(
+        [{schema.names[0]: i, **r} for i, r in zip(ids, rows, strict=True)], schema=schema
+    )
+
+
 def stage(
     root: str, date: dt.date, run_id: str, recs: pa.Table, sims: pa.Table | None = None, success: bool = True
 ) -> None:
-    """What the score job leaves behind: Parquet parts plus the writer's _SUCCESS."""
+    """What the score job leaves behind: Parquet parts plus the writer's _SUCCESS, for every published table (the
+    embeddings of the recommendations' users and of five items)."""
+    version = recs["model_version"][0].as_py() if recs.num_rows else "v"
+    users = sorted(set(recs["user_id"].to_pylist())) or ["u0"]
     for name, table in (
         (lake.RECOMMENDATIONS, recs),
         (lake.SIMILAR_ITEMS, sims if sims is not None else similar("v")),
+        (lake.USER_EMBEDDINGS, embeddings(version, USER_EMBEDDING, users)),
+        (lake.ITEM_EMBEDDINGS, embeddings(version, ITEM_EMBEDDING, [f"i{i}" for i in range(5)])),
     ):
         folder = Path(lake.staging(root, name, date, run_id))
         folder.mkdir(parents=True, exist_ok=True)
@@ -115,18 +135,20 @@ def test_publish_moves_staging_into_place_with_marker_manifest_and_pointer(tmp_l
     # the stage's run manifest, and the run summary's rows in and out for it
     run = json.loads(Path(lake.run_manifest(tmp_lake, "publish", DAY1)).read_text())
     assert run["counts"] == {
-        "rows_in": 20,
-        "rows_out": 20,
+        "rows_in": 28,
+        "rows_out": 28,
         "users": 3,
         "items": 6,
         "recommendations_rows": 12,
         "similar_items_rows": 8,
+        "user_embeddings_rows": 3,
+        "item_embeddings_rows": 5,
     }, run["counts"]
     assert run["seconds"] >= 0 and run["publish_run_id"] == "r1" and run["already_published"] == []
     from jobs import summary as summary_job
 
     stages = summary_job.collect(settings_for(tmp_lake, DAY1))["stages"]
-    assert [(s["stage"], s["rows_in"], s["rows_out"]) for s in stages] == [("publish", 20, 20)]
+    assert [(s["stage"], s["rows_in"], s["rows_out"]) for s in stages] == [("publish", 28, 28)]
     assert "| publish |" in summary_job.to_markdown(summary_job.collect(settings_for(tmp_lake, DAY1)))
 
 
@@ -257,7 +279,13 @@ def test_a_plain_rerun_after_a_killed_publish_completes_the_publication(
     assert run_publish_killed_at(tmp_lake, new_date, "r2", step, exchange) == -signal.SIGKILL
     assert run_publish_killed_at(tmp_lake, new_date, "r2", "none", exchange) == 0  # the plain rerun
 
-    for name, rows in ((lake.RECOMMENDATIONS, new.num_rows), (lake.SIMILAR_ITEMS, similar("v2").num_rows)):
+    tables = (
+        (lake.RECOMMENDATIONS, new.num_rows),
+        (lake.SIMILAR_ITEMS, similar("v2").num_rows),
+        (lake.USER_EMBEDDINGS, 2),
+        (lake.ITEM_EMBEDDINGS, 5),
+    )
+    for name, rows in tables:
         final = Path(lake.partition(tmp_lake, name, new_date))
         manifest = json.loads((final / published.MANIFEST).read_text())
         assert (manifest["run_id"], manifest["rows"], manifest["model_versions"]) == ("r2", rows, ["v2"]), (
@@ -271,16 +299,12 @@ def test_a_plain_rerun_after_a_killed_publish_completes_the_publication(
     assert sorted_rows(published.read_latest(tmp_lake)) == sorted_rows(new)
     run = json.loads(Path(lake.run_manifest(tmp_lake, "publish", new_date)).read_text())
     assert run["publish_run_id"] == "r2"
-    assert run["counts"]["rows_out"] == new.num_rows + similar("v2").num_rows
+    assert run["counts"]["rows_out"] == sum(rows for _, rows in tables)
     assert run["counts"]["recommendations_rows"] == new.num_rows and run["counts"]["users"] == 2
     # only a table whose _PUBLISHED.json the killed publish had written counts as already published
     done_before = [lake.RECOMMENDATIONS] if step == "before_pointer" else []
     assert run["already_published"] == done_before
-    assert run["counts"]["rows_in"] == sum(
-        rows
-        for name, rows in ((lake.RECOMMENDATIONS, new.num_rows), (lake.SIMILAR_ITEMS, similar("v2").num_rows))
-        if name not in done_before
-    )
+    assert run["counts"]["rows_in"] == sum(rows for name, rows in tables if name not in done_before)
 
 
 def test_a_partition_left_unfinished_is_completed_before_a_republish_swaps_it_out(tmp_lake: str) -> None:

@@ -316,7 +316,10 @@ def test_recommendations_exclude_seen_and_unavailable_and_match_brute_force(scor
     assert counts["recommendations_rows"] == table.num_rows and counts["users"] == len(
         set(table["user_id"].to_pylist())
     )
-    assert counts["rows_out"] == table.num_rows + read(paths[lake.SIMILAR_ITEMS]).num_rows
+    assert (
+        counts["rows_out"]
+        == sum(read(paths[name]).num_rows for name in (lake.SIMILAR_ITEMS, *lake.EMBEDDINGS)) + table.num_rows
+    )
     assert counts["rows_in"] >= counts["users"] > 0 and counts["items"] == len(
         set(table["item_id"].to_pylist())
     )
@@ -434,3 +437,51 @@ def test_task_files_commit_keeps_only_returned_attempts_and_marks_success_last(t
         "ud",
     ]  # the failed attempt's "ua" is gone
     assert publish.verify(str(staging), RECOMMENDATION)["rows"] == 4
+
+
+@pytest.mark.spark
+def test_an_item_item_model_scores_from_its_sparse_neighbours(spark, scored, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The sparse item-item export: a user's score is the sum of its seen items' neighbour rows, seen and
+    unavailable items never listed, short lists filled by popularity; similar items are each item's own
+    neighbours; no embeddings are staged, with the reason."""
+    import json
+
+    import scipy.sparse as sp
+
+    from jobs import score
+    from scoring import neighbours
+
+    settings, _ = scored
+    rng = np.random.default_rng(3)
+    dense = rng.random((NUM_ITEMS + 1, NUM_ITEMS + 1)).astype(np.float32)
+    dense[dense < 0.6] = 0.0  # sparse: many items reach only a few others
+    dense[0, :] = dense[:, 0] = 0.0
+    np.fill_diagonal(dense, 0.0)
+    popularity = np.array([0.0, *[POPULARITY[i] for i in range(1, NUM_ITEMS + 1)]])
+    model_dir = lake.model_dir(settings.lake_root, "item_cosine", "tiny-ii")
+    neighbours.save(
+        neighbours.NeighbourModel(sp.csr_matrix(dense), popularity), model_dir, {"version": "tiny-ii"}
+    )
+    paths = score.run(settings, spark, model_dir=model_dir, run_id="item-item")
+
+    table = read(paths[lake.RECOMMENDATIONS])
+    model_rows = table.filter(pa.compute.equal(table["strategy"], "model"))
+    got = lists_of(model_rows, "user_id", "item_id")
+    for u, seen in HISTORIES.items():
+        scores = dense[seen].sum(axis=0)
+        allowed = [i for i in range(1, NUM_ITEMS + 1) if i not in seen and i not in UNAVAILABLE]
+        reached = sorted((i for i in allowed if scores[i] > 0), key=lambda i: (-scores[i], i))
+        fill = sorted((i for i in allowed if scores[i] <= 0), key=lambda i: (-POPULARITY[i], i))
+        assert got[user_id(u)] == [item_id(i) for i in (reached + fill)[: settings.top_n]], u
+    similar = lists_of(read(paths[lake.SIMILAR_ITEMS]), "item_id", "similar_item_id")
+    for i in range(1, NUM_ITEMS + 1):
+        order = sorted(
+            (j for j in range(1, NUM_ITEMS + 1) if dense[j, i] > 0 and j != i and j not in UNAVAILABLE),
+            key=lambda j: (-dense[j, i], j),
+        )
+        assert similar.get(item_id(i), []) == [item_id(j) for j in order[: settings.similar_items_n]], i
+    for name in lake.EMBEDDINGS:
+        marker = json.loads((Path(paths[name]) / "_SKIPPED.json").read_text())
+        assert "item-item model" in marker["reason"]
+    with pytest.raises(ValueError, match="category_cap"):
+        score.run(settings.replace(category_cap=1), spark, model_dir=model_dir, run_id="capped-ii")

@@ -1,7 +1,9 @@
-"""Training entry points: resume after an interruption, the CPU path, train(settings) from a lake."""
+"""Training entry points: resume after an interruption, the CPU path, train(settings) from a lake, the warm start
+from the production model, the wide part's state."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -24,8 +26,20 @@ import tensorflow as tf  # noqa: E402
 from test_two_tower import TINY  # noqa: E402
 
 from models import data as D  # noqa: E402
+from models import evaluate, registry  # noqa: E402
 from models import features as F  # noqa: E402
-from models.train import DenseGradientAdam, fit_two_tower, model_version, train_two_tower, training_strategy  # noqa: E402
+from models.train import (  # noqa: E402
+    WARM_START_WEIGHTS,
+    DenseGradientAdam,
+    WarmStart,
+    fit_two_tower,
+    load_warm_start_weights,
+    model_version,
+    save_warm_start_weights,
+    train_two_tower,
+    training_strategy,
+    warm_start_source,
+)
 from models.two_tower import TwoTowerParams  # noqa: E402
 from schemas import features as S  # noqa: E402
 from schemas import lake  # noqa: E402
@@ -461,3 +475,265 @@ def test_training_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path: Path) -
         "a finished run leaves no checkpoint"
     )
     assert not list(roots["uninterrupted"].glob("checkpoints/two_tower/dt=*/*"))
+
+
+# ---- warm start from the production model ---------------------------------------------------------------------------
+ITEM_TABLES = (
+    "item_tower/item_id/embeddings",
+    "item_tower/item_bias/embeddings",
+    "two_tower/user_tower/history_items/embeddings",
+    "two_tower/user_tower/bag_items/embeddings",
+)
+WARM_PARAMS = TwoTowerParams(encoder="mean", **{**TINY, "epochs": 2, "batch_size": 8})
+
+
+def _with_ids(data: D.TrainingData, ids: list[str]) -> D.TrainingData:
+    data.catalogue.item_ids = np.array(["", *ids])
+    return data
+
+
+def _next_day() -> D.TrainingData:
+    """The next night: the same users and 15 items plus three new ones (16-18) that some users took."""
+    day = tiny_data(seed=4)
+    users = np.r_[day.interactions.user_idx, np.arange(1, 10)]
+    items = np.r_[day.interactions.item_idx, 16 + np.arange(9) % 3]
+    grown = D.from_interactions(users, items, validation=day.validation)
+    return _with_ids(grown, [f"i{i}" for i in range(1, 19)])
+
+
+def _weights(module: object) -> dict[str, np.ndarray]:
+    from models.train import _weight_key
+
+    model = module.keras_model  # type: ignore[attr-defined]
+    return {_weight_key(v.path): v.numpy() for v in model.trainable_variables}
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, WarmStart]:
+    """A deep model trained on 15 items (ids i1..i15), saved and read back as the next night's warm start."""
+    day = _with_ids(tiny_data(), [f"i{i}" for i in range(1, 16)])
+    module, _ = fit_two_tower(day, params=WARM_PARAMS)
+    folder = str(tmp_path_factory.mktemp("production"))
+    save_warm_start_weights(module.keras_model, day, folder)
+    return module, load_warm_start_weights(folder, "two_tower/Dday1", "2026-01-13")
+
+
+def test_warm_start_keeps_known_rows_and_gives_new_items_fresh_rows(
+    production: tuple[object, WarmStart],
+) -> None:
+    prod_module, warm = production
+    day = _next_day()
+    untrained = dataclasses.replace(WARM_PARAMS, epochs=0)  # the weights training starts from
+    warm_module, summary = fit_two_tower(day, params=untrained, warm_start=warm)
+    cold_module, cold = fit_two_tower(day, params=untrained)
+    assert summary["epochs_run"] == 0 and summary["steps_run"] == 0
+    assert summary["warm_start"] == {
+        "warm": True,
+        "from": "two_tower/Dday1",
+        "run_date": "2026-01-13",
+        "mapped_by": "item_id",
+        "items_kept": 15,
+        "items_new": 3,
+        "items_dropped": 0,
+        "items_moved": 0,
+        "val_recall_before": pytest.approx(summary["warm_start"]["val_recall_before"]),
+    }
+    assert cold["warm_start"] == {"warm": False, "reason": "no warm-start weights given"}
+    ours, theirs, fresh = _weights(warm_module), _weights(prod_module), _weights(cold_module)
+    assert set(ours) == set(theirs)
+    for name in ITEM_TABLES:
+        assert theirs[name].shape[0] == 16 and ours[name].shape[0] == 19
+        np.testing.assert_array_equal(ours[name][:16], theirs[name])  # padding and the 15 known items
+        np.testing.assert_array_equal(ours[name][16:], fresh[name][16:])  # new items: a cold start's rows
+    assert not np.allclose(ours[ITEM_TABLES[0]][1:16], fresh[ITEM_TABLES[0]][1:16])
+    for name in set(ours) - set(ITEM_TABLES):  # towers' dense layers, label tables: production's
+        np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+    # the deep item embedding of a known item is production's (the wide part, refit each night, is not carried)
+    known = D.Catalogue.ids_only(18).inputs(np.array([3, 7, 17]))
+    prod_vectors = prod_module.keras_model.item_vectors(known).numpy()  # type: ignore[attr-defined]
+    warm_vectors = warm_module.keras_model.item_vectors(known).numpy()
+    np.testing.assert_allclose(warm_vectors[:2], prod_vectors[:2], rtol=1e-6, atol=1e-6)
+    assert not np.allclose(warm_vectors[2], prod_vectors[2])  # production sees item 17 as unknown content
+
+
+def test_warm_start_maps_rows_by_item_id_when_indices_moved(production: tuple[object, WarmStart]) -> None:
+    """Indices are stable while the vocabulary only grows; the map goes by id all the same: a moved item keeps
+    its row, an item production never had gets a fresh one, and the counts say so."""
+    prod_module, warm = production
+    ids = [f"i{i}" for i in range(1, 19)]
+    ids[0], ids[1], ids[14] = "i2", "i1", "i99"  # i1 and i2 swapped, i15 gone, i99 new at 15
+    day = _with_ids(_next_day(), ids)
+    untrained = dataclasses.replace(WARM_PARAMS, epochs=0)
+    warm_module, summary = fit_two_tower(day, params=untrained, warm_start=warm)
+    cold_module, _ = fit_two_tower(day, params=untrained)
+    counts = {
+        k: summary["warm_start"][k] for k in ("items_kept", "items_new", "items_dropped", "items_moved")
+    }
+    assert counts == {"items_kept": 14, "items_new": 4, "items_dropped": 1, "items_moved": 2}
+    ours, theirs, fresh = _weights(warm_module), _weights(prod_module), _weights(cold_module)
+    for name in ITEM_TABLES:
+        np.testing.assert_array_equal(ours[name][1], theirs[name][2])
+        np.testing.assert_array_equal(ours[name][2], theirs[name][1])
+        np.testing.assert_array_equal(ours[name][3:15], theirs[name][3:15])
+        np.testing.assert_array_equal(ours[name][15], fresh[name][15])
+
+
+def test_warm_weights_that_do_not_fit_train_cold_with_the_reason(
+    production: tuple[object, WarmStart],
+) -> None:
+    _, warm = production
+    wider = dataclasses.replace(WARM_PARAMS, epochs=0, embedding_dim=8)
+    _, summary = fit_two_tower(_next_day(), params=wider, warm_start=warm)
+    assert summary["warm_start"]["warm"] is False
+    assert summary["warm_start"]["reason"].startswith("weights of production two_tower/Dday1 do not fit:")
+    assert "(16, 16)" in summary["warm_start"]["reason"]  # the first table whose width differs
+
+
+def test_a_resumed_warm_run_continues_its_checkpoint(
+    production: tuple[object, WarmStart], tmp_path: Path
+) -> None:
+    """Killed mid-epoch and run again with the same production model: it resumes from its checkpoint (not from
+    production's weights again) and ends where the uninterrupted warm run ends. A checkpoint of a cold run is not
+    continued by a warm one."""
+    _, warm = production
+    day = _next_day()
+    whole, full = fit_two_tower(
+        day, params=WARM_PARAMS, checkpoint_dir=str(tmp_path / "full"), checkpoint_every=4, warm_start=warm
+    )
+    steps = full["steps_per_epoch"]
+    checkpoint = str(tmp_path / "checkpoint")
+    with pytest.raises(KeyboardInterrupt):
+        fit_two_tower(
+            day,
+            params=WARM_PARAMS,
+            checkpoint_dir=checkpoint,
+            checkpoint_every=4,
+            callbacks=[InterruptAtBatch(1, 9)],
+            warm_start=warm,
+        )
+    module, resumed = fit_two_tower(
+        day, params=WARM_PARAMS, checkpoint_dir=checkpoint, checkpoint_every=4, warm_start=warm
+    )
+    assert resumed["resumed_from"] == {"epoch": 1, "batches_done": 8}
+    assert resumed["steps_run"] == steps - 8 and resumed["warm_start"]["warm"]
+    assert resumed[F.VAL_RECALL] == pytest.approx(full[F.VAL_RECALL][1:], abs=1e-9)
+    for ours, theirs in zip(module.keras_model.get_weights(), whole.keras_model.get_weights(), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    with pytest.raises(KeyboardInterrupt):  # a cold run killed; then the same date warm: it starts afresh
+        fit_two_tower(
+            day,
+            params=WARM_PARAMS,
+            checkpoint_dir=checkpoint,
+            checkpoint_every=4,
+            callbacks=[InterruptAtBatch(1, 9)],
+        )
+    _, restarted = fit_two_tower(
+        day, params=WARM_PARAMS, checkpoint_dir=checkpoint, checkpoint_every=4, warm_start=warm
+    )
+    assert restarted["resumed_from"] is None and restarted["steps_run"] == 2 * steps
+
+
+def _meta(folder: str) -> dict:
+    return json.loads(Path(folder, "metadata.json").read_text())
+
+
+def test_nightly_training_warm_starts_from_the_production_deep_model(tmp_lake: str) -> None:
+    base = {"encoder": "mean", "embedding_dim": 8, "epochs": 1, "batch_size": 64, "history_length": 4}
+    day1 = Settings.load({"lake_root": tmp_lake, "run_date": "2026-01-13", **base}, env={})
+    day2 = day1.replace(run_date="2026-01-14")
+    write_tiny_lake(tmp_lake, day1)
+    write_tiny_lake(tmp_lake, day2)
+    _write_profiles(
+        tmp_lake, day2.run_date, items=14, per_category=4, users=40, title_offset=20
+    )  # 2 new items
+    first = train_two_tower(day1)
+    assert _meta(first)["training"]["warm_start"] == {"warm": False, "reason": "no production model"}
+    assert Path(first, WARM_START_WEIGHTS).is_file()
+    version = Path(first).name
+    registry.promote(day1, F.MODEL_NAME, version, "test")
+    # the vocabulary only grows: day 2's catalogue starts with day 1's items at their indices
+    ids1, ids2 = (D.load_training_data(s).catalogue.item_ids for s in (day1, day2))
+    assert ids1 is not None and ids2 is not None and len(ids1) == 13 and len(ids2) == 15
+    assert list(ids2[:13]) == list(ids1) and list(ids2[13:]) == ["i13", "i14"]
+
+    second = train_two_tower(day2)
+    warm = _meta(second)["training"]["warm_start"]
+    assert warm["warm"] and warm["from"] == f"two_tower/{version}" and warm["run_date"] == "2026-01-13"
+    assert (warm["items_kept"], warm["items_new"], warm["items_moved"]) == (12, 2, 0)
+
+    # the setting (and its environment variable) forces a cold start
+    assert Settings.load({"lake_root": tmp_lake}, env={"RECFLOW_WARM_START": "false"}).warm_start is False
+    forced = train_two_tower(day2.replace(warm_start=False))
+    assert forced == second  # warm or cold, the same parameters and window: the same version
+    assert _meta(forced)["training"]["warm_start"] == {
+        "warm": False,
+        "reason": "warm start is off (warm_start=False)",
+    }
+    # another architecture trains cold and says why
+    wider = day2.replace(embedding_dim=16)
+    other = train_two_tower(wider)
+    assert _meta(other)["training"]["warm_start"] == {
+        "warm": False,
+        "reason": f"architecture differs from production two_tower/{version}: embedding_dim: 8 -> 16",
+    }
+    # a production model of the run date itself (a rerun after its promotion) is no start for it
+    registry.promote(day2, F.MODEL_NAME, Path(second).name, "test")
+    source, reason = warm_start_source(day2, TwoTowerParams.from_settings(day2))
+    assert source is None and reason == (
+        f"production two_tower/{Path(second).name} was trained for 2026-01-14, not before 2026-01-14"
+    )
+    # nor is a baseline
+    baseline = Path(lake.model_dir(tmp_lake, "ease", "2026-01-13-x"))
+    baseline.mkdir(parents=True)
+    (baseline / "metadata.json").write_text(
+        json.dumps({"name": "ease", "version": "2026-01-13-x", "kind": "baseline"})
+    )
+    registry.promote(day1, "ease", "2026-01-13-x", "test")
+    assert warm_start_source(day2, TwoTowerParams.from_settings(day2)) == (
+        None,
+        "production ease/2026-01-13-x is a baseline model, not the deep model",
+    )
+
+
+# ---- the wide part above its catalogue limit ---------------------------------------------------------------------
+def test_wide_part_skipped_above_its_limit_is_reported_in_training_and_evaluation(
+    tmp_lake: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings.load(
+        {"lake_root": tmp_lake, "encoder": "mean", "embedding_dim": 8, "epochs": 1, "history_length": 4},
+        env={},
+    )
+    write_tiny_lake(tmp_lake, settings)
+    _write_profiles(tmp_lake, settings.run_date, items=8200, per_category=100, users=40, title_offset=20)
+    examples = pq.read_table(lake.partition(tmp_lake, lake.TRAIN_EXAMPLES, settings.run_date))
+    window = pa.table(
+        {
+            "user_idx": examples.column("user_idx"),
+            "item_idx": examples.column("item_idx"),
+            "strength": pa.array(np.ones(examples.num_rows)),
+            "events": pa.array(np.ones(examples.num_rows, np.int64)),
+            "last_time": examples.column("event_time"),
+        },
+        schema=S.INTERACTION,
+    )
+    _write(window, tmp_lake, lake.INTERACTIONS, settings.run_date)
+    with caplog.at_level(logging.WARNING, logger="models.train"):
+        model_dir = train_two_tower(settings)
+    reason = (
+        "the catalogue has 8200 items, above wide_max_items=8192 "
+        "(the dense item-item matrix grows with the square of the catalogue)"
+    )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"wide part skipped: {reason}; the model is the deep part alone" in warnings, warnings
+    training = _meta(model_dir)["training"]
+    assert (training["wide"], training["wide_reason"], training["blend"]) == ("skipped", reason, None)
+    result = evaluate.evaluate(settings, [model_dir])
+    entry = next(e for e in result["models"] if e["path"] == model_dir)
+    assert (entry["wide"], entry["wide_reason"]) == ("skipped", reason)
+    metrics = registry.read_metadata(model_dir)["metrics"]
+    assert (metrics["wide"], metrics["wide_reason"]) == ("skipped", reason) and "all" in metrics
+
+
+def test_wide_part_off_by_parameter_says_so() -> None:
+    _, summary = fit_two_tower(tiny_data(), params=TwoTowerParams(encoder="mean", wide=False, **TINY))
+    assert (summary["wide"], summary["wide_reason"]) == ("off", "wide=False in the parameters")

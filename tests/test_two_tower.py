@@ -123,7 +123,9 @@ def _user_args(data: D.TrainingData) -> list[np.ndarray]:
 def test_export_and_reload_score_like_the_trained_model(tmp_path: Path) -> None:
     data = clustered_data()
     module, summary = fit_two_tower(data, params=TwoTowerParams(encoder="gru", **TINY))
-    assert summary["wide"], "a 24-item catalogue gets the EASE part"
+    assert (summary["wide"], summary["wide_reason"]) == ("used", None), (
+        "a 24-item catalogue gets the EASE part"
+    )
     model_dir = save(module, str(tmp_path / "model"), {"name": "two_tower", "version": "Dtest"})
     loaded = LoadedModel(model_dir)
     user_args = dict(zip(F.USER_INPUTS, _user_args(data), strict=True))

@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from schemas.settings import REPO_ROOT
+from schemas.settings import REPO_ROOT, Settings
 from scoring.allocator import allocator_env
 
 LOCAL_SPARK_CONN = json.dumps({"conn_type": "spark", "host": "local[*]"})
@@ -59,6 +59,28 @@ def ui_port(env: dict[str, str]) -> int:
 SQLITE_CONNECT_ARGS: dict[str, Any] = {"timeout": 60}
 
 
+def lineage_transport(events_file: str) -> str:
+    """``[openlineage] transport``: OpenLineage events appended to ``events_file``, one JSON line per event (its
+    folder created on the first write); local file only, never a network endpoint."""
+    return json.dumps(
+        {
+            "type": "file",
+            "log_file_path": events_file,
+            "append": True,
+            "filesystem": "fsspec.implementations.local.LocalFileSystem",
+            "fs_kwargs": {"auto_mkdir": True},
+        }
+    )
+
+
+def lineage_events_file(env: dict[str, str]) -> str:
+    """``<lake>/lineage/events.jsonl`` for a local lake; under the Airflow home for a lake on a remote store."""
+    root = Settings.load(env=env).lake_root
+    remote = "://" in root and not root.startswith("file://")
+    folder = env["AIRFLOW_HOME"] if remote else str(Path(root.removeprefix("file://")).resolve())
+    return f"{folder}/lineage/events.jsonl"
+
+
 def airflow_bin() -> str:
     return str(Path(sys.executable).parent / "airflow")
 
@@ -75,6 +97,9 @@ def airflow_env(repo: Path = REPO_ROOT) -> dict[str, str]:
     env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", f"{UI_USER}:admin")
     env.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://{UI_HOST}:{ui_port(env)}/execution/")
     env.setdefault("AIRFLOW_CONN_SPARK_DEFAULT", LOCAL_SPARK_CONN)
+    # OpenLineage (apache-airflow-providers-openlineage): every task's lake inputs and outputs, to a local file
+    env.setdefault("AIRFLOW__OPENLINEAGE__NAMESPACE", "recflow")
+    env.setdefault("AIRFLOW__OPENLINEAGE__TRANSPORT", lineage_transport(lineage_events_file(env)))
     if env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "sqlite").startswith("sqlite"):
         env.setdefault(
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS", "tools.local_airflow.SQLITE_CONNECT_ARGS"
@@ -128,7 +153,7 @@ from airflow.models.asset import AssetActive
 from airflow.utils.session import create_session
 import _params
 with create_session() as session:
-    for asset in (_params.RECOMMENDATIONS_ASSET, _params.SIMILAR_ITEMS_ASSET):
+    for asset in _params.PUBLISHED_ASSETS:
         moved = delete(AssetActive).where(AssetActive.name == asset.name, AssetActive.uri != asset.uri)
         if session.execute(moved).rowcount:
             print(f"Asset {asset.name} now points at {asset.uri}")
